@@ -1,0 +1,55 @@
+"""The ``fastpolicy`` command: one entry point, subcommands registered by the subpackages.
+
+Each module in ``COMMAND_MODULES`` defines ``register(subparsers)`` and imports only argparse-level
+things at import time (heavy imports happen inside the handlers), so ``fastpolicy --help`` is fast.
+A module that cannot be imported (an optional extra missing) is skipped with a note, never a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "fastpolicy.data.cli",        # data make | import | info | export | split
+    "fastpolicy.train.cli",       # train, distill, label
+    "fastpolicy.evaluation",      # eval
+    "fastpolicy.bench.cli",       # bench, report
+    "fastpolicy.demo",            # demo
+    "fastpolicy.rl.cli",          # explore
+    "fastpolicy.serve.cli",       # serve
+    "fastpolicy.control.cli",     # control
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastpolicy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("fastpolicy"):
+                continue  # that part of the library is not built yet
+            print(f"note: commands from {name} unavailable ({exc})", file=sys.stderr)
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        # Bad input: one clear line naming the problem, not a traceback.
+        print(f"fastpolicy {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Task cards: one YAML file per task under the repository's ``envs/`` folder.
+
+A task card names the gymnasium env, the dataset recipe, the horizons and how a return becomes a
+score. Everything that evaluates or benchmarks a task goes through ``get_task`` and ``make_env`` so
+the protocol is defined once. Card fields:
+
+    name: maze2d-umaze
+    env_id: PointMaze_UMaze-v3            # a gymnasium id (registered by import_module if given)
+    import_module: gymnasium_robotics     # optional: module whose import registers env_id
+    env_kwargs: {continuing_task: false}
+    wrapper: fastpolicy.envs.maze:wrap_maze   # optional "module:function(env, task) -> env"
+    max_episode_steps: 300
+    dataset: maze2d-umaze                 # recipe name for `fastpolicy data make`
+    horizons: {obs: 2, pred: 16, action: 8}
+    score: {kind: d4rl, ref_min: 23.85, ref_max: 161.86}   # or {kind: success}
+    eval: {episodes: 10, seeds: [0, 1, 2]}
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ALLOWED_KEYS = {"name", "env_id", "import_module", "env_kwargs", "wrapper", "max_episode_steps", "dataset",
+                 "horizons", "score", "eval", "description", "reference"}
+
+
+def tasks_dir() -> Path:
+    """``$FASTPOLICY_TASKS_DIR`` or the repository's ``envs/`` folder."""
+    env = os.environ.get("FASTPOLICY_TASKS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    env_id: str
+    max_episode_steps: int
+    dataset: str | None = None
+    import_module: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    wrapper: str | None = None
+    horizons: dict[str, int] = field(default_factory=lambda: {"obs": 2, "pred": 16, "action": 8})
+    score: dict[str, Any] = field(default_factory=lambda: {"kind": "return"})
+    eval: dict[str, Any] = field(default_factory=lambda: {"episodes": 10, "seeds": [0]})
+    description: str = ""
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def normalized_score(self, returns: np.ndarray | float) -> np.ndarray | float:
+        """D4RL normalization 100·(R − min)/(max − min) when the card defines it, else the raw return."""
+        if self.score.get("kind") == "d4rl":
+            lo, hi = float(self.score["ref_min"]), float(self.score["ref_max"])
+            return 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
+        return returns
+
+
+def load_task_card(path: str | os.PathLike) -> TaskSpec:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"task card {path}: expected a mapping at top level")
+    unknown = set(data) - _ALLOWED_KEYS
+    if unknown:
+        raise ValueError(f"task card {path}: unknown keys {sorted(unknown)}")
+    for key in ("name", "env_id", "max_episode_steps"):
+        if key not in data:
+            raise ValueError(f"task card {path}: missing required key {key!r}")
+    score = data.get("score", {"kind": "return"})
+    if score.get("kind") == "d4rl" and not {"ref_min", "ref_max"} <= set(score):
+        raise ValueError(f"task card {path}: score kind d4rl needs ref_min and ref_max")
+    return TaskSpec(**data)
+
+
+def list_tasks() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+
+
+def get_task(name: str) -> TaskSpec:
+    path = tasks_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks()) or '(none)'}")
+    return load_task_card(path)
+
+
+def _resolve(dotted: str):
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_env(task: TaskSpec | str, **overrides: Any):
+    """One gymnasium env for the task, with its wrapper and time limit applied."""
+    import gymnasium as gym
+
+    task = get_task(task) if isinstance(task, str) else task
+    if task.import_module:
+        module = importlib.import_module(task.import_module)
+        if hasattr(gym, "register_envs"):
+            gym.register_envs(module)
+    kwargs = {**task.env_kwargs, **overrides}
+    env = gym.make(task.env_id, max_episode_steps=task.max_episode_steps, **kwargs)
+    if task.wrapper:
+        env = _resolve(task.wrapper)(env, task)
+    return env
+
+
+def make_vector_env(task: TaskSpec | str, num_envs: int, **overrides: Any):
+    """A gymnasium SyncVectorEnv of ``make_env`` (on 2 cores, sync beats async for MuJoCo-sized envs)."""
+    import gymnasium as gym
+
+    task = get_task(task) if isinstance(task, str) else task
+    return gym.vector.SyncVectorEnv([lambda: make_env(task, **overrides) for _ in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

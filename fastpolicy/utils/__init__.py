@@ -1,0 +1,1 @@
+"""Small shared helpers (atomic files, seeding, git commit) used across subpackages."""

@@ -1,0 +1,39 @@
+"""Seeding, git commit lookup and thread settings shared by training, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch RNGs (envs are seeded through their own ``reset(seed=)``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Short commit of the working tree, with ``-dirty`` when it has changes; ``unknown`` outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``auto``/None → CUDA when available, else CPU. GPU paths must always have this CPU fallback."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
