@@ -1,0 +1,91 @@
+"""Tables and plots from result rows: a terminal table, a markdown table, and the Pareto plot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    ("task", "task", "{}"),
+    ("method", "method", "{}"),
+    ("score", "score_mean", "{:.1f}"),
+    ("± std", "score_std", "{:.1f}"),
+    ("success", "success_rate", "{:.2f}"),
+    ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
+    ("NFE/step max", "nfe_per_step_max", "{}"),
+    ("p50 ms", "latency_ms_p50", "{:.2f}"),
+    ("p99 ms", "latency_ms_p99", "{:.2f}"),
+]
+
+
+def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "–"
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def _columns(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+    return cols + [(k, k, "{:.3g}" if isinstance(rows[0].get(k), float) else "{}") for k in extra]
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra: Sequence[str] = ()) -> None:
+    """A rich table on the terminal (plain text when output is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = _columns(rows, extra)
+    for name, _, _ in cols:
+        table.add_column(name, justify="left" if name in ("task", "method") else "right")
+    for r in rows:
+        table.add_row(*[_fmt(r, key, fmt) for _, key, fmt in cols])
+    Console(width=160).print(table)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    cols = _columns(rows, extra)
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r, key, fmt) for _, key, fmt in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
+                latency_key: str = "latency_ms_p99") -> Path:
+    """Score vs per-step latency (log x), one point per method, the Pareto front drawn through them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r[latency_key], r["score_mean"], r.get("score_std") or 0.0, r["method"]) for r in rows
+           if r.get(latency_key) is not None and r.get("score_mean") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for lat, score, std, name in pts:
+        ax.errorbar(lat, score, yerr=std, fmt="o", capsize=3)
+        ax.annotate(name, (lat, score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front, best = [], float("-inf")
+    for lat, score, _, _ in sorted(pts):
+        if score > best:
+            front.append((lat, score))
+            best = score
+    if len(front) > 1:
+        ax.plot(*zip(*front), "--", color="gray", lw=1, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{latency_key.replace('_', ' ')} per action (batch 1)")
+    ax.set_ylabel("score")
+    ax.set_title(title or (rows[0]["task"] if rows else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

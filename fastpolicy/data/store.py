@@ -1,0 +1,522 @@
+"""EpisodeStore: episodes concatenated over time in one zarr 3 group, written atomically.
+
+Layout (the Diffusion Policy ReplayBuffer idea, on the zarr 3 API)::
+
+    <store>/data/<key>            arrays with time as the first axis, all episodes back to back
+    <store>/data/infos/<name>     nested keys ("infos/qpos") become subgroup arrays
+    <store>/meta/episode_ends     int64 cumulative episode ends (episode i = [ends[i-1], ends[i]))
+    <store> attributes            JSON dict: source, env_id, recipe, seed, task, reference scores, ...
+
+Why this shape: a sampler needs random access to any window of any episode, which concatenated arrays
+plus cumulative ends give for free; zarr chunks and compresses them and appends episode by episode.
+
+Writing goes through :class:`EpisodeWriter` (``EpisodeStore.create``) or ``EpisodeStore.from_arrays``.
+Both build the store in a temporary sibling directory (``fastpolicy.utils.atomic.atomic_dir``) and
+rename it into place only when everything was written, so a crash or a kill never leaves a partial
+store at the target and never damages a store already there. Every episode is validated on the way
+in (same keys, lengths, shapes and dtypes; finite observations and actions) with errors that name the
+key, the episode and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Keys every episode must carry.
+REQUIRED_KEYS: tuple[str, ...] = ("obs", "action")
+#: Conventional key order (other keys follow, sorted).
+STANDARD_KEYS: tuple[str, ...] = ("obs", "action", "reward", "terminal", "timeout", "action_mask", "next_obs")
+#: Floating keys stored as float32 (the data contract); integer data (images, discrete actions) is kept.
+FLOAT32_KEYS: tuple[str, ...] = ("obs", "action", "reward", "next_obs")
+#: Keys cast to bool; ``terminal``/``timeout`` default to all-False when an episode omits them.
+BOOL_KEYS: tuple[str, ...] = ("terminal", "timeout", "action_mask")
+#: Keys that must be finite (an unlabeled action is allowed to be NaN: it is stored as 0, masked).
+FINITE_KEYS: tuple[str, ...] = ("obs", "action", "next_obs")
+#: Keys whose (T, 1) shape is squeezed to (T,).
+SCALAR_KEYS: tuple[str, ...] = ("reward", "terminal", "timeout", "action_mask")
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+_CHUNK_BYTES = 4 << 20          # target compressed-chunk size before compression
+_MAX_CHUNK_ROWS = 1 << 16
+_MIN_CHUNK_ROWS = 256
+
+
+def _fastpolicy_version() -> str:
+    from fastpolicy import __version__
+    return __version__
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def jsonable_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return a plain-JSON copy of ``attrs`` (numpy scalars/arrays converted); ValueError names a bad key."""
+    out: dict[str, Any] = {}
+    for key, value in dict(attrs or {}).items():
+        if not isinstance(key, str):
+            raise ValueError(f"attribute names must be strings, got {key!r}")
+        try:
+            out[key] = json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"attribute {key!r} is not JSON-serializable: {exc}") from None
+    return out
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _ordered_keys(keys: Any) -> list[str]:
+    keys = set(keys)
+    return [k for k in STANDARD_KEYS if k in keys] + sorted(keys - set(STANDARD_KEYS))
+
+
+def _episode_of(ends: np.ndarray, row: int) -> int:
+    return int(np.searchsorted(ends, row, side="right"))
+
+
+def _normalize_block(data: Mapping[str, Any], ends: np.ndarray, episode_offset: int) -> dict[str, np.ndarray]:
+    """Validate and normalise a block of whole episodes (``ends`` cumulative within the block).
+
+    Returns flat ``key -> array`` with the contract's dtypes and shapes. Error messages name the key
+    and the (global) episode index at fault.
+    """
+    flat = _flatten(data)
+
+    def where(row: int) -> str:
+        return f"episode {episode_offset + _episode_of(ends, row)}"
+
+    block = f"episode {episode_offset}" if len(ends) == 1 else f"episodes {episode_offset}..{episode_offset + len(ends) - 1}"
+    for key in REQUIRED_KEYS:
+        if key not in flat:
+            raise ValueError(f"{block}: missing required key {key!r} (got keys {sorted(flat)})")
+    n_rows = int(ends[-1])
+    out: dict[str, np.ndarray] = {}
+    for key in _ordered_keys(flat):
+        if not _KEY_RE.match(key):
+            raise ValueError(f"{block}: invalid key name {key!r} (use letters, digits, _ . - and '/' nesting)")
+        arr = np.asarray(flat[key])
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise ValueError(f"{block}: key {key!r} has unsupported dtype {arr.dtype} (numeric or bool only)")
+        if arr.ndim == 0:
+            raise ValueError(f"{block}: key {key!r} is a scalar; every key needs a time axis of length {n_rows}")
+        if arr.shape[0] != n_rows:
+            raise ValueError(f"{block}: key {key!r} has {arr.shape[0]} steps but 'obs' has "
+                             f"{np.asarray(flat['obs']).shape[0]}")
+        if key in SCALAR_KEYS and arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if key in SCALAR_KEYS and arr.ndim != 1:
+            raise ValueError(f"{block}: key {key!r} must have shape (T,) or (T, 1), got {arr.shape}")
+        if key in BOOL_KEYS:
+            arr = arr.astype(bool, copy=False)
+        elif key == "reward" or (key in FLOAT32_KEYS and arr.dtype.kind == "f"):
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"{block}: key {key!r} has non-real dtype {arr.dtype}")
+            arr = arr.astype(np.float32, copy=False)
+        elif arr.dtype.kind == "c":
+            raise ValueError(f"{block}: key {key!r} has complex dtype {arr.dtype} (not supported)")
+        out[key] = arr
+    for key in ("terminal", "timeout"):
+        if key not in out:
+            out[key] = np.zeros(n_rows, dtype=bool)
+    if "action_mask" in out and out["action"].dtype.kind == "f":
+        # Unlabeled actions may arrive as NaN; store them as 0 so sums/normalizers stay finite.
+        unlabeled = ~out["action_mask"]
+        if unlabeled.any():
+            action = out["action"].copy()
+            action[unlabeled] = 0
+            out["action"] = action
+    for key in FINITE_KEYS:
+        arr = out.get(key)
+        if arr is None or arr.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(arr).reshape(n_rows, -1).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            episode = _episode_of(ends, row)
+            start = int(ends[episode - 1]) if episode > 0 else 0
+            hint = " (mark unlabeled actions with action_mask=False)" if key == "action" else ""
+            raise ValueError(f"{where(row)}: key {key!r} contains NaN/inf at step {row - start}{hint}")
+    return out
+
+
+def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype, chunk_steps: int | None) -> int:
+    if chunk_steps is not None:
+        return max(1, int(chunk_steps))
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    return int(min(_MAX_CHUNK_ROWS, max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // row_bytes)))
+
+
+def _compressor(dtype: np.dtype):
+    from zarr.codecs import BloscCodec
+    shuffle = "bitshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+
+
+class EpisodeWriter:
+    """Append episodes to a new store; the store appears at ``path`` only when :meth:`close` succeeds.
+
+    Use as a context manager (``with EpisodeStore.create(path) as w: w.add_episode(...)``): a clean
+    exit closes (renames into place), an exception aborts (the temporary directory is removed, the
+    target untouched). ``attrs`` may be updated until close. After close, ``store`` is the opened
+    read-only :class:`EpisodeStore`.
+    """
+
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+                 chunk_steps: int | None = None):
+        import zarr
+
+        from fastpolicy.utils.atomic import atomic_dir
+
+        self.path = Path(path)
+        _check_target(self.path, overwrite)
+        self.attrs: dict[str, Any] = jsonable_attrs(attrs)
+        self.chunk_steps = chunk_steps
+        self.store: EpisodeStore | None = None
+        self._atomic = atomic_dir(self.path, overwrite=overwrite)
+        self._tmp = self._atomic.__enter__()
+        self._root = zarr.open_group(str(self._tmp), mode="w")
+        self._data = self._root.require_group("data")
+        self._schema: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+        self._arrays: dict[str, Any] = {}
+        self._buffer: dict[str, list[np.ndarray]] = {}
+        self._buffered_steps = 0
+        self._flush_steps = 0
+        self._ends: list[int] = []
+        self._done = False
+
+    # -- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc_type, exc, tb)
+
+    # -- writing --------------------------------------------------------------------------------
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def add_episode(self, episode: Mapping[str, Any]) -> int:
+        """Validate one episode (``key -> (T, ...) array``, nested dicts allowed) and append it.
+
+        Returns the episode's index. Raises ValueError naming the key and episode on bad input.
+        """
+        self._check_open()
+        index = len(self._ends)
+        if not isinstance(episode, Mapping):
+            raise ValueError(f"episode {index}: expected a dict of arrays, got {type(episode).__name__}")
+        flat = _flatten(episode)
+        if "obs" not in flat:
+            raise ValueError(f"episode {index}: missing required key 'obs' (got keys {sorted(flat)})")
+        if np.ndim(flat["obs"]) == 0:
+            raise ValueError(f"episode {index}: key 'obs' is a scalar; it needs a time axis")
+        length = int(np.shape(flat["obs"])[0])
+        if length == 0:
+            raise ValueError(f"episode {index} is empty (0 steps); episodes need at least one step")
+        arrays = _normalize_block(flat, np.array([length], dtype=np.int64), index)
+        self._check_schema(arrays, index)
+        for key, arr in arrays.items():
+            self._buffer.setdefault(key, []).append(arr)
+        self._buffered_steps += length
+        self._ends.append(self.n_steps + length)
+        if self._buffered_steps >= self._flush_steps:
+            self._flush()
+        return index
+
+    def add_episodes(self, episodes) -> None:
+        for episode in episodes:
+            self.add_episode(episode)
+
+    def _check_schema(self, arrays: dict[str, np.ndarray], index: int) -> None:
+        schema = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
+        if self._schema is None:
+            self._schema = schema
+            self._flush_steps = max(_chunk_rows(s, d, self.chunk_steps) for s, d in schema.values())
+            return
+        if set(schema) != set(self._schema):
+            missing = sorted(set(self._schema) - set(schema))
+            extra = sorted(set(schema) - set(self._schema))
+            raise ValueError(f"episode {index}: keys differ from episode 0 (missing {missing}, extra {extra})")
+        for key, (shape, dtype) in schema.items():
+            shape0, dtype0 = self._schema[key]
+            if shape != shape0:
+                raise ValueError(f"episode {index}: key {key!r} has per-step shape {shape}, "
+                                 f"but earlier episodes have {shape0}")
+            if dtype != dtype0:
+                raise ValueError(f"episode {index}: key {key!r} has dtype {dtype}, but earlier episodes have {dtype0}")
+
+    def _flush(self) -> None:
+        if not self._buffered_steps:
+            return
+        assert self._schema is not None
+        for key in self._schema:
+            block = np.concatenate(self._buffer[key], axis=0)
+            self._append(key, block)
+        self._buffer = {}
+        self._buffered_steps = 0
+
+    def _append(self, key: str, block: np.ndarray) -> None:
+        arr = self._arrays.get(key)
+        if arr is None:
+            chunks = (_chunk_rows(block.shape[1:], block.dtype, self.chunk_steps), *block.shape[1:])
+            arr = self._data.create_array(key, shape=(0, *block.shape[1:]), chunks=chunks, dtype=block.dtype,
+                                          compressors=_compressor(block.dtype))
+            self._arrays[key] = arr
+        arr.append(block, axis=0)
+
+    def _write_block(self, arrays: dict[str, np.ndarray], ends: np.ndarray) -> None:
+        """Append a pre-validated block of whole episodes (used by ``from_arrays``)."""
+        self._check_schema(arrays, len(self._ends))
+        offset = self.n_steps
+        for key, arr in arrays.items():
+            self._append(key, arr)
+        self._ends.extend(int(e) + offset for e in ends)
+
+    # -- finishing ------------------------------------------------------------------------------
+    def close(self) -> EpisodeStore:
+        """Flush, write ``meta/episode_ends`` and attrs, and rename the store into place."""
+        self._check_open()
+        try:
+            if not self._ends:
+                raise ValueError(f"no episodes were added to {self.path}; nothing written")
+            self._flush()
+            meta = self._root.require_group("meta")
+            ends = np.asarray(self._ends, dtype=np.int64)
+            meta.create_array("episode_ends", shape=ends.shape, chunks=(max(1, len(ends)),), dtype=np.int64,
+                              compressors=_compressor(ends.dtype))[:] = ends
+            attrs = {"fastpolicy_version": _fastpolicy_version(), **jsonable_attrs(self.attrs)}
+            self._root.attrs.update(attrs)
+        except BaseException as exc:
+            self.abort(type(exc), exc, exc.__traceback__)
+            raise
+        self._done = True
+        self._atomic.__exit__(None, None, None)
+        self.store = EpisodeStore.open(self.path)
+        return self.store
+
+    def abort(self, exc_type=None, exc=None, tb=None) -> None:
+        """Discard everything written so far; the target path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        exc_type = exc_type or RuntimeError
+        exc = exc or RuntimeError("aborted")
+        try:
+            self._atomic.__exit__(exc_type, exc, tb)
+        except BaseException as raised:  # atomic_dir re-raises the exception it was given
+            if raised is not exc:
+                raise
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise ValueError(f"writer for {self.path} is already closed")
+
+
+class EpisodeStore:
+    """Read-only view of a store on disk. Open with :meth:`open`; write with :meth:`create`.
+
+    Arrays are read lazily and cached on first use of :meth:`array`.
+    """
+
+    def __init__(self, path: Path, group: Any):
+        self.path = path
+        self._group = group
+        self._cache: dict[str, np.ndarray] = {}
+        self._ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
+        self._keys = _ordered_keys(_array_names(group["data"]))
+
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> EpisodeStore:
+        """Open an existing store read-only; FileNotFoundError / ValueError if it is not one."""
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no dataset store at {path}")
+        try:
+            group = zarr.open_group(str(path), mode="r")
+        except Exception as exc:
+            raise ValueError(f"{path} is not a fastpolicy EpisodeStore (not a zarr group: {exc})") from None
+        if "meta" not in group or "episode_ends" not in group["meta"]:
+            raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no meta/episode_ends)")
+        if "data" not in group:
+            raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no data group)")
+        store = cls(path, group)
+        ends = store._ends
+        if ends.ndim != 1 or (len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0))):
+            raise ValueError(f"{path}: meta/episode_ends must be strictly increasing positive int64")
+        for key in store.keys:
+            rows = group[f"data/{key}"].shape[0]
+            if rows != store.n_steps:
+                raise ValueError(f"{path}: data/{key} has {rows} rows but episode_ends says {store.n_steps}")
+        return store
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+               chunk_steps: int | None = None) -> EpisodeWriter:
+        """Start writing a new store at ``path`` (built in a temp dir, renamed into place on close)."""
+        return EpisodeWriter(path, attrs=attrs, overwrite=overwrite, chunk_steps=chunk_steps)
+
+    @classmethod
+    def from_arrays(cls, path: str | os.PathLike, data: Mapping[str, Any], episode_ends: Any,
+                    attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+                    chunk_steps: int | None = None) -> EpisodeStore:
+        """Write a whole store from concatenated arrays and cumulative ``episode_ends`` in one go."""
+        path = Path(path)
+        _check_target(path, overwrite)
+        ends = np.asarray(episode_ends)
+        if ends.ndim != 1 or len(ends) == 0 or ends.dtype.kind not in "iu":
+            raise ValueError(f"episode_ends must be a non-empty 1-D integer array, got shape {ends.shape} "
+                             f"dtype {ends.dtype}")
+        ends = ends.astype(np.int64)
+        lengths = np.diff(ends, prepend=0)
+        if np.any(lengths <= 0):
+            bad = int(np.argmax(lengths <= 0))
+            raise ValueError(f"episode {bad} is empty or episode_ends is not increasing "
+                             f"(episode_ends[{bad}] = {int(ends[bad])})")
+        flat = _flatten(data)
+        if "obs" in flat and np.asarray(flat["obs"]).shape[0] != ends[-1]:
+            raise ValueError(f"episode_ends[-1] = {int(ends[-1])} but 'obs' has {np.asarray(flat['obs']).shape[0]} steps")
+        arrays = _normalize_block(flat, ends, 0)
+        with cls.create(path, attrs=attrs, overwrite=overwrite, chunk_steps=chunk_steps) as writer:
+            writer._write_block(arrays, ends)
+        assert writer.store is not None
+        return writer.store
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def keys(self) -> list[str]:
+        """Data keys, standard ones first (``obs, action, reward, ...``), nested ones as ``infos/qpos``."""
+        return list(self._keys)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._ends.copy()
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self._ends, prepend=0)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._group.attrs)
+
+    def __len__(self) -> int:
+        return self.n_episodes
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({str(self.path)!r}, episodes={self.n_episodes}, steps={self.n_steps}, keys={self.keys})"
+
+    # -- data access ----------------------------------------------------------------------------
+    def _zarr(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(f"{self.path} has no key {key!r}; keys: {self.keys}")
+        return self._group[f"data/{key}"]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._zarr(key).shape)
+
+    def dtype(self, key: str) -> np.dtype:
+        return np.dtype(self._zarr(key).dtype)
+
+    def array(self, key: str) -> np.ndarray:
+        """The whole ``data/<key>`` array in memory (read once, then cached; do not modify it)."""
+        if key not in self._cache:
+            self._cache[key] = np.asarray(self._zarr(key)[...])
+        return self._cache[key]
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        n = self.n_episodes
+        if not -n <= i < n:
+            raise IndexError(f"episode index {i} out of range for {n} episodes")
+        i %= n
+        return (int(self._ends[i - 1]) if i > 0 else 0), int(self._ends[i])
+
+    def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Episode ``i`` as ``key -> array`` (flat keys, e.g. ``infos/qpos``)."""
+        start, end = self._bounds(i)
+        out = {}
+        for key in keys or self._keys:
+            out[key] = self._cache[key][start:end] if key in self._cache else np.asarray(self._zarr(key)[start:end])
+        return out
+
+    def episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(self.n_episodes):
+            yield self.episode(i, keys)
+
+    def to_dict(self, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Whole arrays for ``keys`` (default all) as a flat dict."""
+        return {key: self.array(key) for key in (keys or self._keys)}
+
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted return of every episode (float64)."""
+        if "reward" not in self._keys:
+            raise KeyError(f"{self.path} has no 'reward' key; cannot compute returns")
+        reward = self.array("reward").astype(np.float64)
+        starts = np.concatenate([[0], self._ends[:-1]])
+        return np.add.reduceat(reward, starts) if len(starts) else np.zeros(0)
+
+
+def _array_names(group: Any) -> list[str]:
+    names = []
+    for name, member in group.members(max_depth=None):
+        if hasattr(member, "shape") and hasattr(member, "dtype"):
+            names.append(name)
+    return names
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON-friendly float: NaN/inf become None."""
+    x = float(x)
+    return x if math.isfinite(x) else None

@@ -1,0 +1,149 @@
+"""Evaluation: closed-loop rollouts of a Policy on a task card, scored and timed in one result row.
+
+Score: episodes run in lockstep on a gymnasium vector env (one Session of batch B), so DDPM-100
+evaluations finish on a CPU. Latency: measured separately at batch 1 — what one robot sees per
+action — over real closed-loop steps after a warm-up. NFE per control step: denoiser calls spent in
+each ``Session.act`` (0 while the action queue lasts, the sampler's step count when it replans).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastpolicy.bench.schema import make_row
+from fastpolicy.envs.registry import TaskSpec, get_task, make_env, make_vector_env
+from fastpolicy.policies.base import Policy, StepStats
+
+
+@dataclass
+class RolloutResult:
+    returns: np.ndarray      # (episodes,)
+    success: np.ndarray      # (episodes,) bool
+    lengths: np.ndarray      # (episodes,)
+    stats: StepStats
+
+
+def _check_dims(policy: Policy, space) -> None:
+    if space.shape[-1] != policy.obs_dim:
+        raise ValueError(f"the task's observation has {space.shape[-1]} dims but the policy was trained "
+                         f"on {policy.obs_dim}")
+
+
+def rollout(policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False) -> RolloutResult:
+    """Run ``episodes`` episodes in lockstep (env seeds seed, seed+1, …); finished envs are ignored."""
+    from tqdm.auto import tqdm
+
+    venv = make_vector_env(task, episodes)
+    try:
+        _check_dims(policy, venv.single_observation_space)
+        low, high = venv.single_action_space.low, venv.single_action_space.high
+        obs, _ = venv.reset(seed=seed)
+        session = policy.new_session(batch_size=episodes, seed=seed)
+        done = np.zeros(episodes, bool)
+        returns = np.zeros(episodes)
+        success = np.zeros(episodes, bool)
+        lengths = np.zeros(episodes, int)
+        for _ in tqdm(range(task.max_episode_steps), desc=f"{task.name} seed {seed}", disable=not progress,
+                      leave=False):
+            action = np.clip(session.act(obs), low, high)
+            obs, reward, terminated, truncated, info = venv.step(action)
+            alive = ~done
+            returns += np.where(alive, reward, 0.0)
+            lengths += alive
+            if "success" in info:
+                success |= alive & np.asarray(info["success"], bool)
+            done |= terminated | truncated
+            if done.all():
+                break
+        return RolloutResult(returns, success, lengths, session.stats)
+    finally:
+        venv.close()
+
+
+def measure_latency(policy: Policy, task: TaskSpec, steps: int = 64, warmup: int = 8, seed: int = 10_000) -> StepStats:
+    """Per-action latency at batch 1 over real closed-loop steps (after ``warmup`` untimed steps)."""
+    env = make_env(task)
+    try:
+        _check_dims(policy, env.observation_space)
+        obs, _ = env.reset(seed=seed)
+        session = policy.new_session(batch_size=1, seed=seed)
+        for i in range(warmup + steps):
+            if i == warmup:
+                session.stats = StepStats()
+            obs, _, terminated, truncated, _ = env.step(np.clip(session.act(obs), env.action_space.low,
+                                                                env.action_space.high))
+            if terminated or truncated:
+                obs, _ = env.reset()
+                session.reset()
+        return session.stats
+    finally:
+        env.close()
+
+
+def evaluate(policy: Policy, task: TaskSpec | str, episodes: int | None = None,
+             seeds: Sequence[int] | None = None, latency_steps: int = 64, progress: bool = True,
+             method: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Score + latency of one policy on one task, as a row of the shared result schema."""
+    task = get_task(task) if isinstance(task, str) else task
+    episodes = episodes or int(task.eval.get("episodes", 10))
+    seeds = list(seeds if seeds is not None else task.eval.get("seeds", [0]))
+    results = [rollout(policy, task, episodes, seed * 1000, progress) for seed in seeds]
+    returns = np.concatenate([r.returns for r in results])
+    success = np.concatenate([r.success for r in results])
+    scores = np.asarray(task.normalized_score(returns), dtype=np.float64)
+    nfe = [n for r in results for n in r.stats.nfe]
+    latency = measure_latency(policy, task, steps=latency_steps).summary() if latency_steps else {}
+    return make_row(
+        task.name, method or getattr(policy, "method", type(policy).__name__),
+        steps=getattr(policy, "checkpoint_step", None),
+        score_mean=float(scores.mean()), score_std=float(scores.std()), episodes=int(returns.size),
+        seeds=seeds, nfe_per_step_mean=float(np.mean(nfe)), nfe_per_step_max=int(np.max(nfe)),
+        latency_ms_p50=latency.get("latency_ms_p50"), latency_ms_p99=latency.get("latency_ms_p99"),
+        return_mean=float(returns.mean()), return_std=float(returns.std()),
+        success_rate=float(success.mean()), episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
+        score_kind=task.score.get("kind", "return"), latency_batch=1, **extra)
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a task (score, NFE per step, latency)")
+    p.add_argument("checkpoint", help="checkpoint directory or training run directory")
+    p.add_argument("--task", required=True, help="task card name (see envs/*.yaml)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per seed (default: task card)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds (default: task card)")
+    p.add_argument("--sampler", nargs="+", default=None,
+                   help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 (default: checkpoint's)")
+    p.add_argument("--latency-steps", type=int, default=64, help="batch-1 control steps timed for latency")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastpolicy.bench.report import print_table
+    from fastpolicy.bench.schema import write_results
+    from fastpolicy.train.checkpoint import load_policy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    policy = load_policy(args.checkpoint)
+    rows = []
+    for spec in args.sampler or [None]:
+        if spec is not None:
+            if not hasattr(policy, "set_sampler"):
+                raise ValueError(f"--sampler applies to diffusion policies, not {policy.policy_type}")
+            policy.set_sampler(spec)
+        rows.append(evaluate(policy, task, args.episodes, args.seeds, args.latency_steps))
+    print_table(rows)
+    if args.out:
+        print(f"wrote {write_results(args.out, rows)}")
+    return 0

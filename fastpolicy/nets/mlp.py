@@ -1,0 +1,132 @@
+"""MLP building block and the MLP / ResMLP denoiser.
+
+``MLP`` is the plain block used by BC heads and inverse dynamics. ``MLPDenoiser`` is the cheap
+alternative to the U-Net (about 30× faster per call on CPU): it flattens the ``(B, T, D)`` sample,
+concatenates the observation features and the time embedding, and runs a (residual) MLP.
+
+Per-position timesteps ``(B, T)`` are embedded per position and the T embeddings are flattened into
+the input, so the network can tell which positions are noisier (streaming diffusion needs that). A
+per-sample timestep ``(B,)`` is embedded once and repeated over T, which makes it the same function as
+the per-position path with a repeated value, with the same weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastpolicy.nets.embeddings import StopTimeEmbedding, TimestepEmbedding, as_timestep_tensor
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU,
+                                            "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def _activation(activation: str | type[nn.Module]) -> type[nn.Module]:
+    if isinstance(activation, str):
+        try:
+            return _ACTIVATIONS[activation.lower()]
+        except KeyError:
+            raise KeyError(f"unknown activation {activation!r}; valid: {sorted(_ACTIVATIONS)}") from None
+    return activation
+
+
+class MLP(nn.Module):
+    """``in_dim → [Linear (→ LayerNorm) → act] × depth → Linear → out_dim``."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2,
+                 activation: str | type[nn.Module] = nn.Mish, layer_norm: bool = False) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"MLP depth must be >= 1, got {depth}")
+        act = _activation(activation)
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(depth):
+            layers.append(nn.Linear(width, hidden))
+            if layer_norm:
+                layers.append(nn.LayerNorm(hidden))
+            layers.append(act())
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _ResidualBlock(nn.Module):
+    """``h + Mish(Linear(LayerNorm(h)))``: pre-norm keeps deep residual stacks well conditioned."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, width)
+        self.act = nn.Mish()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.act(self.linear(self.norm(h)))
+
+
+class MLPDenoiser(nn.Module):
+    """Denoiser ``(sample (B,T,D), timestep, global_cond (B,C)) -> (B,T,D)`` with an MLP body.
+
+    Args:
+        horizon: T, fixed at construction (the sample is flattened).
+        input_dim: D; global_cond_dim: C (0 for unconditional).
+        hidden, depth: width and number of hidden layers.
+        time_embed_dim: width of the per-position time embedding.
+        stop_time: add the zero-initialised consistency stop-time input ``s``.
+        residual: residual pre-norm blocks after the first layer (ResMLP) instead of a plain stack.
+    """
+
+    def __init__(self, horizon: int, input_dim: int, global_cond_dim: int, hidden: int = 256, depth: int = 3,
+                 time_embed_dim: int = 64, stop_time: bool = False, residual: bool = True) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"MLPDenoiser depth must be >= 1, got {depth}")
+        self.horizon, self.input_dim, self.global_cond_dim = horizon, input_dim, global_cond_dim
+        self.time_embedding = TimestepEmbedding(time_embed_dim)
+        self.stop_time_embedding = StopTimeEmbedding(time_embed_dim) if stop_time else None
+        in_dim = horizon * input_dim + global_cond_dim + horizon * time_embed_dim
+        self.input_layer = nn.Sequential(nn.Linear(in_dim, hidden), nn.Mish())
+        if residual:
+            self.body = nn.Sequential(*[_ResidualBlock(hidden) for _ in range(depth - 1)])
+        else:
+            self.body = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.Linear(hidden, hidden), nn.Mish())])
+        self.output_layer = nn.Linear(hidden, horizon * input_dim)
+
+    def _time_features(self, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """Flattened ``(B, T * E)`` time features; a per-sample embedding is repeated over T."""
+        emb = self.time_embedding(t)
+        if s is not None:
+            s_emb = self.stop_time_embedding(s)
+            emb = emb.unsqueeze(1) if emb.dim() == 2 and s_emb.dim() == 3 else emb
+            s_emb = s_emb.unsqueeze(1) if s_emb.dim() == 2 and emb.dim() == 3 else s_emb
+            emb = emb + s_emb
+        if emb.dim() == 2:
+            emb = emb.unsqueeze(1).expand(-1, self.horizon, -1)
+        return emb.reshape(emb.shape[0], -1)
+
+    def forward(self, sample: torch.Tensor, timestep: int | float | torch.Tensor,
+                global_cond: torch.Tensor | None = None,
+                stop_time: int | float | torch.Tensor | None = None) -> torch.Tensor:
+        """Same contract as :meth:`ConditionalUnet1D.forward`."""
+        if sample.dim() != 3 or tuple(sample.shape[1:]) != (self.horizon, self.input_dim):
+            raise ValueError(f"sample must be (B, {self.horizon}, {self.input_dim}); got {tuple(sample.shape)}")
+        batch = sample.shape[0]
+        if self.global_cond_dim:
+            if global_cond is None or tuple(global_cond.shape) != (batch, self.global_cond_dim):
+                got = None if global_cond is None else tuple(global_cond.shape)
+                raise ValueError(f"global_cond must be ({batch}, {self.global_cond_dim}); got {got}")
+        t = as_timestep_tensor(timestep, batch, self.horizon, sample.device)
+        s = None
+        if stop_time is not None:
+            if self.stop_time_embedding is None:
+                raise ValueError("stop_time given, but the model was built with stop_time=False")
+            s = as_timestep_tensor(stop_time, batch, self.horizon, sample.device)
+        parts = [sample.reshape(batch, -1), self._time_features(t, s)]
+        if self.global_cond_dim:
+            parts.append(global_cond)
+        h = self.body(self.input_layer(torch.cat(parts, dim=-1)))
+        return self.output_layer(h).view(batch, self.horizon, self.input_dim)

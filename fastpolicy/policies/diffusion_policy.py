@@ -1,0 +1,102 @@
+"""DiffusionPolicy: the teacher (Chi et al., Diffusion Policy, CNN variant).
+
+ε-prediction over an action sequence of length Tp, conditioned on the flattened window of To
+normalised observations (global FiLM conditioning); receding horizon execution of
+``pred[To-1 : To-1+Ta]``. Training noise tables and samplers come from ``fastpolicy.diffusion``;
+the sampler is swappable at evaluation time (``set_sampler("ddim:10")``) without retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastpolicy.diffusion import SamplerSpec, add_noise, make_sampler, make_schedule
+from fastpolicy.nets import make_backbone
+from fastpolicy.policies.base import ChunkResult, PolicyState
+from fastpolicy.policies.torch_policy import PolicyConfig, TorchPolicy
+
+
+@dataclass
+class DiffusionPolicyConfig(PolicyConfig):
+    backbone: str = "unet-small"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    sampler: str = "ddpm:100"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
+        SamplerSpec.parse(self.sampler)
+
+
+class DiffusionPolicy(TorchPolicy):
+    policy_type = "diffusion"
+    config_cls = DiffusionPolicyConfig
+
+    def __init__(self, config: DiffusionPolicyConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
+        super().__init__(config, normalizer_state)
+        self.backbone = make_backbone(config.backbone, horizon=config.pred_horizon, input_dim=config.action_dim,
+                                      global_cond_dim=config.obs_dim * config.obs_horizon,
+                                      **config.backbone_kwargs)
+        self.schedule = make_schedule(config.num_train_timesteps, config.beta_schedule)
+        self.set_sampler(config.sampler)
+
+    # --- sampling -------------------------------------------------------------------------------
+    def _sampler_spec(self, spec: str) -> SamplerSpec:
+        parsed = SamplerSpec.parse(spec)
+        parsed.prediction_type = self.config.prediction_type
+        if parsed.kind == "ddpm":
+            parsed.clip_sample = self.config.clip_sample
+        return parsed
+
+    def set_sampler(self, spec: str) -> DiffusionPolicy:
+        """Choose how to sample (``ddpm:100``, ``ddim:10``, ``dpm:5``); the tables are built once here."""
+        self.sampler_name = spec
+        self.sampler = make_sampler(self.schedule, self._sampler_spec(spec), device=self.device)
+        self.method = f"dp-{spec.replace(':', '')}"
+        return self
+
+    def _apply(self, fn, *args, **kwargs):  # keep sampler tables on the module's device
+        out = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "sampler"):
+            self.schedule = self.schedule.to(self.device)
+            self.sampler = make_sampler(self.schedule, self._sampler_spec(self.sampler_name), device=self.device)
+        return out
+
+    @torch.inference_mode()
+    def predict_chunk(self, obs_window: np.ndarray | torch.Tensor, state: PolicyState = None,
+                      generator: torch.Generator | None = None) -> ChunkResult:
+        cond = self.encode_obs(obs_window)
+        cfg = self.config
+        x = torch.randn((cond.shape[0], cfg.pred_horizon, cfg.action_dim), generator=generator).to(self.device)
+        x0, nfe = self.sampler.sample(lambda xt, t: self.backbone(xt, t, cond), x, generator=generator)
+        return ChunkResult(self.chunk_from_prediction(x0), nfe, state)
+
+    # --- training -------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        cfg = self.config
+        cond = self.normalize_obs(batch["obs"][:, : cfg.obs_horizon]).flatten(1)
+        action = self.normalize_action(batch["action"][:, : cfg.pred_horizon])
+        b = action.shape[0]
+        noise = torch.randn(action.shape, generator=generator).to(self.device)
+        t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=generator).to(self.device)
+        pred = self.backbone(add_noise(self.schedule, action, noise, t), t, cond)
+        target = noise if cfg.prediction_type == "epsilon" else action
+        return {"loss": masked_mse(pred, target, batch.get("action_mask"), cfg.pred_horizon)}
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, horizon: int) -> torch.Tensor:
+    """MSE over positions whose action is known (``action_mask`` True); plain MSE without a mask."""
+    if mask is None:
+        return F.mse_loss(pred, target)
+    m = mask[:, :horizon].to(pred.dtype).unsqueeze(-1)
+    return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)

@@ -1,0 +1,1 @@
+"""Training: the one loop (``Trainer``), checkpoints, and the offline-training entry point."""

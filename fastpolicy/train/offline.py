@@ -1,0 +1,71 @@
+"""Offline training from an EpisodeStore: fit normalisers, build the window dataset, run the Trainer.
+
+This is what ``fastpolicy train`` and ``scripts/train_offline.py`` call. Resuming rebuilds the policy
+from the run's own checkpoint (config and normaliser), so a resumed run cannot drift from its start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastpolicy.train.trainer import TrainConfig, Trainer
+from fastpolicy.utils.misc import seed_everything
+
+
+def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: int):
+    from fastpolicy.data.sampler import SequenceDataset
+
+    keys = ["obs", "action"] + (["action_mask"] if "action_mask" in store.keys else [])
+    return SequenceDataset(store, horizon=pred_horizon, pad_before=obs_horizon - 1,
+                           pad_after=action_horizon - 1, keys=tuple(keys))
+
+
+def train_offline(store_path: str | os.PathLike, run_dir: str | os.PathLike, policy_type: str = "diffusion",
+                  policy_options: dict[str, Any] | None = None, train_config: TrainConfig | None = None,
+                  resume: bool = False, task: str | None = None):
+    """Train ``policy_type`` on the store; returns (policy, fit stats). ``policy_options`` override the
+    config (e.g. backbone, horizons); obs/action dims come from the store."""
+    from fastpolicy.data.normalize import NormalizerSet
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.policies.registry import build_policy
+    from fastpolicy.train.checkpoint import load_tensors, read_config, resolve_checkpoint
+
+    store = EpisodeStore.open(store_path)
+    for key in ("obs", "action"):
+        if key not in store.keys:
+            raise ValueError(f"store {store_path} has no {key!r} array (keys: {store.keys})")
+    train_config = train_config or TrainConfig()
+    seed_everything(train_config.seed)  # same seed → same initial weights (and DDP ranks agree)
+    run_dir = Path(run_dir)
+    if resume and (run_dir / "latest").exists():
+        ckpt = resolve_checkpoint(run_dir)
+        cfg = read_config(ckpt)
+        policy = build_policy(cfg["policy_type"], cfg["policy_config"],
+                              normalizer_state=load_tensors(ckpt, "normalizer.safetensors"))
+    else:
+        options = dict(policy_options or {})
+        if task is not None:
+            from fastpolicy.envs.registry import get_task
+
+            h = get_task(task).horizons
+            options.setdefault("obs_horizon", h["obs"])
+            options.setdefault("pred_horizon", h["pred"])
+            options.setdefault("action_horizon", h["action"])
+        first = store.episode(0)
+        obs_dim, act_dim = int(first["obs"].shape[-1]), int(first["action"].shape[-1])
+        options.update(obs_dim=obs_dim, action_dim=act_dim)
+        normalizer = NormalizerSet.fit_from_store(store, modes={"obs": "limits", "action": "limits"})
+        policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
+    c = policy.config
+    dataset = build_dataset(store, c.obs_horizon, c.pred_horizon, c.action_horizon)
+    extra = {"store": str(store_path), "store_attrs": _jsonable_attrs(store.attrs), "task": task}
+    trainer = Trainer(policy, dataset, train_config, run_dir, resume=resume, extra_config=extra)
+    stats = trainer.fit()
+    return policy, stats
+
+
+def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    keep = ("source", "env_id", "recipe", "seed", "task")
+    return {k: attrs[k] for k in keep if k in attrs}

@@ -1,0 +1,33 @@
+"""Shared fixtures: small stores and quick policies, and one torch thread per test process (the CI
+machine has 2 cores and tests must not fight each other or the numba kernels for them)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def linear_store(tmp_path):
+    """A tiny EpisodeStore of a 1-D linear system: obs (x, goal), action = clip(goal - x)."""
+    from fastpolicy.data.store import EpisodeStore
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "linear"
+    with EpisodeStore.create(path, attrs={"source": "test", "env_id": "none", "recipe": "linear", "seed": 0}) as w:
+        for _ in range(12):
+            n = int(rng.integers(20, 40))
+            x = rng.uniform(-1, 1, size=(n, 1))
+            goal = np.full((n, 1), rng.uniform(-1, 1))
+            action = np.clip(goal - x, -1, 1)
+            w.add_episode({"obs": np.concatenate([x, goal], 1).astype(np.float32),
+                           "action": action.astype(np.float32),
+                           "reward": -np.abs(goal - x)[:, 0].astype(np.float32),
+                           "terminal": np.zeros(n, bool), "timeout": np.eye(1, n, n - 1, dtype=bool)[0]})
+    return path

@@ -1,0 +1,48 @@
+import json
+import math
+
+import pytest
+
+from fastpolicy.bench.schema import REQUIRED_FIELDS, make_row, read_results, validate_row, write_results
+
+
+def _row(**kw):
+    base = dict(steps=10, score_mean=50.0, score_std=1.0, episodes=10, seeds=[0, 1], nfe_per_step_mean=1.25,
+                nfe_per_step_max=10, latency_ms_p50=1.0, latency_ms_p99=2.0)
+    base.update(kw)
+    return make_row("maze2d-umaze", "dp-ddim10", **base)
+
+
+def test_row_has_every_required_field_and_environment():
+    row = _row()
+    assert set(REQUIRED_FIELDS) <= set(row)
+    assert row["commit"] and row["torch_threads"] >= 1 and "device" in row
+
+
+@pytest.mark.parametrize("field", ["task", "score_mean", "commit"])
+def test_missing_field_is_named(field):
+    row = _row()
+    del row[field]
+    with pytest.raises(ValueError, match=field):
+        validate_row(row)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ValueError, match="episodes"):
+        _row(episodes="ten")
+
+
+def test_round_trip_and_nan_becomes_null(tmp_path):
+    rows = [_row(), _row(latency_ms_p99=float("nan"))]
+    path = write_results(tmp_path / "r.json", rows)
+    raw = json.loads(path.read_text())
+    assert raw[1]["latency_ms_p99"] is None
+    back = read_results(path)
+    assert back[0]["score_mean"] == 50.0 and not any(isinstance(v, float) and math.isnan(v) for v in back[1].values())
+
+
+def test_read_rejects_non_list(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"task": 1}')
+    with pytest.raises(ValueError, match="list"):
+        read_results(p)

@@ -1,0 +1,105 @@
+"""DiffusionPolicy / BC / Session behaviour: shapes, receding horizon, NFE accounting, config errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastpolicy.policies.bc import BCConfig, BCPolicy
+from fastpolicy.policies.diffusion_policy import DiffusionPolicy, DiffusionPolicyConfig
+
+
+def _dp(**kw):
+    cfg = dict(obs_dim=3, action_dim=2, backbone="mlp", sampler="ddim:4")
+    cfg.update(kw)
+    return DiffusionPolicy.from_config(cfg)
+
+
+def test_predict_chunk_shapes_and_nfe():
+    policy = _dp().eval()
+    out = policy.predict_chunk(np.zeros((5, 2, 3), np.float32), generator=torch.Generator().manual_seed(0))
+    assert out.actions.shape == (5, 8, 2) and out.nfe == 4
+
+
+def test_session_replans_every_action_horizon_and_counts_nfe():
+    policy = _dp().eval()
+    session = policy.new_session(batch_size=2, seed=0)
+    nfe = []
+    for _ in range(20):
+        action = session.act(np.random.rand(2, 3).astype(np.float32))
+        assert action.shape == (2, 2)
+        nfe.append(session.stats.nfe[-1])
+    assert nfe == [4, 0, 0, 0, 0, 0, 0, 0] * 2 + [4, 0, 0, 0]
+    s = session.stats.summary()
+    assert s["nfe_per_step_max"] == 4 and s["nfe_per_step_mean"] == pytest.approx(12 / 20)
+
+
+def test_session_pads_history_with_first_frame():
+    policy = _dp(obs_horizon=3, pred_horizon=16, action_horizon=4)
+    session = policy.new_session()
+    session.act(np.array([1.0, 2.0, 3.0], np.float32))
+    window = session.observation_window()
+    assert window.shape == (1, 3, 3) and np.all(window == [1.0, 2.0, 3.0])
+
+
+def test_same_generator_seed_gives_same_actions():
+    policy = _dp(sampler="ddpm:10").eval()
+    obs = np.random.rand(1, 2, 3).astype(np.float32)
+    a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)).actions
+    b = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)).actions
+    c = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(4)).actions
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_set_sampler_changes_nfe_and_method():
+    policy = _dp().eval()
+    policy.set_sampler("ddpm:100")
+    assert policy.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 100 and policy.method == "dp-ddpm100"
+
+
+def test_bad_observation_window_is_named():
+    with pytest.raises(ValueError, match="expected"):
+        _dp().predict_chunk(np.zeros((1, 2, 4), np.float32))
+
+
+def test_nan_observation_rejected_by_session():
+    with pytest.raises(ValueError, match="NaN"):
+        _dp().new_session().act(np.array([np.nan, 0, 0], np.float32))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(action_horizon=16), "action_horizon"),
+    (dict(backbone="unet-small", pred_horizon=15, action_horizon=8), "divisible by 4"),
+    (dict(sampler="euler:3"), "sampler|euler"),
+    (dict(unknown_option=1), "unknown"),
+])
+def test_config_errors_are_clear(bad, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        _dp(**bad)
+
+
+def test_training_loss_falls_on_a_small_problem():
+    torch.manual_seed(0)
+    policy = BCPolicy(BCConfig(obs_dim=2, action_dim=1, hidden=64, depth=2))
+    opt = torch.optim.Adam(policy.parameters(), 1e-2)
+    obs = torch.rand(256, 2, 2) * 2 - 1
+    action = (obs[:, -1:, 1:] - obs[:, -1:, :1]).repeat(1, 16, 1).clamp(-1, 1)
+    batch = {"obs": obs, "action": action}
+    first = policy(batch)["loss"].item()
+    for _ in range(200):
+        loss = policy(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+def test_diffusion_loss_is_finite_and_masks_unlabeled_steps():
+    policy = _dp()
+    batch = {"obs": torch.rand(8, 16, 3), "action": torch.rand(8, 16, 2)}
+    g = torch.Generator().manual_seed(0)
+    full = policy(batch, g)["loss"]
+    assert torch.isfinite(full)
+    mask = torch.zeros(8, 16, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    masked = policy({**batch, "action_mask": mask}, g)["loss"]
+    assert masked.item() == 0.0
