@@ -13,7 +13,9 @@ import sys
 
 COMMAND_MODULES = [
     "fastpolicy.data.cli",        # data make | import | info | export | split
-    "fastpolicy.train.cli",       # train, distill, label
+    "fastpolicy.train.cli",       # train
+    "fastpolicy.train.distill",   # distill
+    "fastpolicy.train.label",     # label
     "fastpolicy.evaluation",      # eval
     "fastpolicy.bench.cli",       # bench, report
     "fastpolicy.demo",            # demo

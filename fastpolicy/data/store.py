@@ -110,7 +110,8 @@ def _normalize_block(data: Mapping[str, Any], ends: np.ndarray, episode_offset: 
     def where(row: int) -> str:
         return f"episode {episode_offset + _episode_of(ends, row)}"
 
-    block = f"episode {episode_offset}" if len(ends) == 1 else f"episodes {episode_offset}..{episode_offset + len(ends) - 1}"
+    last = episode_offset + len(ends) - 1
+    block = f"episode {episode_offset}" if len(ends) == 1 else f"episodes {episode_offset}..{last}"
     for key in REQUIRED_KEYS:
         if key not in flat:
             raise ValueError(f"{block}: missing required key {key!r} (got keys {sorted(flat)})")
@@ -118,12 +119,13 @@ def _normalize_block(data: Mapping[str, Any], ends: np.ndarray, episode_offset: 
     out: dict[str, np.ndarray] = {}
     for key in _ordered_keys(flat):
         if not _KEY_RE.match(key):
-            raise ValueError(f"{block}: invalid key name {key!r} (use letters, digits, _ . - and '/' nesting)")
+            raise ValueError(f"{block}: invalid key name {key!r} (letters, digits, _ . - and '/' nesting)")
         arr = np.asarray(flat[key])
         if arr.dtype == object or arr.dtype.kind in "USV":
             raise ValueError(f"{block}: key {key!r} has unsupported dtype {arr.dtype} (numeric or bool only)")
         if arr.ndim == 0:
-            raise ValueError(f"{block}: key {key!r} is a scalar; every key needs a time axis of length {n_rows}")
+            raise ValueError(f"{block}: key {key!r} is a scalar; every key needs a time axis of "
+                             f"length {n_rows}")
         if arr.shape[0] != n_rows:
             raise ValueError(f"{block}: key {key!r} has {arr.shape[0]} steps but 'obs' has "
                              f"{np.asarray(flat['obs']).shape[0]}")
@@ -191,8 +193,8 @@ class EpisodeWriter:
     read-only :class:`EpisodeStore`.
     """
 
-    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
-                 chunk_steps: int | None = None):
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None,
+                 overwrite: bool = False, chunk_steps: int | None = None):
         import zarr
 
         from fastpolicy.utils.atomic import atomic_dir
@@ -275,14 +277,16 @@ class EpisodeWriter:
         if set(schema) != set(self._schema):
             missing = sorted(set(self._schema) - set(schema))
             extra = sorted(set(schema) - set(self._schema))
-            raise ValueError(f"episode {index}: keys differ from episode 0 (missing {missing}, extra {extra})")
+            raise ValueError(f"episode {index}: keys differ from episode 0 "
+                             f"(missing {missing}, extra {extra})")
         for key, (shape, dtype) in schema.items():
             shape0, dtype0 = self._schema[key]
             if shape != shape0:
                 raise ValueError(f"episode {index}: key {key!r} has per-step shape {shape}, "
                                  f"but earlier episodes have {shape0}")
             if dtype != dtype0:
-                raise ValueError(f"episode {index}: key {key!r} has dtype {dtype}, but earlier episodes have {dtype0}")
+                raise ValueError(f"episode {index}: key {key!r} has dtype {dtype}, "
+                                 f"but earlier episodes have {dtype0}")
 
     def _flush(self) -> None:
         if not self._buffered_steps:
@@ -415,8 +419,9 @@ class EpisodeStore:
             raise ValueError(f"episode {bad} is empty or episode_ends is not increasing "
                              f"(episode_ends[{bad}] = {int(ends[bad])})")
         flat = _flatten(data)
-        if "obs" in flat and np.asarray(flat["obs"]).shape[0] != ends[-1]:
-            raise ValueError(f"episode_ends[-1] = {int(ends[-1])} but 'obs' has {np.asarray(flat['obs']).shape[0]} steps")
+        n_obs = np.shape(flat["obs"])[0] if "obs" in flat and np.ndim(flat["obs"]) else None
+        if n_obs is not None and n_obs != ends[-1]:
+            raise ValueError(f"episode_ends[-1] = {int(ends[-1])} but 'obs' has {n_obs} steps")
         arrays = _normalize_block(flat, ends, 0)
         with cls.create(path, attrs=attrs, overwrite=overwrite, chunk_steps=chunk_steps) as writer:
             writer._write_block(arrays, ends)
@@ -456,7 +461,8 @@ class EpisodeStore:
         return key in self._keys
 
     def __repr__(self) -> str:
-        return f"EpisodeStore({str(self.path)!r}, episodes={self.n_episodes}, steps={self.n_steps}, keys={self.keys})"
+        return (f"EpisodeStore({str(self.path)!r}, episodes={self.n_episodes}, steps={self.n_steps}, "
+                f"keys={self.keys})")
 
     # -- data access ----------------------------------------------------------------------------
     def _zarr(self, key: str) -> Any:
@@ -488,7 +494,10 @@ class EpisodeStore:
         start, end = self._bounds(i)
         out = {}
         for key in keys or self._keys:
-            out[key] = self._cache[key][start:end] if key in self._cache else np.asarray(self._zarr(key)[start:end])
+            if key in self._cache:
+                out[key] = self._cache[key][start:end]
+            else:
+                out[key] = np.asarray(self._zarr(key)[start:end])
         return out
 
     def episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:

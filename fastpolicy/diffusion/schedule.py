@@ -70,11 +70,12 @@ def make_schedule(num_train_timesteps: int = 100, beta_schedule: str = "squaredc
 
 
 def broadcast_to_sample(coef: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-    """Append singleton dims so a ``(B,)`` or per-position ``(B, T)`` coefficient broadcasts over ``sample``."""
+    """Append singleton dims so a ``(B,)`` or per-position ``(B, T)`` coefficient broadcasts."""
     return coef.reshape(*coef.shape, *([1] * (sample.dim() - coef.dim())))
 
 
-def add_noise(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def add_noise(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor,
+              t: torch.Tensor) -> torch.Tensor:
     """Forward process ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``.
 
     ``t`` is a LongTensor ``(B,)`` (one level per sample, as diffusers' ``add_noise``) or ``(B, T)``

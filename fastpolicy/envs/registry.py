@@ -55,7 +55,8 @@ class TaskSpec:
         """D4RL normalization 100·(R − min)/(max − min) when the card defines it, else the raw return."""
         if self.score.get("kind") == "d4rl":
             lo, hi = float(self.score["ref_min"]), float(self.score["ref_max"])
-            return 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
+            score = 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
+            return float(score) if score.ndim == 0 else score
         return returns
 
 
@@ -72,8 +73,11 @@ def load_task_card(path: str | os.PathLike) -> TaskSpec:
         if key not in data:
             raise ValueError(f"task card {path}: missing required key {key!r}")
     score = data.get("score", {"kind": "return"})
-    if score.get("kind") == "d4rl" and not {"ref_min", "ref_max"} <= set(score):
-        raise ValueError(f"task card {path}: score kind d4rl needs ref_min and ref_max")
+    if not isinstance(score, dict):
+        raise ValueError(f"task card {path}: score must be a mapping, got {score!r}")
+    missing = [k for k in ("ref_min", "ref_max") if k not in score]
+    if score.get("kind") == "d4rl" and missing:
+        raise ValueError(f"task card {path}: score kind d4rl is missing {', '.join(missing)}")
     return TaskSpec(**data)
 
 

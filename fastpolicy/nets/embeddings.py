@@ -41,7 +41,8 @@ class TimestepEmbedding(nn.Module):
     def __init__(self, dim: int, hidden_mult: int = 4) -> None:
         super().__init__()
         self.sinusoid = SinusoidalPosEmb(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * hidden_mult), nn.Mish(), nn.Linear(dim * hidden_mult, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * hidden_mult), nn.Mish(),
+                                 nn.Linear(dim * hidden_mult, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.sinusoid(t))

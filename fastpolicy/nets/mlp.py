@@ -93,7 +93,8 @@ class MLPDenoiser(nn.Module):
         if residual:
             self.body = nn.Sequential(*[_ResidualBlock(hidden) for _ in range(depth - 1)])
         else:
-            self.body = nn.Sequential(*[m for _ in range(depth - 1) for m in (nn.Linear(hidden, hidden), nn.Mish())])
+            layers = [m for _ in range(depth - 1) for m in (nn.Linear(hidden, hidden), nn.Mish())]
+            self.body = nn.Sequential(*layers)
         self.output_layer = nn.Linear(hidden, horizon * input_dim)
 
     def _time_features(self, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
@@ -113,7 +114,8 @@ class MLPDenoiser(nn.Module):
                 stop_time: int | float | torch.Tensor | None = None) -> torch.Tensor:
         """Same contract as :meth:`ConditionalUnet1D.forward`."""
         if sample.dim() != 3 or tuple(sample.shape[1:]) != (self.horizon, self.input_dim):
-            raise ValueError(f"sample must be (B, {self.horizon}, {self.input_dim}); got {tuple(sample.shape)}")
+            raise ValueError(f"sample must be (B, {self.horizon}, {self.input_dim}); "
+                             f"got {tuple(sample.shape)}")
         batch = sample.shape[0]
         if self.global_cond_dim:
             if global_cond is None or tuple(global_cond.shape) != (batch, self.global_cond_dim):

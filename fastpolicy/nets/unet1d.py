@@ -109,7 +109,8 @@ class ConditionalUnet1D(nn.Module):
             raise ValueError("down_dims must name at least one level")
         for d in down_dims:
             if d % n_groups:
-                raise ValueError(f"every entry of down_dims {down_dims} must be divisible by n_groups={n_groups}")
+                raise ValueError(f"every entry of down_dims {down_dims} must be divisible by "
+                                 f"n_groups={n_groups}")
         self.input_dim = input_dim
         self.global_cond_dim = global_cond_dim
         self.down_dims = down_dims

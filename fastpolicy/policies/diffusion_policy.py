@@ -8,6 +8,7 @@ the sampler is swappable at evaluation time (``set_sampler("ddim:10")``) without
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +54,10 @@ class DiffusionPolicy(TorchPolicy):
     # --- sampling -------------------------------------------------------------------------------
     def _sampler_spec(self, spec: str) -> SamplerSpec:
         parsed = SamplerSpec.parse(spec)
-        parsed.prediction_type = self.config.prediction_type
+        overrides: dict[str, Any] = {"prediction_type": self.config.prediction_type}
         if parsed.kind == "ddpm":
-            parsed.clip_sample = self.config.clip_sample
-        return parsed
+            overrides["clip_sample"] = self.config.clip_sample
+        return dataclasses.replace(parsed, **overrides)  # SamplerSpec is frozen
 
     def set_sampler(self, spec: str) -> DiffusionPolicy:
         """Choose how to sample (``ddpm:100``, ``ddim:10``, ``dpm:5``); the tables are built once here."""

@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +63,7 @@ class MicroBatcher:
     """
 
     def __init__(self, policy: Policy, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, fill_target: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -71,6 +72,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1e3
         self.generator = generator
+        # How many requests can possibly arrive (e.g. the number of connected sessions, each with at most
+        # one request in flight): once a batch has that many, waiting longer only adds latency.
+        self.fill_target = fill_target
         self.calls = 0
         self.batch_sizes: list[int] = []     # bounded: the last 10k batches
         self._items: collections.deque[_Item] = collections.deque()
@@ -144,8 +148,11 @@ class MicroBatcher:
             assert first is not None
             batch = [first]
             deadline = first.submitted + self.max_wait_s
-            while len(batch) < self.max_batch:
+            limit = self.max_batch
+            while len(batch) < limit:
                 item = self._next_item_nowait()
+                if item is None and self.fill_target is not None and len(batch) >= self.fill_target():
+                    break
                 if item is None:
                     item = await self._next_item(deadline - time.perf_counter())
                 if item is None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
+PROTOCOL_HEADER = "X-Fastpolicy-Protocol"   # optional handshake header: the version the client speaks
 EXT_NDARRAY = 1                      # msgpack ExtType code for numpy arrays
 DEFAULT_MAX_FRAME_BYTES = 1 << 20    # protocol limit: larger frames are answered with an "oversized" error
 MAX_NDIM = 8

@@ -2,8 +2,10 @@
 
 Any policy module trains here if ``module(batch, generator) -> dict`` returns a dict with a scalar
 ``"loss"`` (plus any scalars to log) and it offers ``policy_type``, ``config_dict()`` and
-``normalizer_state()``. All randomness of a step (batch indices, diffusion noise and timesteps) comes
-from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly as the
+``normalizer_state()``. A module may also offer ``export_state(state_dict) -> state_dict`` to choose
+the inference weights a checkpoint holds (a distiller keeps only its student); parameters with
+``requires_grad=False`` are neither optimised nor EMA-averaged. All randomness of a step (batch
+indices, diffusion noise and timesteps) comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly as the
 uninterrupted run would have (tested bit for bit).
 
 Under ``torchrun`` (WORLD_SIZE > 1) the loop wraps the module in DistributedDataParallel (gloo on CPU,
@@ -98,15 +100,17 @@ class Trainer:
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.model = nn.parallel.DistributedDataParallel(
                 self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.lr, betas=(0.95, 0.999),
+        # Frozen parameters (a distillation teacher, an EMA target) are neither optimised nor averaged.
+        self._trainable = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([p for _, p in self._trainable], lr=config.lr, betas=(0.95, 0.999),
                                            eps=1e-8, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.ema = None
         if config.ema:
             from diffusers.training_utils import EMAModel  # reuse diffusers' EMA (warm-up power schedule)
 
-            self.ema = EMAModel(self.policy.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
-                                inv_gamma=1.0, power=config.ema_power)
+            self.ema = EMAModel([p for _, p in self._trainable], decay=config.ema_max_decay,
+                                use_ema_warmup=True, inv_gamma=1.0, power=config.ema_power)
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step = 0
         if resume:
@@ -143,17 +147,20 @@ class Trainer:
     def _inference_state(self) -> dict[str, torch.Tensor]:
         state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         if self.ema is not None:
-            names = [n for n, _ in self.policy.named_parameters()]
-            for name, shadow in zip(names, self.ema.shadow_params):
+            for (name, _), shadow in zip(self._trainable, self.ema.shadow_params):
                 state[name] = shadow.detach().clone()
         return state
 
     def save(self) -> Path:
         tensors, meta = self._train_state()
         name = checkpoint_name(self.step)
+        model_state = self._inference_state()
+        if hasattr(self.policy, "export_state"):
+            # a wrapper (e.g. a distiller holding teacher + student) saves only the policy it trains
+            model_state = self.policy.export_state(model_state)
         path = save_checkpoint(
             self.run_dir / "checkpoints" / name, policy_type=self.policy.policy_type,
-            policy_config=self.policy.config_dict(), model_state=self._inference_state(),
+            policy_config=self.policy.config_dict(), model_state=model_state,
             normalizer_state=self.policy.normalizer_state(), step=self.step, train_tensors=tensors,
             train_meta=meta, extra={"train": self.extra_config})
         write_latest(self.run_dir, name)
@@ -224,7 +231,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.step(self.policy.parameters())
+                self.ema.step([p for _, p in self._trainable])
             self.step += 1
             value = float(loss.detach())
             running = value if running is None else 0.98 * running + 0.02 * value

@@ -1,0 +1,113 @@
+"""``fastpolicy data ...``: make, import, inspect and export datasets.
+
+    fastpolicy data make NAME [--out STORE] [--size N] [--seed S] [--overwrite]
+    fastpolicy data import PATH [--format d4rl|minari] --out STORE [--overwrite]
+    fastpolicy data info STORE [--png PATH] [--json]
+    fastpolicy data export STORE --format d4rl --out FILE.hdf5 [--overwrite]
+
+Only argparse is imported here; each handler imports what it needs (zarr, h5py, matplotlib, recipes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_STORE_ROOT = Path("datasets") / "store"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="make, import, inspect and export datasets",
+                                   description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("make", help="build a dataset from a recipe (behavior policy / expert rollouts)")
+    p.add_argument("name", help="recipe name (see fastpolicy.data.recipes)")
+    p.add_argument("--out", type=Path, default=None, help="store path (default datasets/store/NAME)")
+    p.add_argument("--size", type=int, default=None, help="number of steps (recipe default if omitted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_make)
+
+    p = sub.add_parser("import", help="convert a D4RL HDF5 file or a Minari dataset into a store")
+    p.add_argument("path", type=Path, help="D4RL .hdf5 file or Minari dataset directory")
+    p.add_argument("--format", choices=("d4rl", "minari"), default=None,
+                   help="input format (default: minari for a directory, d4rl for a file)")
+    p.add_argument("--out", type=Path, required=True, help="store path to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--max-episode-steps", type=int, default=None,
+                   help="d4rl files without 'timeouts': also cut episodes every N steps")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("info", help="summarise a store and plot its return / length histograms")
+    p.add_argument("store", type=Path)
+    p.add_argument("--png", type=Path, default=None, help="histogram path (default: <store>.returns.png)")
+    p.add_argument("--no-png", dest="write_png", action="store_false", help="do not write the histogram")
+    p.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="write a store as a D4RL HDF5 file")
+    p.add_argument("store", type=Path)
+    p.add_argument("--format", choices=("d4rl",), default="d4rl")
+    p.add_argument("--out", type=Path, required=True, help="output .hdf5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_export)
+
+
+def _make(args: argparse.Namespace) -> int:
+    from fastpolicy.data.recipes import make_dataset
+
+    out = args.out if args.out is not None else DEFAULT_STORE_ROOT / args.name
+    store = make_dataset(args.name, out, size=args.size, seed=args.seed, overwrite=args.overwrite,
+                         progress=args.progress)
+    summary = f": {store.n_episodes} episodes, {store.n_steps} steps" if store is not None else ""
+    print(f"wrote {out}{summary}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    fmt = args.format or ("minari" if args.path.is_dir() else "d4rl")
+    if not args.path.exists():
+        raise FileNotFoundError(f"{args.path} does not exist")
+    if fmt == "d4rl":
+        from fastpolicy.data.d4rl import import_d4rl
+
+        store = import_d4rl(args.path, args.out, overwrite=args.overwrite,
+                            max_episode_steps=args.max_episode_steps)
+    else:
+        from fastpolicy.data.minari_io import import_minari
+
+        store = import_minari(args.path, args.out, overwrite=args.overwrite)
+    print(f"imported {args.path} ({fmt}) -> {args.out}: {store.n_episodes} episodes, {store.n_steps} steps")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from fastpolicy.data.info import format_info, plot_returns, store_info
+    from fastpolicy.data.store import EpisodeStore
+
+    store = EpisodeStore.open(args.store)
+    info = store_info(store)
+    png = None
+    if args.write_png:
+        png = args.png if args.png is not None else args.store.parent / f"{args.store.name}.returns.png"
+        plot_returns(store, png)
+        info["histogram_png"] = str(png)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(format_info(info))
+        if png is not None:
+            print(f"  histogram: {png}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fastpolicy.data.d4rl import export_d4rl
+
+    path = export_d4rl(args.store, args.out, overwrite=args.overwrite)
+    print(f"exported {args.store} -> {path} (d4rl)")
+    return 0

@@ -1,0 +1,33 @@
+"""Serving policies over the network: wire protocol, websocket server with micro-batching, clients.
+
+Imports are lazy (websockets and msgpack are the ``serve`` extra): ``from fastpolicy.serve import
+PolicyClient`` loads only what it names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PROTOCOL_VERSION": "fastpolicy.serve.protocol",
+    "ProtocolError": "fastpolicy.serve.protocol",
+    "PolicyServer": "fastpolicy.serve.server",
+    "ServerConfig": "fastpolicy.serve.server",
+    "BackgroundServer": "fastpolicy.serve.server",
+    "run_server": "fastpolicy.serve.server",
+    "BuiltinMLPPolicy": "fastpolicy.serve.server",
+    "MicroBatcher": "fastpolicy.serve.batching",
+    "PolicyClient": "fastpolicy.serve.client",
+    "AsyncPolicyClient": "fastpolicy.serve.client",
+    "ServerError": "fastpolicy.serve.client",
+    "AuthenticationError": "fastpolicy.serve.client",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fastpolicy.serve' has no attribute {name!r}")

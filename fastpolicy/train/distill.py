@@ -1,0 +1,418 @@
+"""Accelerating a trained teacher: consistency distillation (``fastpolicy distill``) and SDP fine-tuning.
+
+Consistency distillation (Song et al. 2023; Consistency Policy, Prasad et al. 2024; multistep /
+segmented: Heek et al. 2024, Hyper-SD TSCD). One training step, for a batch of data x0:
+
+1. draw grid points g per sample (per position for a streaming student) and the lower boundary b of
+   g's segment; x_g = add_noise(x0, ε, t_g);
+2. teacher ODE step t_g → t_{g−1} (deterministic: DDIM via ``ddim_ode_step``, or Heun, 2 calls) —
+   DDPM noise would break consistency, so the teacher is always sampled as an ODE here;
+3. target = f_EMA(x̂_{g−1}, t_{g−1}, t_b) with the EMA *target* network (identity when g−1 = b, the
+   boundary), prediction = f_θ(x_g, t_g, t_b); loss = pseudo-Huber(prediction − target)
+   (+ optional x0 regression of the student's raw output, the denoising auxiliary loss).
+
+The student (``ConsistencyPolicy``) starts from the teacher's weights with a zero-initialised
+stop-time embedding (``strict=False`` load: the only missing keys are the stop-time MLP), so at step 0
+it *is* the teacher's x0 predictor. Segmented students are trained progressively, k = 8 → 4 → 2 → 1,
+each stage initialised from the previous one; the final stage is written to ``--out`` itself and the
+earlier stages to ``--out/stages/seg{k}``, each a loadable "consistency" checkpoint.
+
+The loop is the one ``Trainer``: ``ConsistencyDistiller`` is an nn.Module whose ``forward`` returns
+the loss; the frozen teacher and the EMA target are submodules with ``requires_grad=False`` (saved in
+the resume state, so ``--resume`` continues bit for bit), and ``export_state`` makes each checkpoint
+hold the student alone.
+
+``finetune_streaming`` warm-starts a StreamingPolicy (SDP) from a DiffusionPolicy teacher's weights —
+same backbone, per-position timesteps — and trains it on the chunk-wise/constant level mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastpolicy.diffusion import add_noise, ddim_ode_step
+from fastpolicy.diffusion.samplers import predict_x0_eps
+from fastpolicy.diffusion.schedule import broadcast_to_sample
+from fastpolicy.policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig
+from fastpolicy.policies.diffusion_policy import DiffusionPolicy
+from fastpolicy.policies.streaming import StreamingPolicy, StreamLayout, num_chunks
+
+SOLVERS = ("ddim", "heun")
+
+
+@dataclass
+class DistillConfig:
+    """What the student is distilled for (and how). ``segments`` is one stage's k."""
+
+    grid: int = 24
+    """G, grid points of the teacher ODE (divisible by every k of the progression)"""
+    segments: int = 1
+    solver: str = "ddim"
+    """teacher ODE step: ddim (1 teacher call) or heun (2 calls)"""
+    target_decay: float = 0.95
+    """EMA rate of the target network (0: the target is the current student, iCT-style)"""
+    huber_c: float | None = None
+    """pseudo-Huber constant; default 0.00054·sqrt(Tp·A) (iCT)"""
+    x0_weight: float = 0.0
+    """weight of the denoising auxiliary loss (x0 regression of the student's raw prediction)"""
+    streaming: bool = False
+    """distil a streaming student (per-position segments = chunks) from an SDP teacher"""
+    chunkwise_fraction: float = 0.8
+    """streaming: share of chunk-wise samples; the rest trains the single-segment warm-up map"""
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.grid < 1 or self.segments < 1 or self.grid % self.segments:
+            raise ValueError(f"segments={self.segments} must divide grid={self.grid}")
+        if not 0.0 <= self.target_decay < 1.0:
+            raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
+
+
+def student_from_teacher(teacher: DiffusionPolicy, grid: int, segments: int, streaming: bool = False
+                         ) -> ConsistencyPolicy:
+    """A ConsistencyPolicy with the teacher's config and weights plus a zero stop-time input."""
+    keep = {f.name for f in dataclasses.fields(ConsistencyPolicyConfig)}
+    base = {k: v for k, v in teacher.config_dict().items() if k in keep}
+    base["sampler"] = "ddim:10"  # unused by the student; any valid spec
+    steps = 1 if streaming else segments
+    config = ConsistencyPolicyConfig.from_dict({**base, "grid": grid, "segments": segments, "steps": steps,
+                                                "streaming": streaming})
+    student = ConsistencyPolicy(config, {k: v.clone() for k, v in teacher.normalizer_state().items()})
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    bad = [k for k in missing if ".stop_time_embedding." not in k]
+    if bad or unexpected:
+        raise ValueError(f"teacher weights do not fit the student (missing {bad[:4]}, "
+                         f"unexpected {unexpected[:4]})")
+    return student.to(teacher.device)
+
+
+class ConsistencyDistiller(nn.Module):
+    """Trainable module for the Trainer: student (trained), teacher (frozen), EMA target (frozen)."""
+
+    policy_type = "consistency"
+
+    def __init__(self, teacher: DiffusionPolicy, student: ConsistencyPolicy, config: DistillConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.student = student
+        self.teacher = teacher
+        self.target = copy.deepcopy(student.backbone)
+        for p in [*self.teacher.parameters(), *self.target.parameters()]:
+            p.requires_grad_(False)
+        scfg = student.config
+        if config.streaming:
+            self.layout = StreamLayout(scfg.pred_horizon, scfg.obs_horizon, scfg.action_horizon,
+                                       config.segments)
+            if self.layout.chunks != config.segments:
+                raise ValueError(f"streaming distillation needs segments = chunks = {self.layout.chunks}")
+        dim = scfg.pred_horizon * scfg.action_dim
+        self.huber_c = config.huber_c if config.huber_c is not None else 0.00054 * math.sqrt(dim)
+
+    # --- what the Trainer saves -----------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return self.student.config_dict()
+
+    def normalizer_state(self) -> dict[str, torch.Tensor]:
+        return self.student.normalizer_state()
+
+    def export_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's weights only (the checkpoint is a plain "consistency" policy)."""
+        return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+
+    # --- pieces -------------------------------------------------------------------------------------
+    def sample_grid(self, batch_size: int,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tp) grid points g and segment boundaries b ≤ g (g == b: a held position, identity)."""
+        cfg, scfg = self.config, self.student.config
+        tp, seg_len = scfg.pred_horizon, cfg.grid // cfg.segments
+        if not cfg.streaming:
+            n = torch.randint(0, cfg.grid, (batch_size, 1), generator=generator)
+            g, b = n + 1, (n // seg_len) * seg_len
+            return g.expand(-1, tp), b.expand(-1, tp)
+        layout = self.layout
+        chunk = layout.position_chunks()[None, :]                       # tail → h
+        offset = torch.randint(0, seg_len, (batch_size, 1), generator=generator)
+        bound = (chunk * seg_len).clamp_max(cfg.grid)
+        g_stream = torch.where(chunk < layout.chunks, bound + offset + 1, bound)
+        n = torch.randint(0, cfg.grid, (batch_size, 1), generator=generator)
+        n_chunk = int(round(cfg.chunkwise_fraction * batch_size))
+        chunkwise = (torch.arange(batch_size) < n_chunk)[:, None]
+        g = torch.where(chunkwise, g_stream, (n + 1).expand(-1, tp))
+        b = torch.where(chunkwise, bound.expand(batch_size, -1), torch.zeros_like(g))
+        return g, b
+
+    def _net_t(self, t: torch.Tensor) -> torch.Tensor:
+        # per-sample times take the cheaper (B,) path of the backbone
+        return t if self.config.streaming else t[:, 0]
+
+    def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ac = self.teacher.schedule.alphas_cumprod
+        abar = torch.where(t < 0, torch.ones((), dtype=ac.dtype, device=ac.device), ac[t.clamp_min(0)])
+        abar = broadcast_to_sample(abar.to(like.dtype), like)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def _teacher_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = self.teacher.backbone(x, self._net_t(t.clamp_min(0)), cond)
+        if self.teacher.config.prediction_type == "epsilon":
+            return out
+        a, s = self._alpha_sigma(t, x)
+        return predict_x0_eps(x, out, a, s, "sample")[1]
+
+    @torch.no_grad()
+    def teacher_step(self, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
+                     cond: torch.Tensor) -> torch.Tensor:
+        """One deterministic teacher ODE step per position (held where t_from == t_to)."""
+        tcfg = self.teacher.config
+        if self.config.solver == "ddim":
+            out = self.teacher.backbone(x, self._net_t(t_from.clamp_min(0)), cond)
+            new = ddim_ode_step(self.teacher.schedule, x, out, t_from.clamp_min(0), t_to,
+                                tcfg.prediction_type, clip_sample=tcfg.clip_sample)
+        else:
+            # Heun on the probability-flow ODE in (x/α, σ/α) coordinates, where DDIM is the Euler step
+            a1, s1 = self._alpha_sigma(t_from, x)
+            a2, s2 = self._alpha_sigma(t_to, x)
+            eps1 = self._teacher_eps(x, t_from, cond)
+            d_rho = s2 / a2 - s1 / a1
+            euler = a2 * (x / a1 + d_rho * eps1)
+            eps2 = self._teacher_eps(euler, t_to, cond)
+            heun = a2 * (x / a1 + d_rho * 0.5 * (eps1 + eps2))
+            new = torch.where(broadcast_to_sample(t_to < 0, x), euler, heun)  # no 2nd call at the clean end
+        return torch.where(broadcast_to_sample(t_from == t_to, x), x, new)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        decay = self.config.target_decay
+        for tgt, src in zip(self.target.parameters(), self.student.backbone.parameters()):
+            tgt.lerp_(src.detach(), 1.0 - decay)
+
+    def pseudo_huber(self, diff: torch.Tensor) -> torch.Tensor:
+        sq = diff.pow(2).flatten(1).sum(1)
+        return (torch.sqrt(sq + self.huber_c ** 2) - self.huber_c).mean()
+
+    # --- the loss -------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        # the target follows the student as it was after the previous optimizer step
+        self.update_target()
+        st = self.student
+        scfg = st.config
+        cond = st.normalize_obs(batch["obs"][:, : scfg.obs_horizon]).flatten(1)
+        x0 = st.normalize_action(batch["action"][:, : scfg.pred_horizon])
+        g, b = self.sample_grid(x0.shape[0], generator)
+        g, b = g.to(st.device), b.to(st.device)
+        ts = st.grid_timesteps()
+        noise = torch.randn(x0.shape, generator=generator).to(st.device)
+        t_g, t_b = ts[g], ts[b]
+        t_prev = ts[torch.maximum(g - 1, b)]
+        x_g = add_noise(st.schedule, x0, noise, t_g.clamp_min(0))
+        with torch.no_grad():
+            x_prev = self.teacher_step(x_g, t_g, t_prev, cond)
+            target = st.consistency_fn(x_prev, self._net_t(t_prev), self._net_t(t_b), cond,
+                                       backbone=self.target)
+        pred, raw = st.consistency_fn(x_g, self._net_t(t_g), self._net_t(t_b), cond, return_raw=True)
+        mask = batch.get("action_mask")
+        weight = mask[:, : scfg.pred_horizon, None].to(x0.dtype) if mask is not None else 1.0
+        loss_cd = self.pseudo_huber((pred - target) * weight)
+        out = {"loss": loss_cd, "cd_loss": loss_cd.detach()}
+        if self.config.x0_weight > 0:
+            a, s = self._alpha_sigma(t_g, x_g)
+            x0_hat, _ = predict_x0_eps(x_g, raw, a, s, scfg.prediction_type)
+            aux = ((x0_hat - x0) * weight).pow(2).mean()
+            out["loss"] = loss_cd + self.config.x0_weight * aux
+            out["x0_loss"] = aux.detach()
+        return out
+
+
+# --- drivers --------------------------------------------------------------------------------------
+
+def _record_cost(run_dir: Path, seconds: float, step: int, before: float = 0.0) -> dict[str, float]:
+    """Accumulate wall seconds of a run in ``run_dir/cost.json`` (survives resumes)."""
+    path = run_dir / "cost.json"
+    prev = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0}
+    cost = {"seconds": float(prev.get("seconds", 0.0)) + seconds, "steps": int(step)}
+    cost["total_seconds"] = cost["seconds"] + float(prev.get("before_seconds", before))
+    cost["before_seconds"] = float(prev.get("before_seconds", before))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cost, indent=1))
+    return cost
+
+
+def read_cost(run_dir: str | os.PathLike) -> dict[str, float] | None:
+    """Wall seconds (``seconds`` of the run, ``total_seconds`` with earlier stages) and steps, if any."""
+    path = Path(run_dir) / "cost.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _run_is_complete(run_dir: Path, steps: int) -> bool:
+    from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+
+    try:
+        return int(read_config(resolve_checkpoint(run_dir))["step"]) >= steps
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_config, resume: bool,
+         extra: dict[str, Any], before_seconds: float = 0.0) -> dict[str, float]:
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.train.offline import build_dataset
+    from fastpolicy.train.trainer import Trainer
+
+    cfg = module.student.config if isinstance(module, ConsistencyDistiller) else module.config
+    dataset = build_dataset(EpisodeStore.open(store_path), cfg.obs_horizon, cfg.pred_horizon,
+                            cfg.action_horizon)
+    trainer = Trainer(module, dataset, train_config, run_dir, resume=resume, extra_config=extra)
+    t0 = time.perf_counter()
+    stats = trainer.fit()
+    _record_cost(run_dir, time.perf_counter() - t0, trainer.step, before_seconds)
+    return stats
+
+
+def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLike, out: str | os.PathLike,
+            segments: tuple[int, ...] | list[int] = (1,), train_config=None, resume: bool = False,
+            distill_config: DistillConfig | None = None) -> ConsistencyPolicy:
+    """Distil ``teacher`` (checkpoint/run path or policy) into a consistency student, stage by stage.
+
+    ``segments`` lists the stages (e.g. ``(8, 4, 2, 1)``); each stage starts from the previous student.
+    With ``distill_config.streaming`` the teacher must be a StreamingPolicy and ``segments`` its chunks.
+    Returns the final student (EMA weights, loaded from its checkpoint).
+    """
+    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.train.trainer import TrainConfig
+
+    train_config = train_config or TrainConfig(steps=1000, batch_size=64, warmup_steps=50)
+    base = distill_config or DistillConfig()
+    segments = [int(k) for k in segments]
+    if not segments:
+        raise ValueError("segments must name at least one stage")
+    teacher_path = None
+    if not isinstance(teacher, DiffusionPolicy):
+        teacher_path = str(teacher)
+        teacher = load_policy(teacher)
+    if not isinstance(teacher, DiffusionPolicy) or isinstance(teacher, ConsistencyPolicy):
+        raise ValueError(f"the teacher must be a diffusion or streaming policy, got {type(teacher).__name__}")
+    if base.streaming and not isinstance(teacher, StreamingPolicy):
+        raise ValueError("streaming distillation needs a StreamingPolicy (SDP) teacher: per-position levels")
+    if base.streaming:
+        h = num_chunks(teacher.config.pred_horizon, teacher.config.obs_horizon, teacher.config.action_horizon)
+        if segments != [h]:
+            raise ValueError(f"a streaming student has one segment per chunk: --segments {h}")
+    teacher = teacher.eval()
+    out = Path(out)
+    prev: ConsistencyPolicy | None = None
+    prev_seconds = 0.0
+    for i, k in enumerate(segments):
+        dcfg = dataclasses.replace(base, segments=k)
+        run_dir = out if i == len(segments) - 1 else out / "stages" / f"seg{k}"
+        if resume and _run_is_complete(run_dir, train_config.steps):
+            prev = load_policy(run_dir)
+            prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
+            continue
+        if prev is None:
+            student = student_from_teacher(teacher, dcfg.grid, k, dcfg.streaming)
+        else:  # progressive: the previous stage's (EMA) student, re-targeted to k segments
+            student = student_from_teacher(teacher, dcfg.grid, k, dcfg.streaming)
+            student.backbone.load_state_dict(prev.backbone.state_dict())
+        module = ConsistencyDistiller(teacher, student, dcfg)
+        extra = {"store": str(store), "teacher": teacher_path, "distill": dataclasses.asdict(dcfg),
+                 "stages": segments, "stage": i}
+        _fit(module, store, run_dir, train_config, resume, extra, before_seconds=prev_seconds)
+        prev = load_policy(run_dir)
+        prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
+    assert prev is not None
+    return prev
+
+
+def finetune_streaming(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLike,
+                       out: str | os.PathLike, train_config=None, resume: bool = False,
+                       options: dict[str, Any] | None = None) -> StreamingPolicy:
+    """Train an SDP network warm-started from a DiffusionPolicy teacher (same backbone weights).
+
+    ``options`` override the streaming config (default: the teacher's config with Ta = 4, i.e. h = 3
+    chunks for To = 2, Tp = 16). Returns the trained policy (EMA weights, from its checkpoint).
+    """
+    from fastpolicy.policies.streaming import StreamingPolicyConfig
+    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.train.trainer import TrainConfig
+
+    train_config = train_config or TrainConfig(steps=1000, batch_size=64, warmup_steps=50)
+    if not isinstance(teacher, DiffusionPolicy):
+        teacher = load_policy(teacher)
+    keep = {f.name for f in dataclasses.fields(StreamingPolicyConfig)}
+    config = {k: v for k, v in teacher.config_dict().items() if k in keep}
+    config.update({"action_horizon": 4, **(options or {})})
+    norm = {k: v.clone() for k, v in teacher.normalizer_state().items()}
+    policy = StreamingPolicy.from_config(config, norm)
+    policy.backbone.load_state_dict(teacher.backbone.state_dict())
+    out = Path(out)
+    if not (resume and _run_is_complete(out, train_config.steps)):
+        _fit(policy, store, out, train_config, resume, {"store": str(store), "warm_start": "teacher"})
+    return load_policy(out)
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="consistency-distil a teacher (1 step, segmented, streaming)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint or run directory")
+    p.add_argument("--store", required=True, help="EpisodeStore the teacher was trained on")
+    p.add_argument("--out", required=True, help="run directory of the student (the last stage)")
+    p.add_argument("--segments", default="1",
+                   help="k, or a progression such as 8,4,2,1 (each stage starts from the previous one)")
+    p.add_argument("--solver", default="ddim", choices=SOLVERS, help="teacher ODE step")
+    p.add_argument("--grid", type=int, default=24, help="grid points of the teacher ODE")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per stage")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--target-decay", type=float, default=0.95, help="EMA rate of the target network")
+    p.add_argument("--x0-weight", type=float, default=0.0, help="weight of the denoising auxiliary loss")
+    p.add_argument("--streaming", action="store_true", help="streaming student from an SDP teacher")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue (or skip finished stages of) --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_distill)
+
+
+def parse_segments(text: str) -> list[int]:
+    try:
+        stages = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--segments {text!r}: expected k or a list like 8,4,2,1") from None
+    if not stages or any(k < 1 for k in stages):
+        raise ValueError(f"--segments {text!r}: every k must be ≥ 1")
+    return stages
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from fastpolicy.train.trainer import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = parse_segments(args.segments)
+    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                       progress=not args.no_progress)
+    dcfg = DistillConfig(grid=args.grid, segments=stages[-1], solver=args.solver,
+                         target_decay=args.target_decay, x0_weight=args.x0_weight, streaming=args.streaming)
+    student = distill(args.teacher, args.store, args.out, stages, tcfg, resume=args.resume,
+                      distill_config=dcfg)
+    cost = read_cost(args.out) or {}
+    print(f"student {student.method} ({student.steps} NFE) → {args.out} "
+          f"[{cost.get('total_seconds', float('nan')):.0f} s]")
+    return 0
