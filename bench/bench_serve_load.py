@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:   # run as a script from a checkout without installing
+    sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token"
 MAX_SESSIONS, MAX_DURATION_S = 256, 120.0
 
@@ -285,7 +287,6 @@ def summarize(stats: list[RobotStats], elapsed: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT))
     from fastpolicy.bench.schema import make_row, write_results
 
     args = parse_args(argv)

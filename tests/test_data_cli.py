@@ -96,8 +96,8 @@ def test_make_calls_recipe_with_defaults(tmp_path, monkeypatch, capsys):
 
     def fake_make_dataset(name, out, size=None, seed=0, overwrite=False, progress=True):
         calls.append((name, str(out), size, seed, overwrite, progress))
-        return EpisodeStore.from_arrays(tmp_path / "made", {"obs": np.zeros((3, 1)), "action": np.zeros((3, 1))}, [3],
-                                        overwrite=True)
+        data = {"obs": np.zeros((3, 1)), "action": np.zeros((3, 1))}
+        return EpisodeStore.from_arrays(tmp_path / "made", data, [3], overwrite=True)
 
     monkeypatch.setattr(recipes, "make_dataset", fake_make_dataset)
     assert main(["data", "make", "maze2d-umaze", "--size", "1000", "--seed", "7", "--overwrite"]) == 0

@@ -22,7 +22,10 @@ def write_h5(path, datasets, attrs=None):
 def read_h5(path):
     out = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        def visit(name, item):
+            if isinstance(item, h5py.Dataset):
+                out[name] = item[()]
+        f.visititems(visit)
     return out
 
 
@@ -51,7 +54,8 @@ def mujoco_like(n=12, seed=0):
 
 def test_import_splits_episodes_and_keeps_trailing_partial(tmp_path):
     src = mujoco_like()
-    store = import_d4rl(write_h5(tmp_path / "hopper.hdf5", src), tmp_path / "store", attrs={"env_id": "Hopper-v5"})
+    path = write_h5(tmp_path / "hopper.hdf5", src)
+    store = import_d4rl(path, tmp_path / "store", attrs={"env_id": "Hopper-v5"})
     np.testing.assert_array_equal(store.episode_ends, [4, 8, 12])
     assert store.keys == ["obs", "action", "reward", "terminal", "timeout", "next_obs",
                           "infos/action_log_probs", "infos/qpos"]
@@ -89,7 +93,8 @@ def test_file_without_timeouts_and_column_rewards(tmp_path):
     rng = np.random.default_rng(1)
     terminals = np.zeros((n, 1), np.float32)
     terminals[2] = terminals[6] = 1.0
-    src = {"observations": rng.normal(size=(n, 2)).astype(np.float32), "actions": rng.normal(size=(n, 1)).astype(np.float32),
+    src = {"observations": rng.normal(size=(n, 2)).astype(np.float32),
+           "actions": rng.normal(size=(n, 1)).astype(np.float32),
            "rewards": rng.normal(size=(n, 1)).astype(np.float32), "terminals": terminals}
     store = import_d4rl(write_h5(tmp_path / "old.hdf5", src), tmp_path / "store")
     np.testing.assert_array_equal(store.episode_ends, [3, 7, 10])  # split on terminals only, tail kept
@@ -109,7 +114,8 @@ def test_file_without_timeouts_and_column_rewards(tmp_path):
 
 def test_maze2d_style_file_is_one_episode(tmp_path):
     n = 7
-    src = {"observations": np.arange(n * 4, dtype=np.float32).reshape(n, 4), "actions": np.zeros((n, 2), np.float32),
+    src = {"observations": np.arange(n * 4, dtype=np.float32).reshape(n, 4),
+           "actions": np.zeros((n, 2), np.float32),
            "rewards": np.zeros(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool),
            "infos/goal": np.ones((n, 2), np.float32)}
     store = import_d4rl(write_h5(tmp_path / "maze2d.hdf5", src), tmp_path / "store")
@@ -134,7 +140,8 @@ def test_qlearning_dataset_matches_hand_computed_d4rl_output(tmp_path):
     # Kept rows: 0..6 minus the timeout row 5; the final row 7 is always dropped.
     np.testing.assert_array_equal(q["observations"], [[0, 0], [1, 10], [2, 20], [3, 30], [4, 40], [6, 60]])
     # next obs is always observations[i+1], also across the terminal at row 2 (row 3 starts a new episode).
-    np.testing.assert_array_equal(q["next_observations"], [[1, 10], [2, 20], [3, 30], [4, 40], [5, 50], [7, 70]])
+    np.testing.assert_array_equal(q["next_observations"],
+                                  [[1, 10], [2, 20], [3, 30], [4, 40], [5, 50], [7, 70]])
     np.testing.assert_array_equal(q["actions"], [[0.5], [1.5], [2.5], [3.5], [4.5], [6.5]])
     np.testing.assert_array_equal(q["rewards"], [0, 2, 4, 6, 8, 12])
     np.testing.assert_array_equal(q["terminals"], [False, False, True, False, False, False])
@@ -148,8 +155,8 @@ def test_qlearning_dataset_matches_hand_computed_d4rl_output(tmp_path):
 
 def test_store_episode_without_flags_exports_as_timeout(tmp_path):
     n = 6
-    store = EpisodeStore.from_arrays(tmp_path / "s", {"obs": np.arange(n, dtype=np.float32)[:, None],
-                                                      "action": np.zeros((n, 1)), "reward": np.ones(n)}, [2, 4, 6])
+    data = {"obs": np.arange(n, dtype=np.float32)[:, None], "action": np.zeros((n, 1)), "reward": np.ones(n)}
+    store = EpisodeStore.from_arrays(tmp_path / "s", data, [2, 4, 6])
     export_d4rl(store, tmp_path / "out.hdf5")
     out = read_h5(tmp_path / "out.hdf5")
     np.testing.assert_array_equal(np.flatnonzero(out["timeouts"]), [1, 3])  # the last episode stays partial

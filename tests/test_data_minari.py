@@ -41,7 +41,8 @@ def write_with_minari(tmp_path, monkeypatch, eps):
     root = tmp_path / "minari_root" / "toy" / "test-v0"
     # Reference scores as D4RL-converted Minari datasets carry them (minari only computes them with an env).
     meta = json.loads((root / "data" / "metadata.json").read_text())
-    (root / "data" / "metadata.json").write_text(json.dumps({**meta, "ref_min_score": 0.0, "ref_max_score": 10.0}))
+    meta.update(ref_min_score=0.0, ref_max_score=10.0)
+    (root / "data" / "metadata.json").write_text(json.dumps(meta))
     return root
 
 

@@ -66,7 +66,8 @@ def test_state_dict_round_trip_and_errors(tmp_path):
     save_file(state, str(tmp_path / "norm.safetensors"))
     loaded = NormalizerSet.from_state_dict(load_file(str(tmp_path / "norm.safetensors")))
     assert loaded["action"].mode == "gaussian" and loaded["obs"].mode == "limits"
-    x = {"obs": rng.normal(size=(7, 5)).astype(np.float32), "action": rng.normal(size=(7, 2)).astype(np.float32),
+    x = {"obs": rng.normal(size=(7, 5)).astype(np.float32),
+         "action": rng.normal(size=(7, 2)).astype(np.float32),
          "other": "passed through"}
     a, b = norms.normalize(x), loaded.normalize(x)
     np.testing.assert_array_equal(a["obs"], b["obs"])

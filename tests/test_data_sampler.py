@@ -46,7 +46,8 @@ def hand_made(lengths=LENGTHS):
     base = 0
     for length in lengths:
         # Distinct values per frame so any mix-up of frames is visible.
-        episodes_obs.append(np.stack([np.array([base + t, -(base + t)], dtype=np.float32) for t in range(length)]))
+        frames = np.arange(base, base + length, dtype=np.float32)
+        episodes_obs.append(np.stack([frames, -frames], axis=1))
         episodes_act.append(np.arange(base, base + length, dtype=np.float32)[:, None] * 10)
         base += 100
     ends = np.cumsum(lengths)
@@ -54,7 +55,8 @@ def hand_made(lengths=LENGTHS):
     return data, episodes_obs, episodes_act
 
 
-@pytest.mark.parametrize("horizon, pad_before, pad_after", [(4, 0, 0), (4, 1, 3), (16, 1, 7), (1, 0, 0), (3, 2, 2)])
+@pytest.mark.parametrize("horizon, pad_before, pad_after",
+                         [(4, 0, 0), (4, 1, 3), (16, 1, 7), (1, 0, 0), (3, 2, 2)])
 def test_kernel_matches_reference(horizon, pad_before, pad_after):
     ends = np.cumsum(LENGTHS).astype(np.int64)
     np.testing.assert_array_equal(window_indices(ends, horizon, pad_before, pad_after),
@@ -119,7 +121,8 @@ def test_episode_mask_and_split():
     ref = reference_windows([e for e, m in zip(eps_obs, mask) if m], 4, 1, 3)
     np.testing.assert_array_equal(ds.sample_batch(np.arange(len(ds)))["obs"].numpy(), np.stack(ref))
     ends = data["episode_ends"].astype(np.int64)
-    np.testing.assert_array_equal(window_indices_masked(ends, 4, 1, 3, np.ones(6, bool)), window_indices(ends, 4, 1, 3))
+    np.testing.assert_array_equal(window_indices_masked(ends, 4, 1, 3, np.ones(6, bool)),
+                                  window_indices(ends, 4, 1, 3))
     train, val = episode_split(10, val_ratio=0.2, seed=1)
     assert train.sum() == 8 and val.sum() == 2 and not (train & val).any()
 
@@ -137,7 +140,8 @@ def test_store_source_with_action_mask_and_dataloader(tmp_path):
     assert item["action_mask"].dtype == torch.bool and item["action_mask"].shape == (4,)
     assert item["reward"].shape == (4,)
     ref_mask = reference_windows([mask[:7], mask[7:]], 4, 1, 3)
-    np.testing.assert_array_equal(ds.sample_batch(np.arange(len(ds)))["action_mask"].numpy(), np.stack(ref_mask))
+    batch_mask = ds.sample_batch(np.arange(len(ds)))["action_mask"]
+    np.testing.assert_array_equal(batch_mask.numpy(), np.stack(ref_mask))
     loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
     batch = next(iter(loader))
     assert batch["obs"].shape == (5, 4, 3) and batch["action"].shape == (5, 4, 2)

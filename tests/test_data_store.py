@@ -58,8 +58,8 @@ def test_round_trip_episode_by_episode(tmp_path):
         np.testing.assert_array_equal(got["infos/qpos"], ep["infos"]["qpos"])
     np.testing.assert_array_equal(store.episode(-1)["obs"], episodes[-1]["obs"])
     np.testing.assert_array_equal(store.array("obs"), np.concatenate([e["obs"] for e in episodes]))
-    np.testing.assert_allclose(store.episode_returns(), [e["reward"].astype(np.float64).sum() for e in episodes],
-                               rtol=1e-6)
+    expected_returns = [e["reward"].astype(np.float64).sum() for e in episodes]
+    np.testing.assert_allclose(store.episode_returns(), expected_returns, rtol=1e-6)
     assert [len(e["obs"]) for e in store.episodes()] == [5, 1, 12, 7]
     assert set(store.to_dict(["obs", "reward"])) == {"obs", "reward"}
     with pytest.raises(IndexError, match="out of range"):
@@ -74,7 +74,8 @@ def test_round_trip_episode_by_episode(tmp_path):
 def test_from_arrays_matches_writer_and_normalises_dtypes(tmp_path):
     n = 9
     data = {"obs": np.arange(n * 2, dtype=np.float64).reshape(n, 2), "action": np.ones((n, 1)),
-            "reward": np.arange(n, dtype=np.float64).reshape(n, 1), "terminal": np.eye(1, n, 3, dtype=np.int64)[0]}
+            "reward": np.arange(n, dtype=np.float64).reshape(n, 1),
+            "terminal": np.eye(1, n, 3, dtype=np.int64)[0]}
     store = EpisodeStore.from_arrays(tmp_path / "a", data, episode_ends=[4, 9], attrs={"source": "x"})
     assert store.dtype("obs") == np.float32 and store.dtype("action") == np.float32
     assert store.shape("reward") == (n,) and store.dtype("reward") == np.float32
@@ -93,16 +94,23 @@ def test_unlabeled_actions_stored_as_zero_with_mask(tmp_path):
     np.testing.assert_array_equal(store.array("action_mask"), mask)
 
 
+def ep(obs=(3, 4), action=(3, 2), reward=(3,)):
+    """An episode for the error cases: a tuple is a shape of zeros, None leaves the key out."""
+    out = {"obs": obs, "action": action, "reward": reward}
+    return {k: np.zeros(v) if isinstance(v, tuple) else v for k, v in out.items() if v is not None}
+
+
 @pytest.mark.parametrize("second, match", [
-    ({"obs": np.zeros((3, 4)), "action": np.zeros((3, 2))}, r"episode 1: keys differ from episode 0 \(missing \['reward'\]"),
-    ({"obs": np.zeros((3, 4)), "action": np.zeros((2, 2)), "reward": np.zeros(3)}, r"episode 1: key 'action' has 2 steps but 'obs' has 3"),
-    ({"obs": np.zeros((3, 5)), "action": np.zeros((3, 2)), "reward": np.zeros(3)}, r"episode 1: key 'obs' has per-step shape \(5,\), but earlier episodes have \(4,\)"),
-    ({"obs": np.zeros((3, 4)), "action": np.zeros((3, 2), dtype=np.int64), "reward": np.zeros(3)}, r"episode 1: key 'action' has dtype int64, but earlier episodes have float32"),
-    ({"obs": np.zeros((0, 4)), "action": np.zeros((0, 2)), "reward": np.zeros(0)}, r"episode 1 is empty"),
-    ({"action": np.zeros((3, 2)), "reward": np.zeros(3)}, r"episode 1: missing required key 'obs'"),
-    ({"obs": np.full((3, 4), np.inf), "action": np.zeros((3, 2)), "reward": np.zeros(3)}, r"episode 1: key 'obs' contains NaN/inf at step 0"),
-    ({"obs": np.zeros((3, 4)), "action": np.array([[0, 0], [0, 0], [np.nan, 0]]), "reward": np.zeros(3)}, r"episode 1: key 'action' contains NaN/inf at step 2"),
-    ({"obs": np.zeros((3, 4)), "action": np.zeros((3, 2)), "reward": np.zeros((3, 2))}, r"episode 1: key 'reward' must have shape \(T,\) or \(T, 1\)"),
+    (ep(reward=None), r"episode 1: keys differ from episode 0 \(missing \['reward'\]"),
+    (ep(action=(2, 2)), r"episode 1: key 'action' has 2 steps but 'obs' has 3"),
+    (ep(obs=(3, 5)), r"episode 1: key 'obs' has per-step shape \(5,\), but earlier episodes have \(4,\)"),
+    (ep(action=np.zeros((3, 2), dtype=np.int64)), r"episode 1: key 'action' has dtype int64, but .* float32"),
+    (ep((0, 4), (0, 2), (0,)), r"episode 1 is empty"),
+    (ep(obs=None), r"episode 1: missing required key 'obs'"),
+    (ep(obs=np.full((3, 4), np.inf)), r"episode 1: key 'obs' contains NaN/inf at step 0"),
+    (ep(action=np.array([[0, 0], [0, 0], [np.nan, 1]])),
+     r"episode 1: key 'action' contains NaN/inf at step 2"),
+    (ep(reward=(3, 2)), r"episode 1: key 'reward' must have shape \(T,\) or \(T, 1\)"),
 ])
 def test_validation_errors_name_the_problem(tmp_path, second, match):
     first = {"obs": np.zeros((2, 4)), "action": np.zeros((2, 2)), "reward": np.zeros(2)}
@@ -160,7 +168,8 @@ def test_exception_mid_write_keeps_existing_store(tmp_path):
     np.testing.assert_array_equal(store.array("obs"), old_obs)
     assert siblings(tmp_path / "s") == []
     # ... and a successful overwrite replaces it.
-    EpisodeStore.from_arrays(tmp_path / "s", make_episode(rng, 2), [2], attrs={"version": "new"}, overwrite=True)
+    EpisodeStore.from_arrays(tmp_path / "s", make_episode(rng, 2), [2], attrs={"version": "new"},
+                             overwrite=True)
     assert EpisodeStore.open(tmp_path / "s").attrs["version"] == "new"
 
 
@@ -227,10 +236,26 @@ def test_open_rejects_missing_and_foreign_paths(tmp_path):
     with pytest.raises(ValueError, match=r"no meta/episode_ends"):
         EpisodeStore.open(tmp_path / "foreign")
     with pytest.raises(KeyError, match="has no key 'nope'"):
-        EpisodeStore.from_arrays(tmp_path / "ok", {"obs": np.zeros((2, 1)), "action": np.zeros((2, 1))}, [2]).array("nope")
+        data = {"obs": np.zeros((2, 1)), "action": np.zeros((2, 1))}
+        EpisodeStore.from_arrays(tmp_path / "ok", data, [2]).array("nope")
 
 
 def test_attrs_must_be_json(tmp_path):
     with pytest.raises(ValueError, match="attribute 'bad' is not JSON-serializable"):
         EpisodeStore.create(tmp_path / "s", attrs={"bad": object()})
     assert not (tmp_path / "s").exists()
+
+
+def test_writer_copies_caller_buffers(tmp_path):
+    buf = {"obs": np.zeros((4, 2), np.float32), "action": np.zeros((4, 1), np.float32)}
+    with EpisodeStore.create(tmp_path / "s") as w:
+        for value in (1.0, 2.0):
+            buf["obs"][:] = value  # a collector reusing its arrays between episodes
+            w.add_episode(buf)
+    np.testing.assert_array_equal(w.store.array("obs")[:, 0], [1, 1, 1, 1, 2, 2, 2, 2])
+
+
+def test_nan_reward_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"episode 0: key 'reward' contains NaN/inf at step 1"):
+        EpisodeStore.from_arrays(tmp_path / "s", {"obs": np.zeros((3, 1)), "action": np.zeros((3, 1)),
+                                                  "reward": np.array([0.0, np.nan, 0.0])}, [3])

@@ -255,3 +255,42 @@ def test_ode_step_per_position_levels_and_clean_end():
     a = SCHEDULE.alphas_cumprod[t_from[1, 3]]
     x0 = (x[1, 3] - (1 - a).sqrt() * out[1, 3]) / a.sqrt()
     assert torch.allclose(got[1, 3], x0, atol=1e-5)
+
+
+# ---- loop plumbing -----------------------------------------------------------------------------
+
+def test_sample_passes_cond_and_moves_device():
+    sampler = make_sampler(SCHEDULE, "dpm:5", device="cpu")
+    seen = []
+
+    def model(x, t, cond):
+        seen.append((tuple(t.shape), t.dtype, cond))
+        return torch.zeros_like(x)
+    x0, nfe = sampler.sample(model, torch.randn(2, 4, 3), cond="obs")
+    assert nfe == 5 and len(seen) == 5
+    assert all(s == ((2,), torch.int64, "obs") for s in seen)
+    assert [int(t) for t in sampler.timesteps] == [99, 79, 59, 40, 20]
+    moved = sampler.to("cpu")
+    assert moved is not sampler and torch.equal(moved.table("c_d0"), sampler.table("c_d0"))
+    x = torch.randn(2, 4, 3)
+    assert torch.equal(moved.step(0, x, x)[0], sampler.step(0, x, x)[0])
+
+
+def test_benchmark_script_smoke(tmp_path, monkeypatch):
+    # CleanRL-style smoke test: the real script on a tiny budget (in-process: no second torch import)
+    import json
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_sampling_overhead.py"
+    out = tmp_path / "so.json"
+    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)     # the script pins threads; do not leak that into other tests
+    rows = json.loads(out.read_text())
+    kinds = {r["method"] for r in rows}
+    assert {"mlp/ddim:10", "mlp/dpm:5", "ddim-step"} <= kinds
+    assert all(r["torch_threads"] == 1 for r in rows)

@@ -33,11 +33,14 @@ def test_hand_computed_rays():
     assert raycast.ray_circle(3.1, 0.0, 1.0, 0.0, 3.0, 0.0, 0.5) == 0.0        # inside
 
     out = np.empty(4)
-    angles = np.array([0.0, 0.5 * np.pi, np.pi, 1.5 * np.pi])
+    dirs = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     circ = np.array([[2.0, 6.0]])
-    raycast.cast_rays_one(2.0, 4.0, 0.0, angles, RECTS, circ, np.array([0.5]), W, H, 8.0, out)
+    raycast.cast_rays_one(2.0, 4.0, 0.0, dirs, RECTS, circ, np.array([0.5]), W, H, 8.0, out)
     np.testing.assert_allclose(out, [2.0, 1.5, 2.0, 4.0], atol=1e-12)
-    raycast.cast_rays_one(2.0, 4.0, 0.0, angles, RECTS, circ, np.array([0.5]), W, H, 1.0, out)
+    # Heading pi/2 rotates the rays: ahead is +y (the circle), then -x, -y, +x.
+    raycast.cast_rays_one(2.0, 4.0, 0.5 * np.pi, dirs, RECTS, circ, np.array([0.5]), W, H, 8.0, out)
+    np.testing.assert_allclose(out, [1.5, 2.0, 4.0, 2.0], atol=1e-12)
+    raycast.cast_rays_one(2.0, 4.0, 0.0, dirs, RECTS, circ, np.array([0.5]), W, H, 1.0, out)
     np.testing.assert_allclose(out, [1.0, 1.0, 1.0, 1.0])                # clipped to max_range
 
 
@@ -84,7 +87,7 @@ def test_rays_and_collisions_match_numpy_twin():
     rng = np.random.default_rng(1)
     n, angles = 512, np.arange(32) * (2 * np.pi / 32)
     pose, circ = _random_states(layout, n, rng)
-    args = (angles, layout.shelves, circ, layout.obstacle_radius, layout.width, layout.height, 8.0)
+    args = (np.column_stack([np.cos(angles), np.sin(angles)]), layout.shelves, circ, layout.obstacle_radius, layout.width, layout.height, 8.0)
     ours = np.empty((n, 32))
     ref = np.empty((n, 32))
     raycast.cast_rays_batch(pose, *args, ours)

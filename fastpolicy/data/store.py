@@ -21,7 +21,6 @@ key, the episode and what is wrong.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -39,12 +38,13 @@ FLOAT32_KEYS: tuple[str, ...] = ("obs", "action", "reward", "next_obs")
 #: Keys cast to bool; ``terminal``/``timeout`` default to all-False when an episode omits them.
 BOOL_KEYS: tuple[str, ...] = ("terminal", "timeout", "action_mask")
 #: Keys that must be finite (an unlabeled action is allowed to be NaN: it is stored as 0, masked).
-FINITE_KEYS: tuple[str, ...] = ("obs", "action", "next_obs")
+FINITE_KEYS: tuple[str, ...] = ("obs", "action", "next_obs", "reward")
 #: Keys whose (T, 1) shape is squeezed to (T,).
 SCALAR_KEYS: tuple[str, ...] = ("reward", "terminal", "timeout", "action_mask")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-_CHUNK_BYTES = 4 << 20          # target compressed-chunk size before compression
+_CHUNK_BYTES = 4 << 20          # target chunk size before compression
+_BUFFER_BYTES = 64 << 20        # flush the writer's in-memory episodes at this size at the latest
 _MAX_CHUNK_ROWS = 1 << 16
 _MIN_CHUNK_ROWS = 256
 
@@ -212,6 +212,7 @@ class EpisodeWriter:
         self._arrays: dict[str, Any] = {}
         self._buffer: dict[str, list[np.ndarray]] = {}
         self._buffered_steps = 0
+        self._buffered_bytes = 0
         self._flush_steps = 0
         self._ends: list[int] = []
         self._done = False
@@ -257,10 +258,12 @@ class EpisodeWriter:
         arrays = _normalize_block(flat, np.array([length], dtype=np.int64), index)
         self._check_schema(arrays, index)
         for key, arr in arrays.items():
-            self._buffer.setdefault(key, []).append(arr)
+            # Copy: the caller may reuse its arrays for the next episode before the buffer is flushed.
+            self._buffer.setdefault(key, []).append(np.array(arr, copy=True))
         self._buffered_steps += length
+        self._buffered_bytes += sum(arr.nbytes for arr in arrays.values())
         self._ends.append(self.n_steps + length)
-        if self._buffered_steps >= self._flush_steps:
+        if self._buffered_steps >= self._flush_steps or self._buffered_bytes >= _BUFFER_BYTES:
             self._flush()
         return index
 
@@ -297,6 +300,7 @@ class EpisodeWriter:
             self._append(key, block)
         self._buffer = {}
         self._buffered_steps = 0
+        self._buffered_bytes = 0
 
     def _append(self, key: str, block: np.ndarray) -> None:
         arr = self._arrays.get(key)
@@ -523,9 +527,3 @@ def _array_names(group: Any) -> list[str]:
         if hasattr(member, "shape") and hasattr(member, "dtype"):
             names.append(name)
     return names
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON-friendly float: NaN/inf become None."""
-    x = float(x)
-    return x if math.isfinite(x) else None

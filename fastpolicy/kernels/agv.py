@@ -81,17 +81,17 @@ def obstacle_positions_one(t: int, phase: np.ndarray, seg: np.ndarray, speed: np
 
 @njit(**_JIT)
 def observe_one(i: int, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, obst_xy: np.ndarray,
-                rects: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray, params: np.ndarray,
+                rects: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray, params: np.ndarray,
                 obs: np.ndarray) -> None:
     """Write robot i's observation row (obstacle centres in ``obst_xy[i]`` must be current)."""
-    n_rays = ray_angles.shape[0]
+    n_rays = ray_dirs.shape[0]
     max_range = params[P_MAX_RANGE]
     width = params[P_WIDTH]
     height = params[P_HEIGHT]
     x = pose[i, 0]
     y = pose[i, 1]
     th = pose[i, 2]
-    cast_rays_one(x, y, th, ray_angles, rects, obst_xy[i], radius, width, height, max_range, obs[i],
+    cast_rays_one(x, y, th, ray_dirs, rects, obst_xy[i], radius, width, height, max_range, obs[i],
                   max_range)
     gx = goal[i, 0] - x
     gy = goal[i, 1] - y
@@ -115,7 +115,7 @@ def observe_one(i: int, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, obs
 @njit(**_JIT)
 def step_one(i: int, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep: np.ndarray,
              phase: np.ndarray, obst_xy: np.ndarray, actions: np.ndarray, rects: np.ndarray,
-             seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray,
+             seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray,
              params: np.ndarray, max_steps: int, obs: np.ndarray, reward: np.ndarray,
              terminated: np.ndarray, truncated: np.ndarray, success: np.ndarray,
              collided: np.ndarray) -> None:
@@ -152,40 +152,40 @@ def step_one(i: int, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep:
     truncated[i] = (not (hit or reached)) and max_steps > 0 and t >= max_steps
     success[i] = reached
     collided[i] = hit
-    observe_one(i, pose, vel, goal, obst_xy, rects, radius, ray_angles, params, obs)
+    observe_one(i, pose, vel, goal, obst_xy, rects, radius, ray_dirs, params, obs)
 
 
 @njit(parallel=True, **_JIT)
 def step_batch(pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep: np.ndarray, phase: np.ndarray,
                obst_xy: np.ndarray, actions: np.ndarray, rects: np.ndarray, seg: np.ndarray,
-               speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray, params: np.ndarray,
+               speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray, params: np.ndarray,
                max_steps: int, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
                truncated: np.ndarray, success: np.ndarray, collided: np.ndarray) -> None:
     """Step all N robots in parallel (prange over robots); ``max_steps`` <= 0 disables truncation."""
     for i in prange(pose.shape[0]):
         step_one(i, pose, vel, goal, tstep, phase, obst_xy, actions, rects, seg, speed, radius,
-                 ray_angles, params, max_steps, obs, reward, terminated, truncated, success, collided)
+                 ray_dirs, params, max_steps, obs, reward, terminated, truncated, success, collided)
 
 
 @njit(**_JIT)
 def step_serial(pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep: np.ndarray, phase: np.ndarray,
                 obst_xy: np.ndarray, actions: np.ndarray, rects: np.ndarray, seg: np.ndarray,
-                speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray, params: np.ndarray,
+                speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray, params: np.ndarray,
                 max_steps: int, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
                 truncated: np.ndarray, success: np.ndarray, collided: np.ndarray) -> None:
     """``step_batch`` without threads: for one robot a parallel region costs more than the step."""
     for i in range(pose.shape[0]):
         step_one(i, pose, vel, goal, tstep, phase, obst_xy, actions, rects, seg, speed, radius,
-                 ray_angles, params, max_steps, obs, reward, terminated, truncated, success, collided)
+                 ray_dirs, params, max_steps, obs, reward, terminated, truncated, success, collided)
 
 
 @njit(parallel=True, **_JIT)
 def observe_batch(index: np.ndarray, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray,
                   tstep: np.ndarray, phase: np.ndarray, obst_xy: np.ndarray, rects: np.ndarray,
-                  seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray,
+                  seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray,
                   params: np.ndarray, obs: np.ndarray) -> None:
     """Recompute obstacle centres and observations for the robots in ``index`` (after a reset)."""
     for n in prange(index.shape[0]):
         i = index[n]
         obstacle_positions_one(tstep[i], phase[i], seg, speed, params[P_DT], obst_xy[i])
-        observe_one(i, pose, vel, goal, obst_xy, rects, radius, ray_angles, params, obs)
+        observe_one(i, pose, vel, goal, obst_xy, rects, radius, ray_dirs, params, obs)

@@ -192,7 +192,8 @@ class ConditionalUnet1D(nn.Module):
         """Predict the denoising target for ``sample`` (B, T, D).
 
         ``timestep`` and ``stop_time``: a number, ``(B,)`` or per position ``(B, T)``.
-        ``stop_time`` requires a model built with ``stop_time=True``.
+        ``stop_time`` requires a model built with ``stop_time=True``; None skips the stop-time embedding
+        (at initialisation both give the same output).
         """
         self._check(sample, global_cond)
         batch, horizon = sample.shape[:2]

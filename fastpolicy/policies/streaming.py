@@ -177,8 +177,9 @@ def roll_buffer(layout: StreamLayout, schedule: NoiseSchedule, table: torch.Tens
 
 
 def ddpm_step_between(schedule: NoiseSchedule, x: torch.Tensor, model_output: torch.Tensor,
-                      t_from: torch.Tensor, t_to: torch.Tensor, noise: torch.Tensor | None, prediction_type: str = "epsilon",
-                      clip_sample: bool = True, clip_sample_range: float = 1.0) -> torch.Tensor:
+                      t_from: torch.Tensor, t_to: torch.Tensor, noise: torch.Tensor | None,
+                      prediction_type: str = "epsilon", clip_sample: bool = True,
+                      clip_sample_range: float = 1.0) -> torch.Tensor:
     """Ancestral DDPM step from ``t_from`` to ``t_to`` < ``t_from`` per sample or per position (−1 = clean).
 
     The posterior q(x_to | x_from, x0) with x0 predicted (and clipped) — diffusers' DDPMScheduler step

@@ -406,8 +406,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     stages = parse_segments(args.segments)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                       progress=not args.no_progress)
+                       warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
+                       seed=args.seed, device=args.device, progress=not args.no_progress)
     dcfg = DistillConfig(grid=args.grid, segments=stages[-1], solver=args.solver,
                          target_decay=args.target_decay, x0_weight=args.x0_weight, streaming=args.streaming)
     student = distill(args.teacher, args.store, args.out, stages, tcfg, resume=args.resume,

@@ -5,8 +5,9 @@ Any policy module trains here if ``module(batch, generator) -> dict`` returns a 
 ``normalizer_state()``. A module may also offer ``export_state(state_dict) -> state_dict`` to choose
 the inference weights a checkpoint holds (a distiller keeps only its student); parameters with
 ``requires_grad=False`` are neither optimised nor EMA-averaged. All randomness of a step (batch
-indices, diffusion noise and timesteps) comes from one ``torch.Generator`` whose state is checkpointed, so a resumed run continues exactly as the
-uninterrupted run would have (tested bit for bit).
+indices, diffusion noise and timesteps) comes from one ``torch.Generator`` whose state is
+checkpointed, so a resumed run continues exactly as the uninterrupted run would have (tested bit
+for bit).
 
 Under ``torchrun`` (WORLD_SIZE > 1) the loop wraps the module in DistributedDataParallel (gloo on CPU,
 nccl on CUDA); each rank draws its own batches from a rank-offset generator; rank 0 alone writes
@@ -183,7 +184,8 @@ class Trainer:
                 _, idx, name = key.split(".", 2)
                 opt_state.setdefault(int(idx), {})[name] = value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        self.scheduler.load_state_dict(meta["scheduler"])
+        # The lambda itself is code, not state: it is rebuilt from the config, only counters are restored.
+        self.scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
         if self.ema is not None:
             n = len(self.ema.shadow_params)
             self.ema.shadow_params = [tensors[f"ema.{i}"].to(self.device) for i in range(n)]

@@ -65,7 +65,8 @@ class AGVCore:
         self.backend = backend
         self.max_steps = int(max_steps or 0)
         m = layout.num_obstacles
-        self.ray_angles = np.arange(r, dtype=np.float64) * (2.0 * np.pi / r)
+        self.ray_angles = np.arange(r, dtype=np.float64) * (2.0 * np.pi / r)    # ray 0 looks ahead
+        self.ray_dirs = np.column_stack([np.cos(self.ray_angles), np.sin(self.ray_angles)])
         self.params = np.zeros(kernels.N_PARAMS)
         p = self.params
         p[kernels.P_DT] = layout.dt
@@ -142,7 +143,7 @@ class AGVCore:
         self.phase[index] = phase
         self._observe(index, self.pose, self.vel, self.goal, self.tstep, self.phase, self.obst_xy,
                       lay.shelves, lay.obstacle_seg, lay.obstacle_speed, lay.obstacle_radius,
-                      self.ray_angles, self.params, self.obs)
+                      self.ray_dirs, self.params, self.obs)
 
     def _clear_of_obstacles(self, xy: np.ndarray, obst: np.ndarray) -> np.ndarray:
         if obst.shape[1] == 0:
@@ -170,7 +171,7 @@ class AGVCore:
         np.copyto(self.actions, actions, casting="unsafe")
         lay = self.layout
         self._step(self.pose, self.vel, self.goal, self.tstep, self.phase, self.obst_xy, self.actions,
-                   lay.shelves, lay.obstacle_seg, lay.obstacle_speed, lay.obstacle_radius, self.ray_angles,
+                   lay.shelves, lay.obstacle_seg, lay.obstacle_speed, lay.obstacle_radius, self.ray_dirs,
                    self.params, self.max_steps, self.obs, self.reward, self.terminated, self.truncated,
                    self.success, self.collided)
 

@@ -95,13 +95,19 @@ def ray_distances(ox: np.ndarray, oy: np.ndarray, dx: np.ndarray, dy: np.ndarray
     return best
 
 
-def cast_rays_batch(poses: np.ndarray, ray_angles: np.ndarray, rects: np.ndarray, circ_xy: np.ndarray,
+def world_dirs(theta: np.ndarray, ray_dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit ray directions (N, R) in the world frame: body-frame ``ray_dirs`` (R, 2) rotated by theta (N,)."""
+    c = np.cos(theta)[:, None]
+    s = np.sin(theta)[:, None]
+    return ray_dirs[:, 0] * c - ray_dirs[:, 1] * s, ray_dirs[:, 1] * c + ray_dirs[:, 0] * s
+
+
+def cast_rays_batch(poses: np.ndarray, ray_dirs: np.ndarray, rects: np.ndarray, circ_xy: np.ndarray,
                     circ_r: np.ndarray, width: float, height: float, max_range: float,
                     out: np.ndarray) -> None:
     """Numpy twin of ``fastpolicy.kernels.raycast.cast_rays_batch``."""
-    a = poses[:, 2:3] + ray_angles
-    out[:] = ray_distances(poses[:, 0], poses[:, 1], np.cos(a), np.sin(a), rects, circ_xy, circ_r,
-                           width, height, max_range)
+    dx, dy = world_dirs(poses[:, 2], ray_dirs)
+    out[:] = ray_distances(poses[:, 0], poses[:, 1], dx, dy, rects, circ_xy, circ_r, width, height, max_range)
 
 
 def collides(x: np.ndarray, y: np.ndarray, radius: float, rects: np.ndarray, circ_xy: np.ndarray,
@@ -127,15 +133,14 @@ def collides_batch(xy: np.ndarray, radius: float, rects: np.ndarray, circ_xy: np
 
 
 def _observe(sl: slice | np.ndarray, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray,
-             obst_xy: np.ndarray, rects: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray,
+             obst_xy: np.ndarray, rects: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray,
              params: np.ndarray) -> np.ndarray:
     """Observation rows (n, R + 5) float32 for the robots selected by ``sl``."""
     max_range = params[P_MAX_RANGE]
     width, height = params[P_WIDTH], params[P_HEIGHT]
     p = pose[sl]
-    a = p[:, 2:3] + ray_angles
-    rays = ray_distances(p[:, 0], p[:, 1], np.cos(a), np.sin(a), rects, obst_xy[sl], radius,
-                         width, height, max_range)
+    dx, dy = world_dirs(p[:, 2], ray_dirs)
+    rays = ray_distances(p[:, 0], p[:, 1], dx, dy, rects, obst_xy[sl], radius, width, height, max_range)
     gx = goal[sl, 0] - p[:, 0]
     gy = goal[sl, 1] - p[:, 1]
     dist = np.sqrt(gx * gx + gy * gy)
@@ -153,7 +158,7 @@ def _observe(sl: slice | np.ndarray, pose: np.ndarray, vel: np.ndarray, goal: np
 
 def step_batch(pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep: np.ndarray, phase: np.ndarray,
                obst_xy: np.ndarray, actions: np.ndarray, rects: np.ndarray, seg: np.ndarray,
-               speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray, params: np.ndarray,
+               speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray, params: np.ndarray,
                max_steps: int, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
                truncated: np.ndarray, success: np.ndarray, collided: np.ndarray) -> None:
     """Numpy twin of ``fastpolicy.kernels.agv.step_batch`` (same in-place outputs)."""
@@ -186,13 +191,13 @@ def step_batch(pose: np.ndarray, vel: np.ndarray, goal: np.ndarray, tstep: np.nd
         truncated[sl] = ~done & (max_steps > 0) & (tstep[sl] >= max_steps)
         success[sl] = reached
         collided[sl] = hit
-        obs[sl] = _observe(sl, pose, vel, goal, obst_xy, rects, radius, ray_angles, params)
+        obs[sl] = _observe(sl, pose, vel, goal, obst_xy, rects, radius, ray_dirs, params)
 
 
 def observe_batch(index: np.ndarray, pose: np.ndarray, vel: np.ndarray, goal: np.ndarray,
                   tstep: np.ndarray, phase: np.ndarray, obst_xy: np.ndarray, rects: np.ndarray,
-                  seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_angles: np.ndarray,
+                  seg: np.ndarray, speed: np.ndarray, radius: np.ndarray, ray_dirs: np.ndarray,
                   params: np.ndarray, obs: np.ndarray) -> None:
     """Numpy twin of ``fastpolicy.kernels.agv.observe_batch``."""
     obst_xy[index] = obstacle_positions(tstep[index], phase[index], seg, speed, params[P_DT])
-    obs[index] = _observe(index, pose, vel, goal, obst_xy, rects, radius, ray_angles, params)
+    obs[index] = _observe(index, pose, vel, goal, obst_xy, rects, radius, ray_dirs, params)
