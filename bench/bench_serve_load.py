@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:   # run as a script from a checkout without installing
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
     sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token"
 MAX_SESSIONS, MAX_DURATION_S = 256, 120.0
@@ -53,7 +53,7 @@ class Args:
     max_batch: int = 64
     """micro-batch limit of the batched server (the unbatched one uses 1)"""
     max_wait_ms: float = 2.0
-    replan: str = "every"
+    replan: list[str] = field(default_factory=lambda: ["every", "chunk"])
     """``every``: request at every tick (worst case); ``chunk``: when ≤ low_watermark actions remain"""
     low_watermark: int = 2
     server_threads: int = 1
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     p.add_argument("--duration-s", type=float, default=d.duration_s)
     p.add_argument("--max-batch", type=int, default=d.max_batch)
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
-    p.add_argument("--replan", choices=["every", "chunk"], default=d.replan)
+    p.add_argument("--replan", nargs="+", choices=["every", "chunk"], default=d.replan)
     p.add_argument("--low-watermark", type=int, default=d.low_watermark)
     p.add_argument("--server-threads", type=int, default=d.server_threads)
     p.add_argument("--builtin-hidden", type=int, default=d.builtin_hidden)
@@ -94,15 +94,45 @@ def parse_args(argv: list[str] | None = None) -> Args:
 class ServerProcess:
     """`python -m fastpolicy.cli serve POLICY --port 0` on 127.0.0.1; its JSON log tells the port."""
 
-    def __init__(self, policy: str, max_batch: int, max_wait_ms: float, hz: float, threads: int,
-                 builtin_hidden: int, builtin_nfe: int) -> None:
-        cmd = [sys.executable, "-m", "fastpolicy.cli", "serve", policy, "--host", "127.0.0.1", "--port", "0",
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--hz", str(hz),
-               "--threads", str(threads), "--max-sessions", str(MAX_SESSIONS),
-               "--builtin-hidden", str(builtin_hidden), "--builtin-nfe", str(builtin_nfe)]
+    def __init__(
+        self,
+        policy: str,
+        max_batch: int,
+        max_wait_ms: float,
+        hz: float,
+        threads: int,
+        builtin_hidden: int,
+        builtin_nfe: int,
+    ) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "fastpolicy.cli",
+            "serve",
+            policy,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--hz",
+            str(hz),
+            "--threads",
+            str(threads),
+            "--max-sessions",
+            str(MAX_SESSIONS),
+            "--builtin-hidden",
+            str(builtin_hidden),
+            "--builtin-nfe",
+            str(builtin_nfe),
+        ]
         env = {**os.environ, "FASTPOLICY_TOKEN": TOKEN}
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     cwd=ROOT)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT
+        )
         self.events: deque[dict] = deque(maxlen=1000)
         self.port: int | None = None
         self._ready = threading.Event()
@@ -140,7 +170,7 @@ class ServerProcess:
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
-            self.proc.terminate()   # SIGTERM: graceful shutdown
+            self.proc.terminate()  # SIGTERM: graceful shutdown
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -177,8 +207,9 @@ def _obs(rng: np.random.Generator, t: float, dim: int) -> np.ndarray:
     return (np.sin(t + np.arange(dim)) + 0.01 * rng.standard_normal(dim)).astype(np.float32)
 
 
-async def robot_rate(url: str, index: int, hz: float, duration_s: float, replan: str, low_watermark: int,
-                     stats: RobotStats) -> None:
+async def robot_rate(
+    url: str, index: int, hz: float, duration_s: float, replan: str, low_watermark: int, stats: RobotStats
+) -> None:
     """One robot at ``hz``: a fixed-period loop that never waits on inference."""
     from fastpolicy.control.broker import Chunk, ChunkQueue
     from fastpolicy.serve.client import AsyncPolicyClient
@@ -254,12 +285,16 @@ async def robot_saturate(url: str, index: int, duration_s: float, stats: RobotSt
         await client.close()
 
 
-async def run_fleet(url: str, n: int, mode: str, args: Args) -> tuple[list[RobotStats], float]:
+async def run_fleet(
+    url: str, n: int, mode: str, args: Args, replan: str = "every"
+) -> tuple[list[RobotStats], float]:
     stats = [RobotStats() for _ in range(n)]
     duration = args.duration_s if mode == "rate" else args.duration_s / 2
     start = time.monotonic()
     if mode == "rate":
-        coros = [robot_rate(url, i, args.hz, duration, args.replan, args.low_watermark, stats[i]) for i in range(n)]
+        coros = [
+            robot_rate(url, i, args.hz, duration, replan, args.low_watermark, stats[i]) for i in range(n)
+        ]
     else:
         coros = [robot_saturate(url, i, duration, stats[i]) for i in range(n)]
     await asyncio.wait_for(asyncio.gather(*coros), duration + 120)
@@ -274,12 +309,20 @@ def summarize(stats: list[RobotStats], elapsed: float) -> dict:
     misses = sum(s.misses for s in stats)
     queue_ms, inf_ms, batch = cat("queue_ms"), cat("inference_ms"), cat("batch")
     return {
-        "requests": int(rtt.size), "throughput_rps": rtt.size / elapsed if elapsed else None,
-        "rtt_ms_p50": pct(rtt, 50), "rtt_ms_p99": pct(rtt, 99), "rtt_ms_max": pct(rtt, 100),
-        "ticks": ticks, "deadline_miss_ticks": misses, "miss_rate": misses / ticks if ticks else None,
-        "late_replies": sum(s.late_replies for s in stats), "errors": sum(s.errors for s in stats),
-        "server_queue_ms_p50": pct(queue_ms, 50), "server_queue_ms_p99": pct(queue_ms, 99),
-        "server_inference_ms_p50": pct(inf_ms, 50), "server_inference_ms_p99": pct(inf_ms, 99),
+        "requests": int(rtt.size),
+        "throughput_rps": rtt.size / elapsed if elapsed else None,
+        "rtt_ms_p50": pct(rtt, 50),
+        "rtt_ms_p99": pct(rtt, 99),
+        "rtt_ms_max": pct(rtt, 100),
+        "ticks": ticks,
+        "deadline_miss_ticks": misses,
+        "miss_rate": misses / ticks if ticks else None,
+        "late_replies": sum(s.late_replies for s in stats),
+        "errors": sum(s.errors for s in stats),
+        "server_queue_ms_p50": pct(queue_ms, 50),
+        "server_queue_ms_p99": pct(queue_ms, 99),
+        "server_inference_ms_p50": pct(inf_ms, 50),
+        "server_inference_ms_p99": pct(inf_ms, 99),
         "batch_size_mean": float(batch.mean()) if batch.size else None,
         "batch_size_max": int(batch.max()) if batch.size else None,
         "nfe_per_chunk": float(cat("nfe").mean()) if rtt.size else None,
@@ -294,27 +337,58 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sessions:
         saturate: dict[int, float] = {}
         for max_batch in (args.max_batch, 1):
-            server = ServerProcess(args.policy, max_batch, args.max_wait_ms, args.hz, args.server_threads,
-                                   args.builtin_hidden, args.builtin_nfe)
+            server = ServerProcess(
+                args.policy,
+                max_batch,
+                args.max_wait_ms,
+                args.hz,
+                args.server_threads,
+                args.builtin_hidden,
+                args.builtin_nfe,
+            )
+            workloads = [("rate", r) for r in args.replan if "rate" in args.modes]
+            workloads += [("saturate", None)] if "saturate" in args.modes else []
             try:
-                for mode in args.modes:
-                    stats, elapsed = asyncio.run(run_fleet(server.url, n, mode, args))
+                for mode, replan in workloads:
+                    stats, elapsed = asyncio.run(run_fleet(server.url, n, mode, args, replan or "every"))
                     summary = summarize(stats, elapsed)
                     if mode == "saturate":
                         saturate[max_batch] = summary["throughput_rps"] or 0.0
-                    method = f"{Path(args.policy).name}/max_batch={max_batch}"
-                    row = make_row("serve-load", method, latency_ms_p50=summary["rtt_ms_p50"],
-                                   latency_ms_p99=summary["rtt_ms_p99"], nfe_per_step_mean=summary["nfe_per_chunk"],
-                                   mode=mode, sessions=n, hz=args.hz, replan=args.replan,
-                                   duration_s=round(elapsed, 2), max_batch=max_batch, max_wait_ms=args.max_wait_ms,
-                                   server_threads=args.server_threads, policy=args.policy,
-                                   builtin=({"hidden": args.builtin_hidden, "nfe": args.builtin_nfe}
-                                            if args.policy == "builtin-mlp" else None),
-                                   **summary)
+                    builtin = (
+                        {"hidden": args.builtin_hidden, "nfe": args.builtin_nfe}
+                        if args.policy == "builtin-mlp"
+                        else None
+                    )
+                    row = make_row(
+                        "serve-load",
+                        f"{Path(args.policy).name}/max_batch={max_batch}",
+                        latency_ms_p50=summary["rtt_ms_p50"],
+                        latency_ms_p99=summary["rtt_ms_p99"],
+                        nfe_per_step_mean=summary["nfe_per_chunk"],
+                        mode=mode,
+                        replan=replan,
+                        sessions=n,
+                        hz=args.hz,
+                        duration_s=round(elapsed, 2),
+                        max_batch=max_batch,
+                        max_wait_ms=args.max_wait_ms,
+                        server_threads=args.server_threads,
+                        policy=args.policy,
+                        builtin=builtin,
+                        **summary,
+                    )
                     rows.append(row)
-                    print(json.dumps({k: row[k] for k in ("mode", "sessions", "max_batch", "throughput_rps",
-                                                         "rtt_ms_p50", "rtt_ms_p99", "deadline_miss_ticks",
-                                                         "late_replies", "batch_size_mean", "errors")}), flush=True)
+                    keys = (
+                        "mode",
+                        "replan",
+                        "sessions",
+                        "max_batch",
+                        "throughput_rps",
+                        "rtt_ms_p50",
+                        "rtt_ms_p99",
+                    )
+                    keys += ("deadline_miss_ticks", "late_replies", "batch_size_mean", "errors")
+                    print(json.dumps({k: row[k] for k in keys}), flush=True)
             finally:
                 server.stop()
         if args.max_batch in saturate and saturate.get(1):
@@ -322,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 if row["sessions"] == n and row["mode"] == "saturate" and row["max_batch"] == args.max_batch:
                     row["throughput_vs_unbatched"] = ratio
-            print(json.dumps({"sessions": n, "saturated_throughput_ratio_batched_vs_unbatched": ratio}), flush=True)
+            print(
+                json.dumps({"sessions": n, "saturated_throughput_ratio_batched_vs_unbatched": ratio}),
+                flush=True,
+            )
     write_results(args.out, rows)
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0

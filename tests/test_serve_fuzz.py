@@ -46,15 +46,39 @@ def pack_raw(message: object) -> bytes:
 
 
 # Plain msgpack values (any type), used to replace fields with the wrong type.
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-                    st.binary(max_size=20))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
-BAD_DTYPES = ["|O", "|V8", "<c8", "<c16", ">f4", "<M8[s]", "<m8[s]", "<U4", "|S4", "float32", "f4", "", "<f16",
-              "<f4\x00", "|b2"]
+BAD_DTYPES = [
+    "|O",
+    "|V8",
+    "<c8",
+    "<c16",
+    ">f4",
+    "<M8[s]",
+    "<m8[s]",
+    "<U4",
+    "|S4",
+    "float32",
+    "f4",
+    "",
+    "<f16",
+    "<f4\x00",
+    "|b2",
+]
 
 
 @st.composite
@@ -96,7 +120,8 @@ def unknown_message_type(draw: st.DrawFn) -> bytes:
 def bad_obs_shape(draw: st.DrawFn) -> bytes:
     shape = draw(st.lists(st.integers(0, 9), min_size=0, max_size=4))
     ok = (len(shape) == 1 and shape[0] == OBS_DIM) or (
-        len(shape) == 2 and 1 <= shape[0] <= OBS_HORIZON and shape[1] == OBS_DIM)
+        len(shape) == 2 and 1 <= shape[0] <= OBS_HORIZON and shape[1] == OBS_DIM
+    )
     if ok:
         shape = [OBS_HORIZON + 1, OBS_DIM]
     msg = good_infer()
@@ -111,7 +136,7 @@ def bad_obs_dtype(draw: st.DrawFn) -> bytes:
         dtype = draw(st.sampled_from(BAD_DTYPES))
         size = draw(st.integers(0, 64))
         msg["obs"] = raw_array_ext(dtype, [OBS_DIM], bytes(size))
-    else:   # allowed on the wire, but not a float observation
+    else:  # allowed on the wire, but not a float observation
         dtype = draw(st.sampled_from(["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8"]))
         msg["obs"] = np.zeros(OBS_DIM, dtype=np.dtype(dtype))
     return pack_raw(msg)
@@ -149,7 +174,7 @@ def inconsistent_array(draw: st.DrawFn) -> bytes:
         msg["obs"] = raw_array_ext("<f4", [1] * draw(st.integers(9, 30)), bytes(4))
     elif kind == "code":
         code = draw(st.integers(-1, 127).filter(lambda c: c != P.EXT_NDARRAY))
-        if code == -1:   # msgpack's reserved timestamp extension
+        if code == -1:  # msgpack's reserved timestamp extension
             msg["obs"] = msgpack.Timestamp(draw(st.integers(0, 2**32 - 1)), 0)
         else:
             msg["obs"] = raw_array_ext("<f4", [OBS_DIM], bytes(OBS_DIM * 4), code=code)
@@ -177,21 +202,33 @@ def trailing_or_wrapped(draw: st.DrawFn) -> bytes:
 
 
 # Strategies whose frames are invalid by construction.
-invalid_frames = st.one_of(wrong_field_type(), missing_or_unknown_key(), unknown_message_type(), bad_obs_shape(),
-                           bad_obs_dtype(), non_finite_obs(), inconsistent_array(), truncated_frame(),
-                           trailing_or_wrapped())
+invalid_frames = st.one_of(
+    wrong_field_type(),
+    missing_or_unknown_key(),
+    unknown_message_type(),
+    bad_obs_shape(),
+    bad_obs_dtype(),
+    non_finite_obs(),
+    inconsistent_array(),
+    truncated_frame(),
+    trailing_or_wrapped(),
+)
 # Anything at all: random bytes and random msgpack documents (almost always invalid; the decoder decides).
-arbitrary_frames = st.one_of(st.binary(max_size=200),
-                             values.map(lambda v: msgpack.packb(v, use_bin_type=True)),
-                             st.dictionaries(st.sampled_from(["type", "request_id", "obs", "client_time", "x"]),
-                                             values, max_size=5).map(lambda v: msgpack.packb(v, use_bin_type=True)))
+arbitrary_frames = st.one_of(
+    st.binary(max_size=200),
+    values.map(lambda v: msgpack.packb(v, use_bin_type=True)),
+    st.dictionaries(
+        st.sampled_from(["type", "request_id", "obs", "client_time", "x"]), values, max_size=5
+    ).map(lambda v: msgpack.packb(v, use_bin_type=True)),
+)
 
 
 # --------------------------------------------------------------------------- decoder (fast, most frames)
 
 FUZZ_COUNT = {"decoder": 0, "live": 0}
-DECODER_SETTINGS = settings(max_examples=2500, deadline=None, derandomize=True, database=None,
-                            suppress_health_check=list(HealthCheck))
+DECODER_SETTINGS = settings(
+    max_examples=2500, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @DECODER_SETTINGS
@@ -246,8 +283,15 @@ def test_decoder_fuzz_volume() -> None:
 
 @pytest.fixture(scope="module")
 def live_server():
-    policy = BuiltinMLPPolicy(obs_dim=OBS_DIM, action_dim=2, obs_horizon=OBS_HORIZON, action_horizon=4,
-                              pred_horizon=8, hidden=32, nfe=2)
+    policy = BuiltinMLPPolicy(
+        obs_dim=OBS_DIM,
+        action_dim=2,
+        obs_horizon=OBS_HORIZON,
+        action_horizon=4,
+        pred_horizon=8,
+        hidden=32,
+        nfe=2,
+    )
     config = ServerConfig(port=0, token="fuzz-token", max_batch=8, max_wait_ms=1.0)
     with BackgroundServer(policy, config) as srv:
         yield srv, policy
@@ -299,8 +343,9 @@ def fuzz_connection(live_server):
     assert good.ok >= 20, f"the well-behaved session got only {good.ok} replies"
 
 
-@settings(max_examples=1100, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=1100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 @given(frame=st.one_of(invalid_frames, arbitrary_frames))
 def test_live_server_answers_every_malformed_frame(fuzz_connection, frame: bytes) -> None:
     FUZZ_COUNT["live"] += 1

@@ -23,8 +23,12 @@ def _ext(dtype: str, shape: list, data: bytes) -> msgpack.ExtType:
 
 
 def _infer(**override) -> dict:
-    msg = {"type": "infer", "request_id": 1, "obs": _ext("<f4", [3], np.ones(3, np.float32).tobytes()),
-           "client_time": 1.0}
+    msg = {
+        "type": "infer",
+        "request_id": 1,
+        "obs": _ext("<f4", [3], np.ones(3, np.float32).tobytes()),
+        "client_time": 1.0,
+    }
     msg.update(override)
     return msg
 
@@ -43,8 +47,16 @@ def test_every_allowed_dtype_round_trips(dtype):
     out[0, 0] = 1  # decoded arrays own writable memory
 
 
-@pytest.mark.parametrize("arr", [np.array([object()]), np.zeros(2, np.complex64), np.zeros(2, "V4"),
-                                 np.array(["a"]), np.zeros(2, "datetime64[s]")])
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.array([object()]),
+        np.zeros(2, np.complex64),
+        np.zeros(2, "V4"),
+        np.array(["a"]),
+        np.zeros(2, "datetime64[s]"),
+    ],
+)
 def test_encoder_refuses_non_numeric_dtypes(arr):
     with pytest.raises(P.ProtocolError) as info:
         P.pack({"type": "x", "a": arr})
@@ -70,13 +82,32 @@ def test_infer_round_trip_and_single_frame_obs():
 
 
 def test_server_messages_round_trip():
-    meta = P.Metadata(model_id="m", model_hash="sha256:00", method="dp", obs_schema=SPEC.schema(), obs_horizon=2,
-                      action_dim=4, action_horizon=8, control_period_s=0.05, max_frame_bytes=1024,
-                      session_id="s", extra={"k": 1})
+    meta = P.Metadata(
+        model_id="m",
+        model_hash="sha256:00",
+        method="dp",
+        obs_schema=SPEC.schema(),
+        obs_horizon=2,
+        action_dim=4,
+        action_horizon=8,
+        control_period_s=0.05,
+        max_frame_bytes=1024,
+        session_id="s",
+        extra={"k": 1},
+    )
     assert P.decode_reply(P.encode_metadata(meta)) == meta
-    reply = P.ActionsReply(request_id=3, actions=np.ones((8, 4), np.float32), target_times=np.arange(8.0),
-                           client_time=1.0, server_time=2.0, queue_ms=0.1, inference_ms=1.0, total_ms=1.5, nfe=2,
-                           batch_size=4)
+    reply = P.ActionsReply(
+        request_id=3,
+        actions=np.ones((8, 4), np.float32),
+        target_times=np.arange(8.0),
+        client_time=1.0,
+        server_time=2.0,
+        queue_ms=0.1,
+        inference_ms=1.0,
+        total_ms=1.5,
+        nfe=2,
+        batch_size=4,
+    )
     out = P.decode_reply(P.encode_actions(reply))
     assert isinstance(out, P.ActionsReply) and out.nfe == 2 and out.batch_size == 4
     assert np.array_equal(out.actions, reply.actions) and out.target_times.dtype == np.float64
@@ -92,39 +123,46 @@ def test_metadata_version_mismatch_is_named():
     assert info.value.code == P.VERSION_MISMATCH
 
 
-@pytest.mark.parametrize("frame, code, words", [
-    (b"", P.MALFORMED, "empty"),
-    (b"\xc1", P.MALFORMED, "msgpack"),
-    (_raw(_infer())[:-3], P.MALFORMED, "msgpack"),
-    (_raw(_infer()) + b"\x00", P.MALFORMED, "trailing"),
-    (_raw([1, 2]), P.WRONG_TYPE, "map"),
-    (_raw({"request_id": 1}), P.MISSING_KEY, "type"),
-    (_raw({"type": 5}), P.WRONG_TYPE, "type"),
-    (_raw(_infer(type="explode")), P.UNKNOWN_MESSAGE, "explode"),
-    (_raw(_infer(extra=1)), P.UNKNOWN_KEY, "extra"),
-    (_raw({"type": "infer", "request_id": 1, "client_time": 1.0}), P.MISSING_KEY, "obs"),
-    (_raw(_infer(request_id="1")), P.WRONG_TYPE, "request_id"),
-    (_raw(_infer(request_id=-1)), P.BAD_VALUE, "request_id"),
-    (_raw(_infer(request_id=True)), P.WRONG_TYPE, "request_id"),
-    (_raw(_infer(client_time=math.nan)), P.NON_FINITE, "client_time"),
-    (_raw(_infer(client_time="now")), P.WRONG_TYPE, "client_time"),
-    (_raw(_infer(obs=[1.0, 2.0, 3.0])), P.WRONG_TYPE, "ndarray"),
-    (_raw(_infer(obs=_ext("|O", [3], b"123"))), P.BAD_DTYPE, "|O"),
-    (_raw(_infer(obs=_ext("<c8", [3], bytes(24)))), P.BAD_DTYPE, "<c8"),
-    (_raw(_infer(obs=_ext(">f4", [3], bytes(12)))), P.BAD_DTYPE, ">f4"),
-    (_raw(_infer(obs=_ext("<i4", [3], bytes(12)))), P.BAD_DTYPE, "float"),
-    (_raw(_infer(obs=_ext("<f4", [3], bytes(11)))), P.BAD_ARRAY, "needs 12 bytes"),
-    (_raw(_infer(obs=_ext("<f4", [2**31, 2**31], bytes(12)))), P.OVERSIZED, "elements"),
-    (_raw(_infer(obs=_ext("<f4", [-3], bytes(12)))), P.BAD_ARRAY, "non-negative"),
-    (_raw(_infer(obs=msgpack.ExtType(9, b"xx"))), P.BAD_ARRAY, "extension type 9"),
-    (_raw(_infer(obs=_ext("<f4", [4], bytes(16)))), P.BAD_SHAPE, "expects 3"),
-    (_raw(_infer(obs=_ext("<f4", [3, 3], bytes(36)))), P.BAD_SHAPE, "at most 2"),
-    (_raw(_infer(obs=_ext("<f4", [2, 1, 3], bytes(24)))), P.BAD_SHAPE, "(k, obs_dim)"),
-    (_raw(_infer(obs=_ext("<f4", [3], np.array([1, np.nan, 0], np.float32).tobytes()))), P.NON_FINITE, "NaN"),
-    (_raw(_infer(obs=_ext("<f8", [3], np.array([1, np.inf, 0]).tobytes()))), P.NON_FINITE, "inf"),
-    (_raw({"type": "reset"}), P.MISSING_KEY, "request_id"),
-    (_raw({1: "infer"}), P.MALFORMED, "msgpack"),   # non-string map keys are refused by the parser
-])
+@pytest.mark.parametrize(
+    "frame, code, words",
+    [
+        (b"", P.MALFORMED, "empty"),
+        (b"\xc1", P.MALFORMED, "msgpack"),
+        (_raw(_infer())[:-3], P.MALFORMED, "msgpack"),
+        (_raw(_infer()) + b"\x00", P.MALFORMED, "trailing"),
+        (_raw([1, 2]), P.WRONG_TYPE, "map"),
+        (_raw({"request_id": 1}), P.MISSING_KEY, "type"),
+        (_raw({"type": 5}), P.WRONG_TYPE, "type"),
+        (_raw(_infer(type="explode")), P.UNKNOWN_MESSAGE, "explode"),
+        (_raw(_infer(extra=1)), P.UNKNOWN_KEY, "extra"),
+        (_raw({"type": "infer", "request_id": 1, "client_time": 1.0}), P.MISSING_KEY, "obs"),
+        (_raw(_infer(request_id="1")), P.WRONG_TYPE, "request_id"),
+        (_raw(_infer(request_id=-1)), P.BAD_VALUE, "request_id"),
+        (_raw(_infer(request_id=True)), P.WRONG_TYPE, "request_id"),
+        (_raw(_infer(client_time=math.nan)), P.NON_FINITE, "client_time"),
+        (_raw(_infer(client_time="now")), P.WRONG_TYPE, "client_time"),
+        (_raw(_infer(obs=[1.0, 2.0, 3.0])), P.WRONG_TYPE, "ndarray"),
+        (_raw(_infer(obs=_ext("|O", [3], b"123"))), P.BAD_DTYPE, "|O"),
+        (_raw(_infer(obs=_ext("<c8", [3], bytes(24)))), P.BAD_DTYPE, "<c8"),
+        (_raw(_infer(obs=_ext(">f4", [3], bytes(12)))), P.BAD_DTYPE, ">f4"),
+        (_raw(_infer(obs=_ext("<i4", [3], bytes(12)))), P.BAD_DTYPE, "float"),
+        (_raw(_infer(obs=_ext("<f4", [3], bytes(11)))), P.BAD_ARRAY, "needs 12 bytes"),
+        (_raw(_infer(obs=_ext("<f4", [2**31, 2**31], bytes(12)))), P.OVERSIZED, "elements"),
+        (_raw(_infer(obs=_ext("<f4", [-3], bytes(12)))), P.BAD_ARRAY, "non-negative"),
+        (_raw(_infer(obs=msgpack.ExtType(9, b"xx"))), P.BAD_ARRAY, "extension type 9"),
+        (_raw(_infer(obs=_ext("<f4", [4], bytes(16)))), P.BAD_SHAPE, "expects 3"),
+        (_raw(_infer(obs=_ext("<f4", [3, 3], bytes(36)))), P.BAD_SHAPE, "at most 2"),
+        (_raw(_infer(obs=_ext("<f4", [2, 1, 3], bytes(24)))), P.BAD_SHAPE, "(k, obs_dim)"),
+        (
+            _raw(_infer(obs=_ext("<f4", [3], np.array([1, np.nan, 0], np.float32).tobytes()))),
+            P.NON_FINITE,
+            "NaN",
+        ),
+        (_raw(_infer(obs=_ext("<f8", [3], np.array([1, np.inf, 0]).tobytes()))), P.NON_FINITE, "inf"),
+        (_raw({"type": "reset"}), P.MISSING_KEY, "request_id"),
+        (_raw({1: "infer"}), P.MALFORMED, "msgpack"),  # non-string map keys are refused by the parser
+    ],
+)
 def test_each_problem_is_named(frame, code, words):
     with pytest.raises(P.ProtocolError) as info:
         P.decode_request(frame, SPEC)
@@ -147,9 +185,21 @@ def test_error_carries_request_id_when_known():
 
 
 def test_reply_decoder_distrusts_servers():
-    bad = P.pack({"type": "actions", "request_id": 1, "actions": np.ones((4, 2), np.float32),
-                  "target_times": np.arange(3.0), "client_time": 0.0, "server_time": 0.0, "queue_ms": 0.0,
-                  "inference_ms": 0.0, "total_ms": 0.0, "nfe": 1, "batch_size": 1})
+    bad = P.pack(
+        {
+            "type": "actions",
+            "request_id": 1,
+            "actions": np.ones((4, 2), np.float32),
+            "target_times": np.arange(3.0),
+            "client_time": 0.0,
+            "server_time": 0.0,
+            "queue_ms": 0.0,
+            "inference_ms": 0.0,
+            "total_ms": 0.0,
+            "nfe": 1,
+            "batch_size": 1,
+        }
+    )
     with pytest.raises(P.ProtocolError) as info:
         P.decode_reply(bad)
     assert info.value.code == P.BAD_SHAPE
@@ -161,4 +211,6 @@ def test_no_pickle_in_the_serving_code():
     root = Path(P.__file__).parent
     for path in list(root.glob("*.py")) + list((root.parent / "control").glob("*.py")):
         text = path.read_text()
-        assert "import pickle" not in text and "pickle.loads" not in text and "allow_pickle=True" not in text, path
+        assert (
+            "import pickle" not in text and "pickle.loads" not in text and "allow_pickle=True" not in text
+        ), path

@@ -37,8 +37,14 @@ class CounterPolicy(Policy):
 
     method = "counter"
 
-    def __init__(self, obs_dim: int = 3, action_dim: int = 2, obs_horizon: int = 2, action_horizon: int = 4,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int = 3,
+        action_dim: int = 2,
+        obs_horizon: int = 2,
+        action_horizon: int = 4,
+        delay_s: float = 0.0,
+    ) -> None:
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.obs_horizon, self.action_horizon = obs_horizon, action_horizon
         self.delay_s = delay_s
@@ -83,7 +89,7 @@ def _wait_for(cond, timeout: float = 5.0) -> bool:
 
 def _http(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:   # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback only
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -117,8 +123,12 @@ def test_auth_health_and_metadata():
             assert meta.obs_schema[0]["shape"] == [3]
         # a client speaking another protocol version is refused before the upgrade
         with pytest.raises(InvalidStatus) as info:
-            connect(srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}", P.PROTOCOL_HEADER: "99"},
-                    proxy=None, legacy=True)
+            connect(
+                srv.url,
+                additional_headers={"Authorization": f"Bearer {TOKEN}", P.PROTOCOL_HEADER: "99"},
+                proxy=None,
+                legacy=True,
+            )
         assert info.value.response.status_code == 400
 
 
@@ -142,8 +152,9 @@ def test_bad_input_gets_error_frame_and_session_lives():
         assert info.value.code == P.BAD_SHAPE and "expects 3" in info.value.message
         reply = client.send_raw(b"\x81\xa4type\xa5infer")
         assert isinstance(reply, P.ErrorReply) and reply.code == P.MISSING_KEY
-        reply = client.send_raw(P.pack({"type": "infer", "request_id": 4, "obs": np.array([np.nan, 0, 0]),
-                                        "client_time": 0.0}))
+        reply = client.send_raw(
+            P.pack({"type": "infer", "request_id": 4, "obs": np.array([np.nan, 0, 0]), "client_time": 0.0})
+        )
         assert reply.code == P.NON_FINITE and reply.request_id == 4
         # an exception inside the policy: an "internal" error frame, the session lives on
         with pytest.raises(ServerError) as info:
@@ -156,12 +167,17 @@ def test_oversized_frames():
     with _server(max_frame_bytes=4096) as srv:
         with PolicyClient(srv.url, TOKEN) as client:
             # above the protocol limit but under the hard cap: an error frame, the session lives on
-            reply = client.send_raw(P.pack({"type": "infer", "request_id": 1, "obs": np.zeros(1500, np.float32),
-                                            "client_time": 0.0}))
+            reply = client.send_raw(
+                P.pack(
+                    {"type": "infer", "request_id": 1, "obs": np.zeros(1500, np.float32), "client_time": 0.0}
+                )
+            )
             assert isinstance(reply, P.ErrorReply) and reply.code == P.OVERSIZED
             assert client.infer(np.ones(3, np.float32)).actions.shape == (4, 2)
         # above the hard cap (4 × the limit): refused by closing the connection with 1009
-        ws = connect(srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True)
+        ws = connect(
+            srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True
+        )
         ws.recv(timeout=5)
         ws.send(b"\x00" * (4 * 4096 + 1))
         with pytest.raises(ConnectionClosed) as info:
@@ -216,9 +232,12 @@ def test_batch_failure_is_isolated_to_the_bad_request():
         batcher.start()
         good = np.ones((2, 3), np.float32)
         bad = np.full((2, 3), 666, np.float32)
-        results = await asyncio.gather(batcher.submit(good, policy.init_state(1)),
-                                       batcher.submit(bad, policy.init_state(1)),
-                                       batcher.submit(good, policy.init_state(1)), return_exceptions=True)
+        results = await asyncio.gather(
+            batcher.submit(good, policy.init_state(1)),
+            batcher.submit(bad, policy.init_state(1)),
+            batcher.submit(good, policy.init_state(1)),
+            return_exceptions=True,
+        )
         assert isinstance(results[1], RuntimeError)
         assert results[0].actions.shape == (4, 2) and results[2].actions.shape == (4, 2)
         assert batcher.pending == 0
@@ -232,9 +251,9 @@ def test_builtin_mlp_batched_equals_unbatched():
     obs = np.random.default_rng(0).standard_normal((3, 2, 5)).astype(np.float32)
     batched = policy.predict_chunk(obs, policy.init_state(3))
     for i in range(3):
-        single = policy.predict_chunk(obs[i:i + 1], policy.init_state(1))
+        single = policy.predict_chunk(obs[i : i + 1], policy.init_state(1))
         assert np.allclose(single.actions[0], batched.actions[i], atol=1e-5)
-        assert torch.allclose(single.state["buffer"], batched.state["buffer"][i:i + 1], atol=1e-5)
+        assert torch.allclose(single.state["buffer"], batched.state["buffer"][i : i + 1], atol=1e-5)
 
 
 # --------------------------------------------------------------------------- faults and lifecycle
@@ -243,13 +262,19 @@ def test_builtin_mlp_batched_equals_unbatched():
 def test_disconnect_mid_request_leaks_nothing():
     policy = CounterPolicy(delay_s=0.3)
     with _server(policy) as srv:
-        ws = connect(srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True)
+        ws = connect(
+            srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True
+        )
         ws.recv(timeout=5)
         ws.send(P.encode_infer(1, np.ones(3, np.float32), 0.0))
         assert _wait_for(lambda: srv.call(lambda: srv.server.inflight) == 1, 2)
-        ws.close()   # gone before the reply
-        assert _wait_for(lambda: srv.call(lambda: (len(srv.server.sessions), srv.server.inflight,
-                                                   srv.server.batcher.pending)) == (0, 0, 0))
+        ws.close()  # gone before the reply
+        assert _wait_for(
+            lambda: (
+                srv.call(lambda: (len(srv.server.sessions), srv.server.inflight, srv.server.batcher.pending))
+                == (0, 0, 0)
+            )
+        )
         # the server is healthy afterwards
         with PolicyClient(srv.url, TOKEN) as client:
             assert client.infer(np.ones(3, np.float32)).actions.shape == (4, 2)
@@ -272,7 +297,7 @@ def test_client_reconnects_after_server_restart():
     t = threading.Thread(target=restart)
     t.start()
     try:
-        reply = client.infer(obs)   # first attempt hits the closed connection, then reconnects with backoff
+        reply = client.infer(obs)  # first attempt hits the closed connection, then reconnects with backoff
         assert client.reconnects >= 1
         assert np.allclose(reply.actions, expected_counter(obs, 0))  # a fresh session on the new server
     finally:
@@ -317,7 +342,7 @@ def test_graceful_shutdown_drains_in_flight_requests():
     assert _wait_for(lambda: srv.call(lambda: srv.server.inflight) == 1, 2)
     srv.stop("maintenance")
     t.join(5)
-    assert "reply" in result, result          # the in-flight request was answered before closing
+    assert "reply" in result, result  # the in-flight request was answered before closing
     with pytest.raises(ConnectionClosed) as info:
         client._ws.recv(timeout=2)
     assert info.value.rcvd.code == 1001 and info.value.rcvd.reason == "maintenance"
@@ -326,7 +351,9 @@ def test_graceful_shutdown_drains_in_flight_requests():
 
 def test_idle_sessions_are_closed_and_session_cap_enforced():
     with _server(idle_timeout_s=0.3, max_sessions=1) as srv:
-        ws = connect(srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True)
+        ws = connect(
+            srv.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None, legacy=True
+        )
         ws.recv(timeout=5)
         with pytest.raises(InvalidStatus) as info:
             PolicyClient(srv.url, TOKEN, reconnect=False)
@@ -348,8 +375,24 @@ def test_json_log_lines():
 def test_serve_cli_end_to_end():
     """`fastpolicy serve builtin-mlp --port 0` in a subprocess: JSON logs, serves, SIGTERM → clean exit."""
     env = {**os.environ, "FASTPOLICY_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "fastpolicy.cli", "serve", "builtin-mlp", "--port", "0",
-                             "--builtin-hidden", "32", "--threads", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpolicy.cli",
+            "serve",
+            "builtin-mlp",
+            "--port",
+            "0",
+            "--builtin-hidden",
+            "32",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = None
         deadline = time.monotonic() + 60
@@ -359,7 +402,7 @@ def test_serve_cli_end_to_end():
             if not line:
                 break
             lines.append(line)
-            event = json.loads(line)   # every log line is JSON
+            event = json.loads(line)  # every log line is JSON
             if event.get("event") == "listening":
                 port = event["port"]
             if event.get("event") == "ready":

@@ -47,6 +47,7 @@ def select_method(rows: Sequence[dict[str, Any]], budget_ms: float, task: str | 
     fits = [r for r in pool if _number(r[latency_key]) <= budget_ms]
     if not fits:
         fastest = min(pool, key=lambda r: _number(r[latency_key]))
-        raise ValueError(f"no method fits a {budget_ms:g} ms budget: the fastest, {fastest['method']!r}, needs "
+        raise ValueError(f"no method fits a {budget_ms:g} ms budget: the fastest, {fastest['method']!r}, "
+                         f"needs "
                          f"{_number(fastest[latency_key]):.3g} ms per control step ({latency_key})")
     return max(fits, key=lambda r: (_number(r["score_mean"]), -_number(r[latency_key])))

@@ -4,5 +4,14 @@ from fastpolicy.control.broker import ActionBroker, Chunk, ChunkQueue, LocalChun
 from fastpolicy.control.cudagraph import CudaGraphRunner
 from fastpolicy.control.loop import ControlLoop, LoopStats, TickRecord
 
-__all__ = ["ActionBroker", "Chunk", "ChunkQueue", "ControlLoop", "CudaGraphRunner", "LocalChunkSource",
-           "LoopStats", "RemoteChunkSource", "TickRecord"]
+__all__ = [
+    "ActionBroker",
+    "Chunk",
+    "ChunkQueue",
+    "ControlLoop",
+    "CudaGraphRunner",
+    "LocalChunkSource",
+    "LoopStats",
+    "RemoteChunkSource",
+    "TickRecord",
+]

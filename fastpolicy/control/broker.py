@@ -38,7 +38,7 @@ class Chunk:
     actions: np.ndarray
     target_times: np.ndarray
     nfe: int = 0
-    request_time: float = 0.0        # when the observation it was planned from was taken
+    request_time: float = 0.0  # when the observation it was planned from was taken
 
 
 class ChunkQueue:
@@ -55,7 +55,7 @@ class ChunkQueue:
         self.blend_steps = blend_steps
         self.tolerance = tolerance
         self._items: collections.deque[tuple[float, np.ndarray]] = collections.deque()
-        self.dropped_due = 0      # actions that arrived or waited past their time and were never executed
+        self.dropped_due = 0  # actions that arrived or waited past their time and were never executed
 
     def __len__(self) -> int:
         return len(self._items)
@@ -91,7 +91,7 @@ class ChunkQueue:
             for j in range(min(self.blend_steps, len(actions))):
                 old = old_by_step.get(j)
                 if old is not None:
-                    w = (j + 1) / (self.blend_steps + 1)        # weight of the new plan grows over the overlap
+                    w = (j + 1) / (self.blend_steps + 1)  # weight of the new plan grows over the overlap
                     actions[j] = (1 - w) * old + w * actions[j]
         self._items.extend(zip(taus.tolist(), actions))
         return dropped
@@ -133,7 +133,7 @@ class LocalChunkSource:
 
     def request(self, obs_window: np.ndarray, t: float) -> Chunk:
         window = np.asarray(obs_window, dtype=np.float32)
-        if len(window) < self.obs_horizon:   # pad with the oldest frame, as the training sampler does
+        if len(window) < self.obs_horizon:  # pad with the oldest frame, as the training sampler does
             window = np.concatenate([np.repeat(window[:1], self.obs_horizon - len(window), 0), window])
         with self._state_lock, torch.inference_mode():
             result = self.policy.predict_chunk(window[None], self.state, self.generator)
@@ -174,8 +174,14 @@ class ActionBroker:
     future actions remain and none is in flight.
     """
 
-    def __init__(self, source: ChunkSource, low_watermark: int = 2, blend_steps: int = 0,
-                 clock: Callable[[], float] = time.monotonic, max_records: int = 100_000) -> None:
+    def __init__(
+        self,
+        source: ChunkSource,
+        low_watermark: int = 2,
+        blend_steps: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        max_records: int = 100_000,
+    ) -> None:
         self.source = source
         self.low_watermark = low_watermark
         self.clock = clock
@@ -184,7 +190,7 @@ class ActionBroker:
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastpolicy-broker")
         self._inflight: concurrent.futures.Future | None = None
-        self._epoch = 0                    # bumped by reset(): replies planned before it are discarded
+        self._epoch = 0  # bumped by reset(): replies planned before it are discarded
         self.requests = 0
         self.errors = 0
         self.last_error: BaseException | None = None

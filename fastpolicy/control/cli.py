@@ -1,4 +1,4 @@
-"""``fastpolicy control CKPT --task T --hz 20``: drive a task's env in real time with a local or remote policy.
+"""``fastpolicy control CKPT --task T --hz 20``: drive a task's env in real time (local or remote policy).
 
 The env stands in for the robot: each tick reads its observation, takes the action due now (or the
 fallback when the chunk is late) and steps it. Prints the loop's deadline accounting as JSON.
@@ -12,17 +12,25 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("control", help="run a fixed-rate control loop on a task (local or remote policy)",
-                              description=__doc__)
-    p.add_argument("checkpoint", nargs="?", default=None,
-                   help="checkpoint path for a local policy (omit with --server)")
+    p = subparsers.add_parser(
+        "control",
+        help="run a fixed-rate control loop on a task (local or remote policy)",
+        description=__doc__,
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", default=None, help="checkpoint path for a local policy (omit with --server)"
+    )
     p.add_argument("--task", required=True, help="task card name (see envs/)")
     p.add_argument("--hz", type=float, default=20.0, help="control rate")
     p.add_argument("--server", default=None, help="ws://host:port of a `fastpolicy serve` (instead of CKPT)")
     p.add_argument("--token", default=None, help="server token (default: $FASTPOLICY_TOKEN)")
     p.add_argument("--steps", type=int, default=400, help="control ticks to run")
-    p.add_argument("--fallback", choices=["hold", "safe"], default="hold",
-                   help="late chunk: hold the last action, or apply --safe-action")
+    p.add_argument(
+        "--fallback",
+        choices=["hold", "safe"],
+        default="hold",
+        help="late chunk: hold the last action, or apply --safe-action",
+    )
     p.add_argument("--safe-action", type=float, nargs="+", default=None, help="safe action (default zeros)")
     p.add_argument("--low-watermark", type=int, default=2, help="prefetch when this few actions remain")
     p.add_argument("--blend-steps", type=int, default=0, help="blend this many overlapping actions")
@@ -71,7 +79,9 @@ def _control(args: argparse.Namespace) -> int:
         return current["obs"]
 
     def apply_action(action: np.ndarray) -> bool:
-        obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high).astype(env.action_space.dtype))
+        obs, reward, terminated, truncated, _ = env.step(
+            np.clip(action, low, high).astype(env.action_space.dtype)
+        )
         current["return"] += float(reward)
         if terminated or truncated:
             returns.append(current["return"])
@@ -81,8 +91,14 @@ def _control(args: argparse.Namespace) -> int:
         return bool(terminated or truncated)
 
     broker = ActionBroker(source, low_watermark=args.low_watermark, blend_steps=args.blend_steps)
-    loop = ControlLoop(broker, read_obs, apply_action, hz=args.hz, fallback=args.fallback,
-                       safe_action=None if args.safe_action is None else np.asarray(args.safe_action))
+    loop = ControlLoop(
+        broker,
+        read_obs,
+        apply_action,
+        hz=args.hz,
+        fallback=args.fallback,
+        safe_action=None if args.safe_action is None else np.asarray(args.safe_action),
+    )
     try:
         stats = loop.run(steps=args.steps)
     finally:
@@ -90,8 +106,14 @@ def _control(args: argparse.Namespace) -> int:
         env.close()
         if client is not None:
             client.close()
-    summary = {"task": args.task, "source": args.server or args.checkpoint, **stats.summary(),
-               "episodes": len(returns), "returns": returns, "broker_errors": broker.errors}
+    summary = {
+        "task": args.task,
+        "source": args.server or args.checkpoint,
+        **stats.summary(),
+        "episodes": len(returns),
+        "returns": returns,
+        "broker_errors": broker.errors,
+    }
     text = json.dumps(summary, indent=1)
     print(text)
     if args.json_out:

@@ -36,12 +36,19 @@ class CudaGraphRunner:
 
     Inputs must keep the example shapes and dtypes on every call (checked). ``captured`` says whether a
     graph is in use. Outputs are cloned by default because the graph overwrites its static outputs on the
-    next replay; pass ``clone_outputs=False`` to get the static buffers themselves (valid until the next call).
+    next replay; ``clone_outputs=False`` returns the static buffers themselves (valid until the next call).
     """
 
-    def __init__(self, fn: Callable[..., Any], example_inputs: Sequence[torch.Tensor], warmup: int = 3,
-                 device: str | torch.device | None = None, enabled: bool = True, clone_outputs: bool = True,
-                 pin_host_buffers: bool = True) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        example_inputs: Sequence[torch.Tensor],
+        warmup: int = 3,
+        device: str | torch.device | None = None,
+        enabled: bool = True,
+        clone_outputs: bool = True,
+        pin_host_buffers: bool = True,
+    ) -> None:
         self.fn = fn
         self.clone_outputs = clone_outputs
         if device is None:
@@ -54,9 +61,10 @@ class CudaGraphRunner:
         if not self.captured:
             return
         self.static_inputs = [x.detach().to(self.device).clone() for x in example_inputs]
-        self.host_inputs = ([torch.empty(s, dtype=d, pin_memory=True) for s, d in self.shapes]
-                            if pin_host_buffers else None)
-        self._copies_done = torch.cuda.Event()   # pinned buffers are reused only after their copy finished
+        self.host_inputs = (
+            [torch.empty(s, dtype=d, pin_memory=True) for s, d in self.shapes] if pin_host_buffers else None
+        )
+        self._copies_done = torch.cuda.Event()  # pinned buffers are reused only after their copy finished
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.no_grad():

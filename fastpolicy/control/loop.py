@@ -31,7 +31,7 @@ FALLBACKS = ("hold", "safe")
 class TickRecord:
     index: int
     time: float
-    late: bool                  # no planned action was due: the fallback was applied
+    late: bool  # no planned action was due: the fallback was applied
     action: np.ndarray
 
 
@@ -39,8 +39,8 @@ class TickRecord:
 class LoopStats:
     period_s: float
     ticks: int = 0
-    misses: int = 0             # ticks that applied the fallback
-    overruns: int = 0           # deadlines skipped because a tick ran past the next one
+    misses: int = 0  # ticks that applied the fallback
+    overruns: int = 0  # deadlines skipped because a tick ran past the next one
     jitter_s: list[float] = field(default_factory=list)
     step_latency_s: list[float] = field(default_factory=list)
     inference_latency_s: list[float] = field(default_factory=list)
@@ -51,11 +51,16 @@ class LoopStats:
             return float(np.percentile(np.asarray(values) * 1e3, q)) if values else None
 
         return {
-            "hz": 1.0 / self.period_s, "ticks": self.ticks, "misses": self.misses,
-            "miss_rate": self.misses / self.ticks if self.ticks else 0.0, "overruns": self.overruns,
-            "jitter_ms_p50": pct(self.jitter_s, 50), "jitter_ms_p99": pct(self.jitter_s, 99),
+            "hz": 1.0 / self.period_s,
+            "ticks": self.ticks,
+            "misses": self.misses,
+            "miss_rate": self.misses / self.ticks if self.ticks else 0.0,
+            "overruns": self.overruns,
+            "jitter_ms_p50": pct(self.jitter_s, 50),
+            "jitter_ms_p99": pct(self.jitter_s, 99),
             "jitter_ms_max": pct(self.jitter_s, 100),
-            "step_ms_p50": pct(self.step_latency_s, 50), "step_ms_p99": pct(self.step_latency_s, 99),
+            "step_ms_p50": pct(self.step_latency_s, 50),
+            "step_ms_p99": pct(self.step_latency_s, 99),
             "inference_ms_p50": pct(self.inference_latency_s, 50),
             "inference_ms_p99": pct(self.inference_latency_s, 99),
             "chunks": len(self.inference_latency_s),
@@ -71,10 +76,18 @@ class ControlLoop:
     injectable for tests.
     """
 
-    def __init__(self, broker: ActionBroker, read_obs: Callable[[], np.ndarray],
-                 apply_action: Callable[[np.ndarray], Any], hz: float, fallback: str = "hold",
-                 safe_action: np.ndarray | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, record_ticks: bool = False) -> None:
+    def __init__(
+        self,
+        broker: ActionBroker,
+        read_obs: Callable[[], np.ndarray],
+        apply_action: Callable[[np.ndarray], Any],
+        hz: float,
+        fallback: str = "hold",
+        safe_action: np.ndarray | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        record_ticks: bool = False,
+    ) -> None:
         if hz <= 0:
             raise ValueError(f"hz must be > 0, got {hz}")
         if fallback not in FALLBACKS:
@@ -84,8 +97,11 @@ class ControlLoop:
         self.period_s = 1.0 / hz
         self.fallback = fallback
         dim = broker.source.action_dim
-        self.safe_action = (np.zeros(dim, np.float32) if safe_action is None
-                            else np.asarray(safe_action, np.float32).reshape(dim))
+        self.safe_action = (
+            np.zeros(dim, np.float32)
+            if safe_action is None
+            else np.asarray(safe_action, np.float32).reshape(dim)
+        )
         self.clock, self.sleep = clock, sleep
         self.record_ticks = record_ticks
         self.ticks: list[TickRecord] = []

@@ -25,35 +25,52 @@ from numba import njit, prange
 
 # Below this a direction component counts as zero, so the slab test never divides 0 by 0.
 DIR_EPS = 1e-12
+# Reciprocal used for such a component in the vectorised loops: finite (no 0 * inf = NaN), and any
+# crossing it produces lies far beyond every max_range.
+_BIG = 1e300
 
 _JIT = {"cache": True, "fastmath": False, "error_model": "numpy"}
+
+
+@njit(**_JIT)
+def ray_rect_inv(ox: float, oy: float, inv_dx: float, inv_dy: float, x0: float, y0: float, x1: float,
+                 y1: float) -> float:
+    """Slab test with the direction's reciprocals precomputed (one division per ray, not four per
+    rectangle); a zero reciprocal marks an axis-parallel component (see ``ray_rect``)."""
+    tmin = -math.inf
+    tmax = math.inf
+    if inv_dx == 0.0:
+        if ox < x0 or ox > x1:
+            return math.inf
+    else:
+        t1 = (x0 - ox) * inv_dx
+        t2 = (x1 - ox) * inv_dx
+        tmin = max(tmin, min(t1, t2))
+        tmax = min(tmax, max(t1, t2))
+    if inv_dy == 0.0:
+        if oy < y0 or oy > y1:
+            return math.inf
+    else:
+        t1 = (y0 - oy) * inv_dy
+        t2 = (y1 - oy) * inv_dy
+        tmin = max(tmin, min(t1, t2))
+        tmax = min(tmax, max(t1, t2))
+    if tmin > tmax or tmax < 0.0:
+        return math.inf
+    return max(tmin, 0.0)
+
+
+@njit(**_JIT)
+def inverse_dir(d: float) -> float:
+    """1 / d, or 0 for a component below ``DIR_EPS`` (treated as exactly axis-parallel)."""
+    return 0.0 if abs(d) < DIR_EPS else 1.0 / d
 
 
 @njit(**_JIT)
 def ray_rect(ox: float, oy: float, dx: float, dy: float,
              x0: float, y0: float, x1: float, y1: float) -> float:
     """Distance along the unit ray (dx, dy) from (ox, oy) to the rectangle (slab method); inf on a miss."""
-    tmin = -math.inf
-    tmax = math.inf
-    if abs(dx) < DIR_EPS:
-        if ox < x0 or ox > x1:
-            return math.inf
-    else:
-        t1 = (x0 - ox) / dx
-        t2 = (x1 - ox) / dx
-        tmin = max(tmin, min(t1, t2))
-        tmax = min(tmax, max(t1, t2))
-    if abs(dy) < DIR_EPS:
-        if oy < y0 or oy > y1:
-            return math.inf
-    else:
-        t1 = (y0 - oy) / dy
-        t2 = (y1 - oy) / dy
-        tmin = max(tmin, min(t1, t2))
-        tmax = min(tmax, max(t1, t2))
-    if tmin > tmax or tmax < 0.0:
-        return math.inf
-    return max(tmin, 0.0)
+    return ray_rect_inv(ox, oy, inverse_dir(dx), inverse_dir(dy), x0, y0, x1, y1)
 
 
 @njit(**_JIT)
@@ -74,18 +91,24 @@ def ray_circle(ox: float, oy: float, dx: float, dy: float, cx: float, cy: float,
 
 
 @njit(**_JIT)
+def ray_walls_inv(ox: float, oy: float, inv_dx: float, inv_dy: float, width: float, height: float) -> float:
+    """``ray_walls`` with the direction's reciprocals precomputed (0 marks an axis-parallel component)."""
+    t = math.inf
+    if inv_dx > 0.0:
+        t = min(t, (width - ox) * inv_dx)
+    elif inv_dx < 0.0:
+        t = min(t, -ox * inv_dx)
+    if inv_dy > 0.0:
+        t = min(t, (height - oy) * inv_dy)
+    elif inv_dy < 0.0:
+        t = min(t, -oy * inv_dy)
+    return max(t, 0.0)
+
+
+@njit(**_JIT)
 def ray_walls(ox: float, oy: float, dx: float, dy: float, width: float, height: float) -> float:
     """Distance along the unit ray from inside the arena to its boundary (0 if the origin is outside)."""
-    t = math.inf
-    if dx > DIR_EPS:
-        t = min(t, (width - ox) / dx)
-    elif dx < -DIR_EPS:
-        t = min(t, -ox / dx)
-    if dy > DIR_EPS:
-        t = min(t, (height - oy) / dy)
-    elif dy < -DIR_EPS:
-        t = min(t, -oy / dy)
-    return max(t, 0.0)
+    return ray_walls_inv(ox, oy, inverse_dir(dx), inverse_dir(dy), width, height)
 
 
 @njit(**_JIT)
@@ -98,51 +121,68 @@ def cast_rays_one(ox: float, oy: float, theta: float, ray_dirs: np.ndarray, rect
     two multiplies instead of a cos and a sin per ray); ``circ_xy`` is (M, 2). ``divisor`` lets the
     step write normalised rays straight into its float32 observation row.
 
-    Shapes are visited nearest first and a ray stops looking once the next shape's distance from the
-    origin exceeds its best hit (no point of a shape is closer than that distance), so a ray in a
-    cluttered warehouse tests a handful of shapes instead of all of them. This data-dependent early
-    exit is what a broadcast numpy version cannot do.
+    Layout of the work, for speed: shapes farther than ``max_range`` from the robot are skipped
+    (no point of them can be hit in range); for each remaining shape the inner loop over rays is
+    branch-free (selects instead of ifs, reciprocals instead of divisions), so LLVM vectorises it.
+    An axis-parallel direction gets a huge finite reciprocal instead of inf, which keeps 0 * inf NaNs
+    out and gives the same answers as the branching ``ray_rect`` within ``max_range``.
     """
-    n_rect = rects.shape[0]
-    n_shape = n_rect + circ_r.shape[0]
-    dist = np.empty(n_shape)
-    order = np.empty(n_shape, dtype=np.int64)
-    for j in range(n_shape):
-        if j < n_rect:
-            ex = max(rects[j, 0] - ox, 0.0, ox - rects[j, 2])
-            ey = max(rects[j, 1] - oy, 0.0, oy - rects[j, 3])
-            d = math.sqrt(ex * ex + ey * ey)
-        else:
-            m = j - n_rect
-            ex = ox - circ_xy[m, 0]
-            ey = oy - circ_xy[m, 1]
-            d = max(math.sqrt(ex * ex + ey * ey) - circ_r[m], 0.0)
-        # Insertion sort: a few dozen shapes at most.
-        i = j
-        while i > 0 and dist[i - 1] > d:
-            dist[i] = dist[i - 1]
-            order[i] = order[i - 1]
-            i -= 1
-        dist[i] = d
-        order[i] = j
+    n_rays = ray_dirs.shape[0]
+    scratch = np.empty((5, n_rays))
+    dx = scratch[0]
+    dy = scratch[1]
+    ix = scratch[2]
+    iy = scratch[3]
+    best = scratch[4]
     ct = math.cos(theta)
     st = math.sin(theta)
-    for k in range(ray_dirs.shape[0]):
-        dx = ray_dirs[k, 0] * ct - ray_dirs[k, 1] * st
-        dy = ray_dirs[k, 1] * ct + ray_dirs[k, 0] * st
-        best = min(max_range, ray_walls(ox, oy, dx, dy, width, height))
-        for i in range(n_shape):
-            if dist[i] >= best:
-                break
-            j = order[i]
-            if j < n_rect:
-                d = ray_rect(ox, oy, dx, dy, rects[j, 0], rects[j, 1], rects[j, 2], rects[j, 3])
-            else:
-                m = j - n_rect
-                d = ray_circle(ox, oy, dx, dy, circ_xy[m, 0], circ_xy[m, 1], circ_r[m])
-            if d < best:
-                best = d
-        out[k] = best / divisor
+    for k in range(n_rays):
+        x = ray_dirs[k, 0] * ct - ray_dirs[k, 1] * st
+        y = ray_dirs[k, 1] * ct + ray_dirs[k, 0] * st
+        dx[k] = x
+        dy[k] = y
+        ix[k] = 1.0 / x if abs(x) >= DIR_EPS else _BIG
+        iy[k] = 1.0 / y if abs(y) >= DIR_EPS else _BIG
+    for k in range(n_rays):
+        tx = max((width - ox) * ix[k], -ox * ix[k])          # the exit crossing of the x slab
+        ty = max((height - oy) * iy[k], -oy * iy[k])
+        best[k] = min(max(min(tx, ty), 0.0), max_range)
+    for j in range(rects.shape[0]):
+        x0 = rects[j, 0]
+        y0 = rects[j, 1]
+        x1 = rects[j, 2]
+        y1 = rects[j, 3]
+        ex = max(x0 - ox, 0.0, ox - x1)
+        ey = max(y0 - oy, 0.0, oy - y1)
+        if ex * ex + ey * ey >= max_range * max_range:
+            continue
+        for k in range(n_rays):
+            t1 = (x0 - ox) * ix[k]
+            t2 = (x1 - ox) * ix[k]
+            t3 = (y0 - oy) * iy[k]
+            t4 = (y1 - oy) * iy[k]
+            tmin = max(min(t1, t2), min(t3, t4))
+            tmax = min(max(t1, t2), max(t3, t4))
+            hit = max(tmin, 0.0)
+            ok = (tmin <= tmax) & (tmax >= 0.0) & (hit < best[k])
+            best[k] = hit if ok else best[k]
+    for m in range(circ_r.shape[0]):
+        fx = ox - circ_xy[m, 0]
+        fy = oy - circ_xy[m, 1]
+        r = circ_r[m]
+        c = fx * fx + fy * fy - r * r
+        reach = max_range + r
+        if fx * fx + fy * fy >= reach * reach:
+            continue
+        for k in range(n_rays):
+            b = fx * dx[k] + fy * dy[k]
+            disc = b * b - c
+            t = -b - math.sqrt(max(disc, 0.0))
+            hit = 0.0 if c <= 0.0 else t
+            ok = ((c <= 0.0) | ((disc >= 0.0) & (t >= 0.0))) & (hit < best[k])
+            best[k] = hit if ok else best[k]
+    for k in range(n_rays):
+        out[k] = best[k] / divisor
 
 
 @njit(parallel=True, **_JIT)

@@ -33,17 +33,17 @@ log = logging.getLogger("fastpolicy.serve.batching")
 class BatchResult:
     """What one session gets back from a batched call."""
 
-    actions: np.ndarray          # (Ta, action_dim) float32
-    state: PolicyState           # the session's new state (batch dim 1)
+    actions: np.ndarray  # (Ta, action_dim) float32
+    state: PolicyState  # the session's new state (batch dim 1)
     nfe: int
-    queue_s: float               # time from submit to the start of the batch that served it
-    inference_s: float           # wall time of the batch's predict_chunk
+    queue_s: float  # time from submit to the start of the batch that served it
+    inference_s: float  # wall time of the batch's predict_chunk
     batch_size: int
 
 
 @dataclass
 class _Item:
-    obs_window: np.ndarray       # (To, obs_dim)
+    obs_window: np.ndarray  # (To, obs_dim)
     state: PolicyState
     future: asyncio.Future
     submitted: float
@@ -62,8 +62,14 @@ class MicroBatcher:
     session tasks, and ``await close()``. ``calls`` and ``batch_sizes`` record what happened.
     """
 
-    def __init__(self, policy: Policy, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 generator: torch.Generator | None = None, fill_target: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        generator: torch.Generator | None = None,
+        fill_target: Callable[[], int] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -76,7 +82,7 @@ class MicroBatcher:
         # one request in flight): once a batch has that many, waiting longer only adds latency.
         self.fill_target = fill_target
         self.calls = 0
-        self.batch_sizes: list[int] = []     # bounded: the last 10k batches
+        self.batch_sizes: list[int] = []  # bounded: the last 10k batches
         self._items: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -122,7 +128,7 @@ class MicroBatcher:
         finally:
             self._pending -= 1
             if not future.done():
-                future.cancel()   # the submitter went away (disconnect / shutdown): skip it in the batch
+                future.cancel()  # the submitter went away (disconnect / shutdown): skip it in the batch
 
     async def _next_item(self, timeout: float | None) -> _Item | None:
         """Pop the oldest queued item, waiting up to ``timeout`` seconds (None: forever)."""
@@ -158,7 +164,7 @@ class MicroBatcher:
                 if item is None:
                     break
                 batch.append(item)
-            batch = [it for it in batch if not it.future.done()]   # cancelled while waiting
+            batch = [it for it in batch if not it.future.done()]  # cancelled while waiting
             if not batch:
                 continue
             started = time.perf_counter()

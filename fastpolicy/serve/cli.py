@@ -11,20 +11,30 @@ BUILTIN = "builtin-mlp"
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="serve a policy over websockets (msgpack, micro-batched)",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "serve", help="serve a policy over websockets (msgpack, micro-batched)", description=__doc__
+    )
     p.add_argument("checkpoint", help=f"checkpoint path, or {BUILTIN!r} for the built-in test policy")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, logged at start)")
-    p.add_argument("--token", default=None,
-                   help="shared secret clients send as 'Authorization: Bearer …' (default: $FASTPOLICY_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="shared secret clients send as 'Authorization: Bearer …' (default: $FASTPOLICY_TOKEN)",
+    )
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch (1 disables batching)")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill"
+    )
     p.add_argument("--max-frame-bytes", type=int, default=1 << 20, help="protocol frame limit")
     p.add_argument("--idle-timeout-s", type=float, default=300.0, help="close sessions idle this long")
     p.add_argument("--max-sessions", type=int, default=256)
-    p.add_argument("--hz", type=float, default=None,
-                   help="control rate for target timestamps (default: the policy's, else 20)")
+    p.add_argument(
+        "--hz",
+        type=float,
+        default=None,
+        help="control rate for target timestamps (default: the policy's, else 20)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for inference")
     p.add_argument("--builtin-hidden", type=int, default=256, help=f"{BUILTIN}: hidden width")
     p.add_argument("--builtin-nfe", type=int, default=2, help=f"{BUILTIN}: MLP calls per chunk")
@@ -53,7 +63,9 @@ def load_policy_spec(spec: str, builtin_kwargs: dict[str, Any] | None = None) ->
     try:
         from fastpolicy.train.checkpoint import load_policy
     except ImportError as exc:
-        raise ValueError(f"cannot load checkpoints: fastpolicy.train.checkpoint unavailable ({exc})") from None
+        raise ValueError(
+            f"cannot load checkpoints: fastpolicy.train.checkpoint unavailable ({exc})"
+        ) from None
     policy = load_policy(spec)
     return policy, os.path.basename(os.path.normpath(spec)), checkpoint_fingerprint(spec)
 
@@ -71,12 +83,22 @@ def _serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy, model_id, model_hash = load_policy_spec(
-        args.checkpoint, {"hidden": args.builtin_hidden, "nfe": args.builtin_nfe})
+        args.checkpoint, {"hidden": args.builtin_hidden, "nfe": args.builtin_nfe}
+    )
     configure_logging(args.log_level.upper())
     period = 1.0 / args.hz if args.hz else float(getattr(policy, "control_period_s", None) or 1 / 20)
-    config = ServerConfig(host=args.host, port=args.port, token=token, max_batch=args.max_batch,
-                          max_wait_ms=args.max_wait_ms, max_frame_bytes=args.max_frame_bytes,
-                          idle_timeout_s=args.idle_timeout_s, max_sessions=args.max_sessions,
-                          control_period_s=period, model_id=model_id, model_hash=model_hash)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=token,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_frame_bytes=args.max_frame_bytes,
+        idle_timeout_s=args.idle_timeout_s,
+        max_sessions=args.max_sessions,
+        control_period_s=period,
+        model_id=model_id,
+        model_hash=model_hash,
+    )
     run_server(policy, config)
     return 0

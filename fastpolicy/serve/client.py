@@ -69,7 +69,7 @@ class _Backoff:
     def next_delay(self) -> float | None:
         if time.monotonic() - self.started > self.timeout_s:
             return None
-        delay = random.uniform(0.5, 1.0) * min(self.max_s, self.initial_s * 2 ** self.attempt)
+        delay = random.uniform(0.5, 1.0) * min(self.max_s, self.initial_s * 2**self.attempt)
         self.attempt += 1
         return delay
 
@@ -81,10 +81,19 @@ class PolicyClient:
     defaults to ``time.monotonic()``; the reply's ``target_times`` are on that clock.
     """
 
-    def __init__(self, url: str, token: str | None = None, *, connect_timeout_s: float = 5.0,
-                 reply_timeout_s: float = 10.0, reconnect: bool = True, backoff_initial_s: float = 0.05,
-                 backoff_max_s: float = 2.0, reconnect_timeout_s: float = 30.0,
-                 max_frame_bytes: int = 64 * P.DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        reply_timeout_s: float = 10.0,
+        reconnect: bool = True,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        reconnect_timeout_s: float = 30.0,
+        max_frame_bytes: int = 64 * P.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         self.url, self.token = url, token
         self.connect_timeout_s, self.reply_timeout_s = connect_timeout_s, reply_timeout_s
         self.reconnect_enabled = reconnect
@@ -106,8 +115,16 @@ class PolicyClient:
         from websockets.sync.client import connect
 
         try:
-            ws = connect(self.url, additional_headers=_headers(self.token), open_timeout=self.connect_timeout_s,
-                         max_size=self.max_frame_bytes, compression=None, close_timeout=2, proxy=None, legacy=True)
+            ws = connect(
+                self.url,
+                additional_headers=_headers(self.token),
+                open_timeout=self.connect_timeout_s,
+                max_size=self.max_frame_bytes,
+                compression=None,
+                close_timeout=2,
+                proxy=None,
+                legacy=True,
+            )
         except InvalidStatus as exc:
             if _status_of(exc) == 401:
                 raise AuthenticationError(f"{self.url}: server refused the token (HTTP 401)") from None
@@ -115,7 +132,9 @@ class PolicyClient:
         try:
             meta = P.decode_reply(ws.recv(timeout=self.connect_timeout_s), self.max_frame_bytes)
             if not isinstance(meta, P.Metadata):
-                raise P.ProtocolError(P.UNKNOWN_MESSAGE, f"first frame must be metadata, got {type(meta).__name__}")
+                raise P.ProtocolError(
+                    P.UNKNOWN_MESSAGE, f"first frame must be metadata, got {type(meta).__name__}"
+                )
         except BaseException:
             ws.close()
             raise
@@ -161,7 +180,7 @@ class PolicyClient:
                 self._ws.send(frame)
                 return P.decode_reply(self._ws.recv(timeout=self.reply_timeout_s), self.max_frame_bytes)
             except TimeoutError:
-                self._drop()   # a late reply would be mistaken for the next one: start clean
+                self._drop()  # a late reply would be mistaken for the next one: start clean
                 raise
             except (ConnectionClosed, OSError):
                 if not self.reconnect_enabled or attempt == 1:
@@ -205,10 +224,19 @@ class AsyncPolicyClient:
     Requests on one client are serialised (one in flight per session, as the server expects).
     """
 
-    def __init__(self, url: str, token: str | None = None, *, connect_timeout_s: float = 5.0,
-                 reply_timeout_s: float = 10.0, reconnect: bool = True, backoff_initial_s: float = 0.05,
-                 backoff_max_s: float = 2.0, reconnect_timeout_s: float = 30.0,
-                 max_frame_bytes: int = 64 * P.DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        reply_timeout_s: float = 10.0,
+        reconnect: bool = True,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        reconnect_timeout_s: float = 30.0,
+        max_frame_bytes: int = 64 * P.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         self.url, self.token = url, token
         self.connect_timeout_s, self.reply_timeout_s = connect_timeout_s, reply_timeout_s
         self.reconnect_enabled = reconnect
@@ -236,9 +264,15 @@ class AsyncPolicyClient:
         from websockets.exceptions import InvalidStatus
 
         try:
-            ws = await connect(self.url, additional_headers=_headers(self.token),
-                               open_timeout=self.connect_timeout_s, max_size=self.max_frame_bytes,
-                               compression=None, close_timeout=2, proxy=None)
+            ws = await connect(
+                self.url,
+                additional_headers=_headers(self.token),
+                open_timeout=self.connect_timeout_s,
+                max_size=self.max_frame_bytes,
+                compression=None,
+                close_timeout=2,
+                proxy=None,
+            )
         except InvalidStatus as exc:
             if _status_of(exc) == 401:
                 raise AuthenticationError(f"{self.url}: server refused the token (HTTP 401)") from None
@@ -247,7 +281,9 @@ class AsyncPolicyClient:
             raw = await asyncio.wait_for(ws.recv(), self.connect_timeout_s)
             meta = P.decode_reply(raw, self.max_frame_bytes)
             if not isinstance(meta, P.Metadata):
-                raise P.ProtocolError(P.UNKNOWN_MESSAGE, f"first frame must be metadata, got {type(meta).__name__}")
+                raise P.ProtocolError(
+                    P.UNKNOWN_MESSAGE, f"first frame must be metadata, got {type(meta).__name__}"
+                )
         except BaseException:
             await ws.close()
             raise

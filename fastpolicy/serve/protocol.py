@@ -19,40 +19,69 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
-PROTOCOL_HEADER = "X-Fastpolicy-Protocol"   # optional handshake header: the version the client speaks
-EXT_NDARRAY = 1                      # msgpack ExtType code for numpy arrays
-DEFAULT_MAX_FRAME_BYTES = 1 << 20    # protocol limit: larger frames are answered with an "oversized" error
+PROTOCOL_HEADER = "X-Fastpolicy-Protocol"  # optional handshake header: the version the client speaks
+EXT_NDARRAY = 1  # msgpack ExtType code for numpy arrays
+DEFAULT_MAX_FRAME_BYTES = 1 << 20  # protocol limit: larger frames are answered with an "oversized" error
 MAX_NDIM = 8
-MAX_ELEMENTS = 1 << 24               # no array may declare more elements than this, whatever its bytes say
+MAX_ELEMENTS = 1 << 24  # no array may declare more elements than this, whatever its bytes say
 _MAX_STR = 4096
 _MAX_CONTAINER = 4096
 _MAX_REQUEST_ID = (1 << 63) - 1
 
 # Numeric dtypes only, little-endian (single-byte types have no byte order: "|").
-ALLOWED_DTYPES: frozenset[str] = frozenset({
-    "|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8",
-})
+ALLOWED_DTYPES: frozenset[str] = frozenset(
+    {
+        "|b1",
+        "|i1",
+        "|u1",
+        "<i2",
+        "<u2",
+        "<i4",
+        "<u4",
+        "<i8",
+        "<u8",
+        "<f2",
+        "<f4",
+        "<f8",
+    }
+)
 
 # Error codes (the ``code`` field of an error frame).
-MALFORMED = "malformed_frame"        # not msgpack, truncated, trailing bytes, too deep
-WRONG_TYPE = "wrong_type"            # a value of the wrong type (including a text frame or non-map frame)
+MALFORMED = "malformed_frame"  # not msgpack, truncated, trailing bytes, too deep
+WRONG_TYPE = "wrong_type"  # a value of the wrong type (including a text frame or non-map frame)
 UNKNOWN_MESSAGE = "unknown_message"
 UNKNOWN_KEY = "unknown_key"
 MISSING_KEY = "missing_key"
-BAD_ARRAY = "bad_array"              # ndarray extension payload inconsistent (size vs shape, ndim...)
+BAD_ARRAY = "bad_array"  # ndarray extension payload inconsistent (size vs shape, ndim...)
 BAD_DTYPE = "bad_dtype"
 BAD_SHAPE = "bad_shape"
 NON_FINITE = "non_finite"
 OVERSIZED = "oversized"
-BAD_VALUE = "bad_value"              # right type, value out of range
+BAD_VALUE = "bad_value"  # right type, value out of range
 UNAUTHORIZED = "unauthorized"
 INTERNAL = "internal"
-UNAVAILABLE = "unavailable"          # server draining / shutting down
+UNAVAILABLE = "unavailable"  # server draining / shutting down
 VERSION_MISMATCH = "version_mismatch"
 
-ERROR_CODES = frozenset({MALFORMED, WRONG_TYPE, UNKNOWN_MESSAGE, UNKNOWN_KEY, MISSING_KEY, BAD_ARRAY,
-                         BAD_DTYPE, BAD_SHAPE, NON_FINITE, OVERSIZED, BAD_VALUE, UNAUTHORIZED, INTERNAL,
-                         UNAVAILABLE, VERSION_MISMATCH})
+ERROR_CODES = frozenset(
+    {
+        MALFORMED,
+        WRONG_TYPE,
+        UNKNOWN_MESSAGE,
+        UNKNOWN_KEY,
+        MISSING_KEY,
+        BAD_ARRAY,
+        BAD_DTYPE,
+        BAD_SHAPE,
+        NON_FINITE,
+        OVERSIZED,
+        BAD_VALUE,
+        UNAUTHORIZED,
+        INTERNAL,
+        UNAVAILABLE,
+        VERSION_MISMATCH,
+    }
+)
 
 
 class ProtocolError(ValueError):
@@ -62,7 +91,7 @@ class ProtocolError(ValueError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        self.request_id = request_id   # set when the frame was parsed far enough to name its request
+        self.request_id = request_id  # set when the frame was parsed far enough to name its request
 
 
 # --------------------------------------------------------------------------- arrays
@@ -81,8 +110,9 @@ def _array_ext(arr: np.ndarray) -> Any:
         raise ProtocolError(BAD_DTYPE, f"dtype {dtype.str} not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
     if arr.ndim > MAX_NDIM:
         raise ProtocolError(BAD_SHAPE, f"array has {arr.ndim} dims, at most {MAX_NDIM} allowed")
-    payload = msgpack.packb([dtype.str, list(arr.shape), np.ascontiguousarray(arr).tobytes()],
-                            use_bin_type=True)
+    payload = msgpack.packb(
+        [dtype.str, list(arr.shape), np.ascontiguousarray(arr).tobytes()], use_bin_type=True
+    )
     return msgpack.ExtType(EXT_NDARRAY, payload)
 
 
@@ -91,9 +121,17 @@ def _decode_array(payload: bytes) -> np.ndarray:
     import msgpack
 
     try:
-        parts = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True,
-                                max_str_len=64, max_bin_len=len(payload), max_array_len=MAX_NDIM + 3,
-                                max_map_len=0, max_ext_len=0)
+        parts = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=64,
+            max_bin_len=len(payload),
+            max_array_len=MAX_NDIM + 3,
+            max_map_len=0,
+            max_ext_len=0,
+        )
     except Exception as exc:
         raise ProtocolError(BAD_ARRAY, f"ndarray extension payload is not valid msgpack ({exc})") from None
     if not isinstance(parts, list) or len(parts) != 3:
@@ -111,14 +149,18 @@ def _decode_array(payload: bytes) -> np.ndarray:
             raise ProtocolError(BAD_ARRAY, f"ndarray shape {shape!r} must hold non-negative ints")
         count *= d
         if count > MAX_ELEMENTS:
-            raise ProtocolError(OVERSIZED, f"ndarray shape {shape!r} declares more than {MAX_ELEMENTS} "
-                                           "elements")
+            raise ProtocolError(
+                OVERSIZED, f"ndarray shape {shape!r} declares more than {MAX_ELEMENTS} elements"
+            )
     if not isinstance(data, bytes):
         raise ProtocolError(BAD_ARRAY, f"ndarray data must be bytes, got {type(data).__name__}")
     dtype = np.dtype(dtype_str)
     if len(data) != count * dtype.itemsize:
-        raise ProtocolError(BAD_ARRAY, f"ndarray of shape {tuple(shape)} and dtype {dtype_str} needs "
-                                       f"{count * dtype.itemsize} bytes, frame holds {len(data)}")
+        raise ProtocolError(
+            BAD_ARRAY,
+            f"ndarray of shape {tuple(shape)} and dtype {dtype_str} needs "
+            f"{count * dtype.itemsize} bytes, frame holds {len(data)}",
+        )
     # Copy: the array must own writable memory independent of the frame buffer.
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
@@ -160,10 +202,18 @@ def unpack(frame: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[s
     if len(frame) == 0:
         raise ProtocolError(MALFORMED, "empty frame")
     try:
-        message = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True, ext_hook=_ext_hook,
-                                  max_str_len=max(_MAX_STR, 0), max_bin_len=max_frame_bytes,
-                                  max_array_len=_MAX_CONTAINER, max_map_len=_MAX_CONTAINER,
-                                  max_ext_len=max_frame_bytes)
+        message = msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_ext_hook,
+            max_str_len=max(_MAX_STR, 0),
+            max_bin_len=max_frame_bytes,
+            max_array_len=_MAX_CONTAINER,
+            max_map_len=_MAX_CONTAINER,
+            max_ext_len=max_frame_bytes,
+        )
     except ProtocolError:
         raise
     except msgpack.ExtraData:
@@ -225,8 +275,9 @@ def _str(message: dict[str, Any], key: str) -> str:
 def _array(message: dict[str, Any], key: str) -> np.ndarray:
     v = message[key]
     if not isinstance(v, np.ndarray):
-        raise ProtocolError(WRONG_TYPE, f"{key!r} must be an ndarray (msgpack ext {EXT_NDARRAY}), "
-                                        f"got {_type_name(v)}")
+        raise ProtocolError(
+            WRONG_TYPE, f"{key!r} must be an ndarray (msgpack ext {EXT_NDARRAY}), got {_type_name(v)}"
+        )
     return v
 
 
@@ -248,15 +299,16 @@ class ObsSpec:
     dtype: str = "<f4"
 
     def schema(self) -> list[dict[str, Any]]:
-        return [{"name": self.name, "shape": [self.obs_dim], "dtype": self.dtype,
-                 "max_history": self.obs_horizon}]
+        return [
+            {"name": self.name, "shape": [self.obs_dim], "dtype": self.dtype, "max_history": self.obs_horizon}
+        ]
 
 
 @dataclass
 class InferRequest:
     request_id: int
-    obs: np.ndarray             # (k, obs_dim) float32, oldest first, k ≤ obs_horizon
-    client_time: float          # seconds on the client's clock; target times are returned in it
+    obs: np.ndarray  # (k, obs_dim) float32, oldest first, k ≤ obs_horizon
+    client_time: float  # seconds on the client's clock; target times are returned in it
 
 
 @dataclass
@@ -283,8 +335,8 @@ class Metadata:
 @dataclass
 class ActionsReply:
     request_id: int
-    actions: np.ndarray          # (Ta, action_dim) float32
-    target_times: np.ndarray     # (Ta,) float64, client clock: client_time + k · control_period
+    actions: np.ndarray  # (Ta, action_dim) float32
+    target_times: np.ndarray  # (Ta,) float64, client clock: client_time + k · control_period
     client_time: float
     server_time: float
     queue_ms: float
@@ -301,8 +353,9 @@ class ErrorReply:
     request_id: int | None = None
 
 
-def decode_request(frame: Any, spec: ObsSpec | None = None,
-                   max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> InferRequest | ResetRequest:
+def decode_request(
+    frame: Any, spec: ObsSpec | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> InferRequest | ResetRequest:
     """Validate a client frame. With ``spec``, the observation must match the model's schema."""
     message = unpack(frame, max_frame_bytes)
     rid = message.get("request_id")
@@ -330,11 +383,15 @@ def _decode_request(message: dict[str, Any], spec: ObsSpec | None) -> InferReque
             raise ProtocolError(BAD_SHAPE, f"'obs' must be (obs_dim,) or (k, obs_dim), got {obs.shape}")
         if spec is not None:
             if obs.shape[1] != spec.obs_dim:
-                raise ProtocolError(BAD_SHAPE, f"'obs' has {obs.shape[1]} features, the model expects "
-                                               f"{spec.obs_dim}")
+                raise ProtocolError(
+                    BAD_SHAPE, f"'obs' has {obs.shape[1]} features, the model expects {spec.obs_dim}"
+                )
             if obs.shape[0] > spec.obs_horizon:
-                raise ProtocolError(BAD_SHAPE, f"'obs' carries {obs.shape[0]} frames, at most "
-                                               f"{spec.obs_horizon} (the observation horizon) allowed")
+                raise ProtocolError(
+                    BAD_SHAPE,
+                    f"'obs' carries {obs.shape[0]} frames, at most "
+                    f"{spec.obs_horizon} (the observation horizon) allowed",
+                )
         return InferRequest(request_id, obs.astype(np.float32, copy=False), client_time)
     if kind == "reset":
         _check_keys(message, {"request_id"}, set())
@@ -346,7 +403,9 @@ def encode_infer(request_id: int, obs: np.ndarray, client_time: float) -> bytes:
     obs = np.asarray(obs)
     if obs.dtype != np.float32:
         obs = obs.astype(np.float32)
-    return pack({"type": "infer", "request_id": int(request_id), "obs": obs, "client_time": float(client_time)})
+    return pack(
+        {"type": "infer", "request_id": int(request_id), "obs": obs, "client_time": float(client_time)}
+    )
 
 
 def encode_reset(request_id: int) -> bytes:
@@ -354,21 +413,41 @@ def encode_reset(request_id: int) -> bytes:
 
 
 def encode_metadata(meta: Metadata) -> bytes:
-    return pack({"type": "metadata", "protocol_version": meta.protocol_version, "model_id": meta.model_id,
-                 "model_hash": meta.model_hash, "method": meta.method, "obs_schema": meta.obs_schema,
-                 "obs_horizon": meta.obs_horizon, "action_dim": meta.action_dim,
-                 "action_horizon": meta.action_horizon, "control_period_s": meta.control_period_s,
-                 "max_frame_bytes": meta.max_frame_bytes, "session_id": meta.session_id,
-                 "extra": meta.extra})
+    return pack(
+        {
+            "type": "metadata",
+            "protocol_version": meta.protocol_version,
+            "model_id": meta.model_id,
+            "model_hash": meta.model_hash,
+            "method": meta.method,
+            "obs_schema": meta.obs_schema,
+            "obs_horizon": meta.obs_horizon,
+            "action_dim": meta.action_dim,
+            "action_horizon": meta.action_horizon,
+            "control_period_s": meta.control_period_s,
+            "max_frame_bytes": meta.max_frame_bytes,
+            "session_id": meta.session_id,
+            "extra": meta.extra,
+        }
+    )
 
 
 def encode_actions(reply: ActionsReply) -> bytes:
-    return pack({"type": "actions", "request_id": reply.request_id,
-                 "actions": np.asarray(reply.actions, dtype=np.float32),
-                 "target_times": np.asarray(reply.target_times, dtype=np.float64),
-                 "client_time": reply.client_time, "server_time": reply.server_time,
-                 "queue_ms": reply.queue_ms, "inference_ms": reply.inference_ms, "total_ms": reply.total_ms,
-                 "nfe": int(reply.nfe), "batch_size": int(reply.batch_size)})
+    return pack(
+        {
+            "type": "actions",
+            "request_id": reply.request_id,
+            "actions": np.asarray(reply.actions, dtype=np.float32),
+            "target_times": np.asarray(reply.target_times, dtype=np.float64),
+            "client_time": reply.client_time,
+            "server_time": reply.server_time,
+            "queue_ms": reply.queue_ms,
+            "inference_ms": reply.inference_ms,
+            "total_ms": reply.total_ms,
+            "nfe": int(reply.nfe),
+            "batch_size": int(reply.batch_size),
+        }
+    )
 
 
 def encode_reset_ok(request_id: int) -> bytes:
@@ -379,40 +458,76 @@ def encode_error(code: str, message: str, request_id: int | None = None) -> byte
     return pack({"type": "error", "code": code, "message": message[:1000], "request_id": request_id})
 
 
-def decode_reply(frame: Any, max_frame_bytes: int = 64 * DEFAULT_MAX_FRAME_BYTES
-                 ) -> Metadata | ActionsReply | ErrorReply | ResetRequest:
+def decode_reply(
+    frame: Any, max_frame_bytes: int = 64 * DEFAULT_MAX_FRAME_BYTES
+) -> Metadata | ActionsReply | ErrorReply | ResetRequest:
     """Validate a server frame (clients distrust servers too). ``reset_ok`` decodes to ResetRequest."""
     message = unpack(frame, max_frame_bytes)
     kind = message["type"]
     if kind == "actions":
-        keys = {"request_id", "actions", "target_times", "client_time", "server_time", "queue_ms",
-                "inference_ms", "total_ms", "nfe", "batch_size"}
+        keys = {
+            "request_id",
+            "actions",
+            "target_times",
+            "client_time",
+            "server_time",
+            "queue_ms",
+            "inference_ms",
+            "total_ms",
+            "nfe",
+            "batch_size",
+        }
         _check_keys(message, keys, set())
         actions, targets = _array(message, "actions"), _array(message, "target_times")
         if actions.ndim != 2 or targets.shape != (actions.shape[0],):
             raise ProtocolError(BAD_SHAPE, f"actions {actions.shape} / target_times {targets.shape} mismatch")
         _finite(actions, "actions")
         _finite(targets, "target_times")
-        return ActionsReply(_int(message, "request_id"), actions.astype(np.float32, copy=False),
-                            targets.astype(np.float64, copy=False), _float(message, "client_time"),
-                            _float(message, "server_time"), _float(message, "queue_ms"),
-                            _float(message, "inference_ms"), _float(message, "total_ms"),
-                            _int(message, "nfe"), _int(message, "batch_size"))
+        return ActionsReply(
+            _int(message, "request_id"),
+            actions.astype(np.float32, copy=False),
+            targets.astype(np.float64, copy=False),
+            _float(message, "client_time"),
+            _float(message, "server_time"),
+            _float(message, "queue_ms"),
+            _float(message, "inference_ms"),
+            _float(message, "total_ms"),
+            _int(message, "nfe"),
+            _int(message, "batch_size"),
+        )
     if kind == "error":
         _check_keys(message, {"code", "message", "request_id"}, set())
         rid = message["request_id"]
-        return ErrorReply(_str(message, "code"), _str(message, "message"),
-                          None if rid is None else _int(message, "request_id"))
+        return ErrorReply(
+            _str(message, "code"),
+            _str(message, "message"),
+            None if rid is None else _int(message, "request_id"),
+        )
     if kind == "reset_ok":
         _check_keys(message, {"request_id"}, set())
         return ResetRequest(_int(message, "request_id"))
     if kind == "metadata":
-        keys = {"protocol_version", "model_id", "model_hash", "method", "obs_schema", "obs_horizon",
-                "action_dim", "action_horizon", "control_period_s", "max_frame_bytes", "session_id", "extra"}
+        keys = {
+            "protocol_version",
+            "model_id",
+            "model_hash",
+            "method",
+            "obs_schema",
+            "obs_horizon",
+            "action_dim",
+            "action_horizon",
+            "control_period_s",
+            "max_frame_bytes",
+            "session_id",
+            "extra",
+        }
         # Version first: a future server may add keys, and the client should say "version" not "unknown key".
         if "protocol_version" in message and message["protocol_version"] != PROTOCOL_VERSION:
-            raise ProtocolError(VERSION_MISMATCH, f"server speaks protocol {message['protocol_version']!r}, "
-                                                  f"this client speaks {PROTOCOL_VERSION}")
+            raise ProtocolError(
+                VERSION_MISMATCH,
+                f"server speaks protocol {message['protocol_version']!r}, "
+                f"this client speaks {PROTOCOL_VERSION}",
+            )
         _check_keys(message, keys, set())
         schema = message["obs_schema"]
         if not isinstance(schema, list) or not all(isinstance(s, dict) for s in schema):
@@ -420,13 +535,18 @@ def decode_reply(frame: Any, max_frame_bytes: int = 64 * DEFAULT_MAX_FRAME_BYTES
         extra = message["extra"]
         if not isinstance(extra, dict):
             raise ProtocolError(WRONG_TYPE, "'extra' must be a map")
-        return Metadata(model_id=_str(message, "model_id"), model_hash=_str(message, "model_hash"),
-                        method=_str(message, "method"), obs_schema=schema,
-                        obs_horizon=_int(message, "obs_horizon", 1, 1 << 16),
-                        action_dim=_int(message, "action_dim", 1, 1 << 16),
-                        action_horizon=_int(message, "action_horizon", 1, 1 << 16),
-                        control_period_s=_float(message, "control_period_s"),
-                        max_frame_bytes=_int(message, "max_frame_bytes"),
-                        session_id=_str(message, "session_id"),
-                        protocol_version=_int(message, "protocol_version"), extra=extra)
+        return Metadata(
+            model_id=_str(message, "model_id"),
+            model_hash=_str(message, "model_hash"),
+            method=_str(message, "method"),
+            obs_schema=schema,
+            obs_horizon=_int(message, "obs_horizon", 1, 1 << 16),
+            action_dim=_int(message, "action_dim", 1, 1 << 16),
+            action_horizon=_int(message, "action_horizon", 1, 1 << 16),
+            control_period_s=_float(message, "control_period_s"),
+            max_frame_bytes=_int(message, "max_frame_bytes"),
+            session_id=_str(message, "session_id"),
+            protocol_version=_int(message, "protocol_version"),
+            extra=extra,
+        )
     raise ProtocolError(UNKNOWN_MESSAGE, f"unknown server message type {kind!r}")

@@ -56,8 +56,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, plus the record's ``extra={"fields": {...}}``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": round(record.created, 6), "level": record.levelname.lower(),
-                               "logger": record.name, "msg": record.getMessage()}
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update(fields)
@@ -128,9 +132,19 @@ class BuiltinMLPPolicy(Policy):
 
     method = "builtin-mlp"
 
-    def __init__(self, obs_dim: int = 16, action_dim: int = 4, obs_horizon: int = 2, action_horizon: int = 8,
-                 pred_horizon: int = 16, hidden: int = 256, layers: int = 3, nfe: int = 2, seed: int = 0,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int = 16,
+        action_dim: int = 4,
+        obs_horizon: int = 2,
+        action_horizon: int = 8,
+        pred_horizon: int = 16,
+        hidden: int = 256,
+        layers: int = 3,
+        nfe: int = 2,
+        seed: int = 0,
+        delay_s: float = 0.0,
+    ) -> None:
         if pred_horizon < action_horizon:
             raise ValueError("pred_horizon must be ≥ action_horizon")
         self.obs_dim, self.action_dim = obs_dim, action_dim
@@ -152,11 +166,17 @@ class BuiltinMLPPolicy(Policy):
     def init_state(self, batch_size: int) -> PolicyState:
         return {"buffer": torch.zeros(batch_size, self.pred_horizon, self.action_dim)}
 
-    def predict_chunk(self, obs_window: np.ndarray | torch.Tensor, state: PolicyState = None,
-                      generator: torch.Generator | None = None) -> ChunkResult:
+    def predict_chunk(
+        self,
+        obs_window: np.ndarray | torch.Tensor,
+        state: PolicyState = None,
+        generator: torch.Generator | None = None,
+    ) -> ChunkResult:
         obs = torch.as_tensor(np.asarray(obs_window, dtype=np.float32))
         if obs.ndim != 3 or obs.shape[1:] != (self.obs_horizon, self.obs_dim):
-            raise ValueError(f"obs_window must be (B, {self.obs_horizon}, {self.obs_dim}), got {tuple(obs.shape)}")
+            raise ValueError(
+                f"obs_window must be (B, {self.obs_horizon}, {self.obs_dim}), got {tuple(obs.shape)}"
+            )
         b = obs.shape[0]
         buf = (state or self.init_state(b))["buffer"]
         ta = self.action_horizon
@@ -188,8 +208,8 @@ class ServerConfig:
     """Everything the server needs besides the policy. Defaults suit a loopback test server."""
 
     host: str = "127.0.0.1"
-    port: int = 8000                 # 0: pick a free port (read it from ``PolicyServer.port``)
-    token: str | None = None         # None: no auth (refused by the CLI on non-loopback hosts)
+    port: int = 8000  # 0: pick a free port (read it from ``PolicyServer.port``)
+    token: str | None = None  # None: no auth (refused by the CLI on non-loopback hosts)
     max_batch: int = 32
     max_wait_ms: float = 2.0
     max_frame_bytes: int = P.DEFAULT_MAX_FRAME_BYTES
@@ -267,30 +287,58 @@ class PolicyServer:
         return f"ws://{self.config.host}:{self.port}"
 
     def metadata(self, session_id: str) -> P.Metadata:
-        return P.Metadata(model_id=self._model_id, model_hash=self._model_hash,
-                          method=str(getattr(self.policy, "method", "policy")), obs_schema=self.spec.schema(),
-                          obs_horizon=self.policy.obs_horizon, action_dim=self.policy.action_dim,
-                          action_horizon=self.policy.action_horizon,
-                          control_period_s=self.config.control_period_s,
-                          max_frame_bytes=self.config.max_frame_bytes, session_id=session_id,
-                          extra={"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms})
+        return P.Metadata(
+            model_id=self._model_id,
+            model_hash=self._model_hash,
+            method=str(getattr(self.policy, "method", "policy")),
+            obs_schema=self.spec.schema(),
+            obs_horizon=self.policy.obs_horizon,
+            action_dim=self.policy.action_dim,
+            action_horizon=self.policy.action_horizon,
+            control_period_s=self.config.control_period_s,
+            max_frame_bytes=self.config.max_frame_bytes,
+            session_id=session_id,
+            extra={"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms},
+        )
 
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
         cfg = self.config
         self._closed = asyncio.Event()
-        self.batcher = MicroBatcher(self.policy, cfg.max_batch, cfg.max_wait_ms,
-                                    None if cfg.seed is None else torch.Generator().manual_seed(cfg.seed),
-                                    fill_target=lambda: len(self.sessions))
+        self.batcher = MicroBatcher(
+            self.policy,
+            cfg.max_batch,
+            cfg.max_wait_ms,
+            None if cfg.seed is None else torch.Generator().manual_seed(cfg.seed),
+            fill_target=lambda: len(self.sessions),
+        )
         self.batcher.start()
-        self._ws_server = await serve(self._handler, cfg.host, cfg.port, process_request=self._process_request,
-                                      max_size=cfg.hard_frame_bytes, compression=None, ping_interval=20,
-                                      ping_timeout=20, close_timeout=5, server_header="fastpolicy")
-        log.info("listening", extra=_fields(event="listening", host=cfg.host, port=self.port,
-                                             model_id=self._model_id, model_hash=self._model_hash,
-                                             max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                             auth=cfg.token is not None))
+        self._ws_server = await serve(
+            self._handler,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            max_size=cfg.hard_frame_bytes,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            server_header="fastpolicy",
+        )
+        log.info(
+            "listening",
+            extra=_fields(
+                event="listening",
+                host=cfg.host,
+                port=self.port,
+                model_id=self._model_id,
+                model_hash=self._model_hash,
+                max_batch=cfg.max_batch,
+                max_wait_ms=cfg.max_wait_ms,
+                auth=cfg.token is not None,
+            ),
+        )
         # Warm-up on the inference thread (first calls allocate); /readyz says 503 until it is done.
         window = np.zeros((1, self.policy.obs_horizon, self.policy.obs_dim), np.float32)
         await self.batcher.run_in_worker(self.policy.predict_chunk, window, self.policy.init_state(1), None)
@@ -307,8 +355,10 @@ class PolicyServer:
             await self.wait_closed()
             return
         self.draining = True
-        log.info("draining", extra=_fields(event="draining", sessions=len(self.sessions), inflight=self.inflight))
-        self._ws_server.server.close()          # stop listening; open connections are unaffected
+        log.info(
+            "draining", extra=_fields(event="draining", sessions=len(self.sessions), inflight=self.inflight)
+        )
+        self._ws_server.server.close()  # stop listening; open connections are unaffected
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
@@ -331,7 +381,7 @@ class PolicyServer:
         header = request.headers.get("Authorization", "")
         given = ""
         if header.startswith("Bearer "):
-            given = header[len("Bearer "):].strip()
+            given = header[len("Bearer ") :].strip()
         else:
             _, _, query = request.path.partition("?")
             values = parse_qs(query).get("token", [])
@@ -350,14 +400,18 @@ class PolicyServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "not accepting sessions\n")
         if not self._authorized(request):
             self.stats["rejected_auth"] += 1
-            log.warning("unauthorized", extra=_fields(event="unauthorized", peer=str(connection.remote_address)))
+            log.warning(
+                "unauthorized", extra=_fields(event="unauthorized", peer=str(connection.remote_address))
+            )
             response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="fastpolicy"'
             return response
         version = request.headers.get(PROTOCOL_HEADER)
         if version is not None and version != str(P.PROTOCOL_VERSION):
-            return connection.respond(http.HTTPStatus.BAD_REQUEST,
-                                      f"protocol {version} not supported; server speaks {P.PROTOCOL_VERSION}\n")
+            return connection.respond(
+                http.HTTPStatus.BAD_REQUEST,
+                f"protocol {version} not supported; server speaks {P.PROTOCOL_VERSION}\n",
+            )
         if len(self.sessions) >= self.config.max_sessions:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions\n")
         return None
@@ -370,14 +424,21 @@ class PolicyServer:
         session = ServerSession(self.policy)
         self.sessions[session.session_id] = session
         self.stats["connections"] += 1
-        log.info("connect", extra=_fields(event="connect", session=session.session_id,
-                                           peer=str(ws.remote_address), sessions=len(self.sessions)))
+        log.info(
+            "connect",
+            extra=_fields(
+                event="connect",
+                session=session.session_id,
+                peer=str(ws.remote_address),
+                sessions=len(self.sessions),
+            ),
+        )
         reason = "client closed"
         try:
             await ws.send(P.encode_metadata(self.metadata(session.session_id)))
             while True:
                 try:
-                    frame = await asyncio.wait_for(ws.recv(), self.config.idle_timeout_s)
+                    frame = await _with_timeout(ws.recv(), self.config.idle_timeout_s)
                 except TimeoutError:
                     reason = "idle timeout"
                     await ws.close(1000, "idle timeout")
@@ -393,9 +454,17 @@ class PolicyServer:
                 reason = "connection lost"
         finally:
             self.sessions.pop(session.session_id, None)
-            log.info("disconnect", extra=_fields(event="disconnect", session=session.session_id, reason=reason,
-                                                  requests=session.requests, errors=session.errors,
-                                                  sessions=len(self.sessions)))
+            log.info(
+                "disconnect",
+                extra=_fields(
+                    event="disconnect",
+                    session=session.session_id,
+                    reason=reason,
+                    requests=session.requests,
+                    errors=session.errors,
+                    sessions=len(self.sessions),
+                ),
+            )
 
     async def _handle_frame(self, session: ServerSession, frame: Any) -> bytes:
         t_recv = time.perf_counter()
@@ -416,27 +485,50 @@ class PolicyServer:
         try:
             result = await self.batcher.submit(session.window(), session.state)
         except Exception as exc:
-            return self._error(session, P.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}",
-                               request.request_id)
+            return self._error(
+                session, P.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}", request.request_id
+            )
         finally:
             self.inflight -= 1
         session.state = result.state
         n = result.actions.shape[0]
         period = self.config.control_period_s
         reply = P.ActionsReply(
-            request_id=request.request_id, actions=result.actions,
+            request_id=request.request_id,
+            actions=result.actions,
             target_times=request.client_time + period * np.arange(n, dtype=np.float64),
-            client_time=request.client_time, server_time=time.time(), queue_ms=result.queue_s * 1e3,
-            inference_ms=result.inference_s * 1e3, total_ms=(time.perf_counter() - t_recv) * 1e3,
-            nfe=result.nfe, batch_size=result.batch_size)
+            client_time=request.client_time,
+            server_time=time.time(),
+            queue_ms=result.queue_s * 1e3,
+            inference_ms=result.inference_s * 1e3,
+            total_ms=(time.perf_counter() - t_recv) * 1e3,
+            nfe=result.nfe,
+            batch_size=result.batch_size,
+        )
         return P.encode_actions(reply)
 
     def _error(self, session: ServerSession, code: str, message: str, request_id: int | None) -> bytes:
         session.errors += 1
         self.stats["errors"] += 1
-        log.debug("bad request", extra=_fields(event="error_reply", session=session.session_id, code=code,
-                                                detail=message, request_id=request_id))
+        log.debug(
+            "bad request",
+            extra=_fields(
+                event="error_reply",
+                session=session.session_id,
+                code=code,
+                detail=message,
+                request_id=request_id,
+            ),
+        )
         return P.encode_error(code, message, request_id)
+
+
+async def _with_timeout(awaitable: Any, timeout_s: float) -> Any:
+    """``asyncio.timeout`` where available (3.11+: no extra task per message), else ``wait_for``."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout_s)
 
 
 # --------------------------------------------------------------------------- running
@@ -450,8 +542,12 @@ def run_server(policy: Policy, config: ServerConfig) -> None:
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda s=sig: loop.create_task(
-                server.shutdown(f"server shutting down ({signal.Signals(s).name})")))
+            loop.add_signal_handler(
+                sig,
+                lambda s=sig: loop.create_task(
+                    server.shutdown(f"server shutting down ({signal.Signals(s).name})")
+                ),
+            )
         await server.wait_closed()
 
     asyncio.run(main())

@@ -34,9 +34,11 @@ COLLISION_REWARD = -1.0
 TIME_PENALTY = -0.001
 # Obstacles must start this far beyond contact so a fresh episode is not a collision-in-waiting.
 SPAWN_OBSTACLE_MARGIN = 1.0
-_MAX_SAMPLING_ROUNDS = 1000
-# Below this many robots the parallel kernel's thread launch costs more than it saves.
-SERIAL_BELOW = 8
+_MAX_SAMPLING_ROUNDS = 200
+_CANDIDATES = 8
+# Below this many robots the serial kernel is used: a parallel region costs a few microseconds to
+# launch (far more when the machine is oversubscribed), about as much as stepping ten robots.
+SERIAL_BELOW = 32
 
 
 def observation_space_for(layout: Layout, num_rays: int) -> spaces.Box:
@@ -106,12 +108,13 @@ class AGVCore:
             self._observe = numpy_twin.observe_batch
 
     # ----------------------------------------------------------------------------------- episodes
-    def _sample_points(self, rng: np.random.Generator, regions: np.ndarray, n: int) -> np.ndarray:
-        """n uniform points, each in a region picked with probability proportional to its area."""
+    def _sample_points(self, rng: np.random.Generator, regions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform points (*shape, 2), each in a region picked with probability proportional to its area."""
         area = np.maximum((regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1]), 1e-6)
-        which = rng.choice(len(regions), size=n, p=area / area.sum())
+        cdf = np.cumsum(area) / area.sum()
+        which = np.minimum(np.searchsorted(cdf, rng.random(shape), side="right"), len(regions) - 1)
         lo, hi = regions[which, :2], regions[which, 2:]
-        return lo + rng.random((n, 2)) * (hi - lo)
+        return lo + rng.random((*shape, 2)) * (hi - lo)
 
     def _is_free(self, xy: np.ndarray) -> np.ndarray:
         ix, iy = self.layout.cell_of(xy)
@@ -153,13 +156,22 @@ class AGVCore:
         return (d >= need).all(axis=1)
 
     def _rejection(self, rng: np.random.Generator, regions: np.ndarray, n: int, extra_ok) -> np.ndarray:
+        """n points, point k the first of its candidates that is free and passes ``extra_ok(k, xy)``.
+
+        Each round draws ``_CANDIDATES`` candidates per pending point at once (vectorised), so the
+        autoreset of a few hundred robots usually finishes in one round.
+        """
         out = np.zeros((n, 2))
         pending = np.arange(n)
         for _ in range(_MAX_SAMPLING_ROUNDS):
-            xy = self._sample_points(rng, regions, len(pending))
-            ok = self._is_free(xy) & extra_ok(pending, xy)
-            out[pending[ok]] = xy[ok]
-            pending = pending[~ok]
+            xy = self._sample_points(rng, regions, (len(pending), _CANDIDATES))
+            owner = np.repeat(pending, _CANDIDATES)
+            flat = xy.reshape(-1, 2)
+            ok = (self._is_free(flat) & extra_ok(owner, flat)).reshape(len(pending), _CANDIDATES)
+            found = ok.any(axis=1)
+            first = ok.argmax(axis=1)
+            out[pending[found]] = xy[found, first[found]]
+            pending = pending[~found]
             if len(pending) == 0:
                 return out
         raise RuntimeError(f"AGV layout {self.layout.name!r}: could not draw a free start/goal in "

@@ -1,0 +1,83 @@
+"""``fastpolicy bench`` (run a suite, pick a method for a latency budget) and ``fastpolicy report``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark every acceleration of a teacher side by side "
+                                     "(score, NFE, latency)")
+    p.add_argument("--suite", default="quick", choices=["quick", "full"], help="budgets (quick: minutes)")
+    p.add_argument("--task", nargs="+", default=["maze2d-umaze"], help="task card name(s)")
+    p.add_argument("--teacher", default=None,
+                   help="reuse this teacher run/checkpoint (default: train one)")
+    p.add_argument("--budget-ms", type=float, default=None,
+                   help="also select the best-scoring method whose p99 worst-case step latency fits "
+                        "this budget")
+    p.add_argument("--methods", nargs="+", default=None, help="restrict to these methods")
+    p.add_argument("--work-dir", default=None, help="runs and datasets (default runs/bench/<suite>)")
+    p.add_argument("--results-dir", default="bench/results", help="where <suite>_<task>.json/.md go")
+    p.add_argument("--plot-dir", default="docs", help="where pareto_<suite>_<task>.png goes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded in every row)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.set_defaults(func=_cmd_bench)
+
+    r = sub.add_parser("report", help="tables and a Pareto plot from result JSON files")
+    r.add_argument("files", nargs="+", help="result JSON files (lists of rows)")
+    r.add_argument("--md", default=None, help="write a markdown table here")
+    r.add_argument("--png", default=None,
+                   help="write the Pareto plot (score vs worst-case step latency) here")
+    r.add_argument("--latency-key", default="step_latency_ms_max_p99",
+                   help="latency column of the plot and of --budget-ms")
+    r.add_argument("--budget-ms", type=float, default=None, help="select a method for this budget")
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from fastpolicy.bench.runner import ALL_METHODS, SUITES, run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suite = SUITES[args.suite]
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(ALL_METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
+        suite = dataclasses.replace(suite, methods=tuple(args.methods))
+    run_suite(suite, args.task, work_dir=args.work_dir, teacher=args.teacher, results_dir=args.results_dir,
+              plot_dir=args.plot_dir, budget_ms=args.budget_ms, write=not args.no_write)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fastpolicy.bench.report import markdown_table, pareto_plot, print_table
+    from fastpolicy.bench.schema import read_results
+    from fastpolicy.bench.select import select_method
+
+    rows = []
+    for f in args.files:
+        if not Path(f).exists():
+            raise FileNotFoundError(f"result file not found: {f}")
+        rows.extend(read_results(f))
+    extra = [k for k in (args.latency_key, "throughput_b64", "distill_seconds") if any(k in r for r in rows)]
+    print_table(rows, extra=extra)
+    if args.md:
+        Path(args.md).write_text(markdown_table(rows, extra=extra) + "\n")
+        print(f"wrote {args.md}")
+    if args.png:
+        tasks = sorted({r["task"] for r in rows})
+        print(f"wrote {pareto_plot(rows, args.png, title=', '.join(tasks), latency_key=args.latency_key)}")
+    if args.budget_ms is not None:
+        for task in sorted({r["task"] for r in rows}):
+            chosen = select_method(rows, args.budget_ms, task, latency_key=args.latency_key)
+            print(f"{task}: budget {args.budget_ms:g} ms → {chosen['method']} "
+                  f"(score {chosen['score_mean']:.1f}, "
+                  f"{args.latency_key} {chosen[args.latency_key]:.3g} ms)")
+    return 0

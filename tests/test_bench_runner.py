@@ -1,0 +1,107 @@
+"""Bench runner rows (shared schema + bench fields), budget selection and the report command."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastpolicy.bench.schema import make_row, read_results, validate_row, write_results
+from fastpolicy.bench.select import select_method
+
+
+def _row(method, score, step_ms, **kw):
+    fields = dict(steps=100, score_mean=score, score_std=1.0, episodes=10, seeds=[0], nfe_per_step_mean=1.0,
+                  nfe_per_step_max=1, latency_ms_p50=step_ms / 4, latency_ms_p99=step_ms,
+                  step_latency_ms_max_p99=step_ms, throughput_b64=100.0, distill_seconds=None)
+    fields.update(kw)
+    return make_row("maze2d-umaze", method, **fields)
+
+
+TABLE = [
+    _row("dp-ddpm100", 80.0, 600.0),
+    _row("dp-ddim10", 78.0, 60.0),
+    _row("sdp-cm", 77.0, 6.0, distill_seconds=90.0),
+    _row("cm-1step", 77.0, 5.5, distill_seconds=80.0),
+    _row("cm-2step", 79.0, 11.0),
+    _row("bc-mlp", 40.0, 0.3),
+    _row("broken", None, 0.1),                 # no score: never selected
+]
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (1000, "dp-ddpm100"), (100, "cm-2step"), (11, "cm-2step"), (10, "cm-1step"), (5.5, "cm-1step"),
+    (1, "bc-mlp"),
+])
+def test_budget_picks_best_score_that_fits(budget, expected):
+    assert select_method(TABLE, budget)["method"] == expected
+
+
+def test_budget_ties_go_to_the_faster_method():
+    assert select_method(TABLE, 8.0)["method"] == "cm-1step"   # sdp-cm has the same score but is slower
+
+
+def test_budget_nothing_fits_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"no method fits a 0.2 ms budget.*bc-mlp"):
+        select_method(TABLE, 0.2)
+    with pytest.raises(ValueError, match="positive"):
+        select_method(TABLE, -1)
+    with pytest.raises(ValueError, match="no validated"):
+        select_method(TABLE, 10, task="hopper-medium")
+
+
+def test_bench_rows_validate_and_round_trip(tmp_path):
+    for r in TABLE:
+        validate_row(r)
+    path = write_results(tmp_path / "quick_maze2d-umaze.json", TABLE)
+    back = read_results(path)
+    assert [r["method"] for r in back] == [r["method"] for r in TABLE]
+    assert back[2]["step_latency_ms_max_p99"] == 6.0 and back[2]["distill_seconds"] == 90.0
+    bad = dict(TABLE[0])
+    bad["nfe_per_step_max"] = "many"
+    with pytest.raises(ValueError, match="nfe_per_step_max"):
+        validate_row(bad)
+
+
+def test_timing_fields_worst_step_uses_planning_steps_only():
+    from fastpolicy.bench.runner import summarize_targets, timing_fields
+
+    nfe = [4, 0, 0, 0] * 25
+    lat = [0.010 if n else 0.001 for n in nfe]
+    lat[0] = 0.020
+    t = timing_fields(nfe, lat)
+    assert t["step_latency_ms_max_p99"] == pytest.approx(np.percentile([20] + [10] * 24, 99))
+    assert t["latency_ms_p50"] == pytest.approx(1.0) and t["nfe_per_step_max_steady"] == 4
+    targets = summarize_targets(TABLE)
+    assert targets["best_accelerated"] == "cm-1step"
+    assert targets["speedup_vs_ddpm100"] == pytest.approx(600 / 5.5)
+
+
+def test_report_command_renders_table_and_plot(tmp_path, capsys):
+    from fastpolicy.cli import main
+
+    path = write_results(tmp_path / "r.json", TABLE)
+    md, png = tmp_path / "t.md", tmp_path / "p.png"
+    assert main(["report", str(path), "--md", str(md), "--png", str(png), "--budget-ms", "10"]) == 0
+    assert "cm-1step" in md.read_text() and png.stat().st_size > 1000
+    assert "budget 10 ms → cm-1step" in capsys.readouterr().out
+    assert main(["report", str(path), "--budget-ms", "0.01"]) == 2
+
+
+def test_measurements_on_a_real_task(tmp_path):
+    """A tiny untrained BC policy through the runner's evaluation: every bench field filled, schema valid."""
+    import torch
+
+    from fastpolicy.bench.runner import Method, SuiteConfig, evaluate_methods
+    from fastpolicy.policies.bc import BCPolicy
+
+    torch.manual_seed(0)
+    policy = BCPolicy.from_config(dict(obs_dim=6, action_dim=2, hidden=32, depth=1)).eval()
+    suite = SuiteConfig("test", episodes=2, seeds=[0], latency_steps=8, latency_rounds=1, throughput_calls=1)
+    method = Method("bc-mlp", policy, extra={"distill_seconds": None})
+    rows = evaluate_methods([method], "maze2d-umaze", suite,
+                            np.zeros((64, 2, 6), np.float32), progress=False)
+    row = rows[0]
+    validate_row(row)
+    assert row["episodes"] == 2 and row["nfe_per_step_max"] == 1
+    assert row["step_latency_ms_max_p99"] > 0 and row["throughput_b64"] > 0
+    json.dumps(row)
