@@ -68,7 +68,8 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Args):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = f"--{f.name.replace('_', '-')}"
@@ -153,7 +154,7 @@ def bench_async(args: Args, procs: int) -> tuple[list[float], int]:
     env_id = env_id_of(args.layout)
 
     def make() -> gym.Env:
-        import fastpolicy.envs.agv  # noqa: F401  (and in the worker)
+        import fastpolicy.envs.agv as registers_ids  # noqa: F401  (the worker process needs the ids too)
 
         return gym.make(env_id, max_episode_steps=args.max_episode_steps)
 
@@ -206,8 +207,8 @@ def bench_procs2_sync(args: Args, n: int) -> tuple[list[float], int]:
     pipes, procs = [], []
     for w, m in enumerate(half):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_sync_worker, args=(child, args.layout, m, args.max_episode_steps, args.seed + w),
-                        daemon=True)
+        p = ctx.Process(target=_sync_worker, daemon=True,
+                        args=(child, args.layout, m, args.max_episode_steps, args.seed + w))
         p.start()
         pipes.append(parent)
         procs.append(p)
@@ -254,7 +255,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 continue
             x, y = zip(*pts)
             label = method if measured else f"{method} (extrapolated: best measured)"
-            ax.plot(x, y, marker if measured else "^--", color=color, label=label, alpha=1.0 if measured else 0.5)
+            ax.plot(x, y, marker if measured else "^--", color=color, label=label,
+                    alpha=1.0 if measured else 0.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("robots per vector env (N)")
@@ -288,8 +290,8 @@ def main() -> None:
                        measured=measured, **common, **extra)
         rows.append(row)
         shown = " ".join(f"{r:,.0f}" for r in rates or [])
-        print(f"{method:<22}{n:>6}{k or '-':>10}{median:>16,.0f}   {shown}{'' if measured else ' (extrapolated)'}",
-              flush=True)
+        tag = "" if measured else " (extrapolated)"
+        print(f"{method:<22}{n:>6}{k or '-':>10}{median:>16,.0f}   {shown}{tag}", flush=True)
         return row
 
     twins = {}

@@ -50,7 +50,8 @@ def test_registered_ids_and_make_vec():
         spec = gym.spec(env_id)
         assert spec.max_episode_steps == limit and spec.kwargs["layout"] == tier
         assert spec.vector_entry_point == "fastpolicy.envs.agv.vector:AGVVectorEnv"
-    venv = gym.make_vec("fastpolicy/AGV-ComplexDynamic-v0", num_envs=8, vectorization_mode="vector_entry_point")
+    venv = gym.make_vec("fastpolicy/AGV-ComplexDynamic-v0", num_envs=8,
+                        vectorization_mode="vector_entry_point")
     assert isinstance(venv, AGVVectorEnv)
     assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     assert venv.max_episode_steps == 4000
@@ -203,7 +204,8 @@ def test_recipe_writes_valid_store(tmp_path):
     store = EpisodeStore.open(tmp_path / "ds")
     assert store.n_steps == 400
     attrs = store.attrs
-    assert attrs["env_id"] == "fastpolicy/AGV-SimpleStatic-v0" and attrs["recipe"] == "agv-simple-static-expert"
+    assert attrs["env_id"] == "fastpolicy/AGV-SimpleStatic-v0"
+    assert attrs["recipe"] == "agv-simple-static-expert"
     assert attrs["task"] == "agv-simple-static" and attrs["seed"] == 0
     assert 0 < attrs["expert_success_rate"] <= 1
     data = store.to_dict()

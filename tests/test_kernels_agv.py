@@ -74,8 +74,8 @@ def test_wrap_and_obstacle_positions_agree():
 
 
 def _random_states(layout, n, rng):
-    pose = np.column_stack([rng.uniform(0.05, layout.width - 0.05, n), rng.uniform(0.05, layout.height - 0.05, n),
-                            rng.uniform(-np.pi, np.pi, n)])
+    pose = np.column_stack([rng.uniform(0.05, layout.width - 0.05, n),
+                            rng.uniform(0.05, layout.height - 0.05, n), rng.uniform(-np.pi, np.pi, n)])
     pose[:8, 2] = [0.0, 0.5 * np.pi, np.pi, -0.5 * np.pi, 0.0, np.pi, 0.25 * np.pi, 0.0]  # axis-aligned rays
     m = layout.num_obstacles
     circ = np.column_stack([rng.uniform(0, layout.width, n * m), rng.uniform(0, layout.height, n * m)])
@@ -87,7 +87,8 @@ def test_rays_and_collisions_match_numpy_twin():
     rng = np.random.default_rng(1)
     n, angles = 512, np.arange(32) * (2 * np.pi / 32)
     pose, circ = _random_states(layout, n, rng)
-    args = (np.column_stack([np.cos(angles), np.sin(angles)]), layout.shelves, circ, layout.obstacle_radius, layout.width, layout.height, 8.0)
+    dirs = np.column_stack([np.cos(angles), np.sin(angles)])
+    args = (dirs, layout.shelves, circ, layout.obstacle_radius, layout.width, layout.height, 8.0)
     ours = np.empty((n, 32))
     ref = np.empty((n, 32))
     raycast.cast_rays_batch(pose, *args, ours)

@@ -188,7 +188,13 @@ class ActionBroker:
         self.queue = ChunkQueue(source.period_s, blend_steps=blend_steps)
         self._history: collections.deque[np.ndarray] = collections.deque(maxlen=source.obs_horizon)
         self._lock = threading.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastpolicy-broker")
+        # OpenMP thread counts are per thread: give the inference thread the caller's torch setting.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1,
+            thread_name_prefix="fastpolicy-broker",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        )
         self._inflight: concurrent.futures.Future | None = None
         self._epoch = 0  # bumped by reset(): replies planned before it are discarded
         self.requests = 0

@@ -21,6 +21,10 @@ Action (N, 2) in [-1, 1] (clipped): ``v = v_min + (a0 + 1) / 2 * (v_max - v_min)
 ``omega = a1 * omega_max``. Observation (N, R + 5), float32:
 ``rays / max_range``, ``|goal - p| / diag``, cos and sin of the goal bearing in the body frame,
 ``v / v_max``, ``omega / omega_max``.
+
+Development note: numba's on-disk cache (``cache=True``) is keyed on the source file of each jitted
+function only, so after editing ``raycast.py`` the cached kernels of this module still call the old
+ray caster. Delete ``fastpolicy/kernels/__pycache__/*.nb[ic]`` after such an edit.
 """
 
 from __future__ import annotations

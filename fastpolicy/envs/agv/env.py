@@ -42,8 +42,8 @@ SERIAL_BELOW = 32
 
 
 def observation_space_for(layout: Layout, num_rays: int) -> spaces.Box:
-    low = np.concatenate([np.zeros(num_rays + 1), [-1.0, -1.0, min(layout.robot.v_min / layout.robot.v_max, 0.0),
-                                                   -1.0]]).astype(np.float32)
+    v_low = min(layout.robot.v_min / layout.robot.v_max, 0.0)
+    low = np.concatenate([np.zeros(num_rays + 1), [-1.0, -1.0, v_low, -1.0]]).astype(np.float32)
     high = np.ones(num_rays + kernels.OBS_EXTRA, dtype=np.float32)
     return spaces.Box(low=low, high=high, dtype=np.float32)
 
@@ -108,7 +108,8 @@ class AGVCore:
             self._observe = numpy_twin.observe_batch
 
     # ----------------------------------------------------------------------------------- episodes
-    def _sample_points(self, rng: np.random.Generator, regions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def _sample_points(self, rng: np.random.Generator, regions: np.ndarray,
+                       shape: tuple[int, ...]) -> np.ndarray:
         """Uniform points (*shape, 2), each in a region picked with probability proportional to its area."""
         area = np.maximum((regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1]), 1e-6)
         cdf = np.cumsum(area) / area.sum()
@@ -134,7 +135,8 @@ class AGVCore:
         phase = rng.random((n, lay.num_obstacles)) * 2.0 * seg_len
         obst0 = obstacle_positions(np.zeros(n, dtype=np.int64), phase, lay.obstacle_seg, lay.obstacle_speed,
                                    lay.dt)
-        start = self._rejection(rng, lay.start_regions, n, lambda k, xy: self._clear_of_obstacles(xy, obst0[k]))
+        start = self._rejection(rng, lay.start_regions, n,
+                                lambda k, xy: self._clear_of_obstacles(xy, obst0[k]))
         goal = self._rejection(rng, lay.goal_regions, n, lambda k, xy: np.hypot(
             *(xy - start[k]).T) >= lay.min_start_goal_distance)
         heading = rng.uniform(-np.pi, np.pi, size=n)

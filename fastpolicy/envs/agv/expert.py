@@ -229,7 +229,8 @@ class AGVExpert:
         v, w = self._nominal(pose, target)
         lay = self.layout
         if lay.num_obstacles and phase is not None:
-            now = obstacle_positions(np.array([t]), phase[None], lay.obstacle_seg, lay.obstacle_speed, lay.dt)[0]
+            now = obstacle_positions(np.array([t]), phase[None], lay.obstacle_seg, lay.obstacle_speed,
+                                     lay.dt)[0]
             if np.hypot(*(now - pose[:2]).T).min() < self.cfg.sensing_range:
                 v, w = self._avoid(pose, target, t, phase, v, w)
         rob = lay.robot

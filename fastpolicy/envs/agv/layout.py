@@ -151,7 +151,8 @@ def get_layout(layout: str | os.PathLike | Layout) -> Layout:
     if path.suffix not in (".yaml", ".yml"):
         path = layouts_dir() / f"{layout}.yaml"
         if not path.exists():
-            raise KeyError(f"unknown AGV layout {str(layout)!r}; known: {', '.join(list_layouts()) or '(none)'}")
+            known = ", ".join(list_layouts()) or "(none)"
+            raise KeyError(f"unknown AGV layout {str(layout)!r}; known: {known}")
     return load_layout(path)
 
 
@@ -304,11 +305,11 @@ def _free_space(layout: Layout, where: str) -> np.ndarray:
                                  f"(shelf {j} {s.tolist()})")
         ix, iy = _region_cells(layout, region)
         if occupied[ix, iy].all():
-            raise ValueError(f"{where}: {kind} {i} {region.tolist()} lies inside an obstacle: no point "
-                             f"in it is {inflate:.2f} m (robot radius + clearance) clear of shelves and walls")
+            raise ValueError(f"{where}: {kind} {i} {region.tolist()} lies inside an obstacle: no point in "
+                             f"it is {inflate:.2f} m (robot radius + clearance) clear of shelves and walls")
     labels = _components(~occupied)
     counts = np.zeros(labels.max() + 1, dtype=np.int64)
-    for i, region in enumerate(layout.start_regions):
+    for region in layout.start_regions:
         ix, iy = _region_cells(layout, region)
         np.add.at(counts, labels[ix, iy], 1)
     counts[0] = 0   # label 0 is occupied space
