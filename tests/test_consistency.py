@@ -123,8 +123,8 @@ def test_checkpoint_loads_as_consistency_policy_with_identical_actions(linear_st
 
     # progressive stages 2 → 1 write stages/seg2 and the final student at --out; --resume skips them
     cfg = TrainConfig(steps=2, batch_size=8, warmup_steps=1, progress=False, tensorboard=False)
-    final = distill(tmp_path / "teacher", linear_store, tmp_path / "prog", (2, 1), cfg,
-                    distill_config=DistillConfig(8))
+    final = distill(tmp_path / "teacher", linear_store, tmp_path / "prog", (2, 1), cfg, resume=True,
+                    distill_config=DistillConfig(8))   # --resume on a fresh directory starts it
     assert load_policy(tmp_path / "prog" / "stages" / "seg2").config.segments == 2
     assert final.config.segments == 1 and final.predict_chunk(obs).nfe == 1
     again = distill(tmp_path / "teacher", linear_store, tmp_path / "prog", (2, 1), cfg, resume=True,

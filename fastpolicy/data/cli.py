@@ -4,6 +4,7 @@
     fastpolicy data import PATH [--format d4rl|minari] --out STORE [--overwrite]
     fastpolicy data info STORE [--png PATH] [--json]
     fastpolicy data export STORE --format d4rl --out FILE.hdf5 [--overwrite]
+    fastpolicy data split STORE --labeled 0.1 --from-bottom 0.5 --seed S --out STORE [--labeled-only STORE]
 
 Only argparse is imported here; each handler imports what it needs (zarr, h5py, matplotlib, recipes).
 """
@@ -55,6 +56,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output .hdf5 file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("split", help="SS-ORL action-free split: keep actions of a few low-return episodes only")
+    p.add_argument("store", type=Path, help="source store (with actions and rewards)")
+    p.add_argument("--labeled", type=float, default=0.1,
+                   help="fraction of all episodes that keep their actions, in (0, 1] (default 0.1)")
+    p.add_argument("--from-bottom", type=float, default=0.5,
+                   help="draw the labeled episodes from this lowest-return fraction, in (0, 1] (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draw")
+    p.add_argument("--out", type=Path, required=True, help="split store to create")
+    p.add_argument("--labeled-only", type=Path, default=None,
+                   help="also write the labeled episodes alone as a store here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output stores")
+    p.set_defaults(func=_split)
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -110,4 +124,20 @@ def _export(args: argparse.Namespace) -> int:
 
     path = export_d4rl(args.store, args.out, overwrite=args.overwrite)
     print(f"exported {args.store} -> {path} (d4rl)")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from fastpolicy.data.split import labeled_subset, split_store
+
+    store = split_store(args.store, args.out, labeled=args.labeled, from_bottom=args.from_bottom, seed=args.seed,
+                        overwrite=args.overwrite)
+    info = store.attrs["split"]
+    print(f"wrote {args.out}: {len(info['labeled_episodes'])} labeled episodes ({info['labeled_steps']} steps), "
+          f"{len(info['unlabeled_in_distribution'])} unlabeled in-distribution, "
+          f"{len(info['unlabeled_out_of_distribution'])} unlabeled out-of-distribution "
+          f"(return threshold {info['return_threshold']:.4g})")
+    if args.labeled_only is not None:
+        subset = labeled_subset(store, args.labeled_only, overwrite=args.overwrite)
+        print(f"wrote {args.labeled_only}: {subset.n_episodes} labeled episodes, {subset.n_steps} steps")
     return 0

@@ -273,6 +273,8 @@ def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_
     cfg = module.student.config if isinstance(module, ConsistencyDistiller) else module.config
     dataset = build_dataset(EpisodeStore.open(store_path), cfg.obs_horizon, cfg.pred_horizon,
                             cfg.action_horizon)
+    # a stage directory may exist without a run in it (it holds the earlier stages): nothing to resume
+    resume = resume and (run_dir / "latest").exists()
     trainer = Trainer(module, dataset, train_config, run_dir, resume=resume, extra_config=extra)
     t0 = time.perf_counter()
     stats = trainer.fit()

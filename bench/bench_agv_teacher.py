@@ -1,0 +1,128 @@
+"""The diffusion teacher on AGV: train on expert demonstrations, then score and time it (issue 3).
+
+Workflow, top to bottom:
+
+1. build the ``agv-simple-static-expert`` dataset (``fastpolicy data make``; reused if present);
+2. train a diffusion policy on it with ``fastpolicy.train.offline.train_offline`` (MLP denoiser by
+   default, CPU, a fixed optimizer-step budget);
+3. evaluate the last checkpoint with ``fastpolicy.evaluation.evaluate`` under each sampler
+   (``ddpm:100`` the teacher, ``ddim:10``): success rate over seeds x episodes and per-action latency
+   at batch 1;
+4. write the rows to ``bench/results/agv_teacher.json``.
+
+The budget (steps, batch, episodes) is sized for a shared 2-core CPU (~15 min in all) and recorded
+in every row, so the numbers are read as "what this budget buys", not as the method's ceiling.
+
+    nice -n 10 env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_agv_teacher.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Args:
+    task: str = "agv-simple-static"
+    """task card (envs/<task>.yaml); its dataset recipe gives the demonstrations"""
+    store: Path = REPO / "datasets" / "store" / "agv-simple-static-expert"
+    """EpisodeStore of expert demonstrations (built if missing)"""
+    run: Path = REPO / "runs" / "bench_agv_teacher"
+    """training run directory (checkpoints, TensorBoard)"""
+    out: Path = REPO / "bench" / "results" / "agv_teacher.json"
+    """result rows"""
+    backbone: str = "mlp"
+    """denoiser: mlp (fast on CPU) or unet-small"""
+    steps: int = 4000
+    """optimizer steps"""
+    batch_size: int = 256
+    episodes: int = 25
+    """evaluation episodes per seed"""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """evaluation seeds"""
+    samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddim:10"])
+    latency_steps: int = 64
+    """batch-1 closed-loop steps timed per sampler"""
+    threads: int = 1
+    """torch CPU threads (the machine is shared)"""
+    retrain: bool = False
+    """train from scratch even if the run has a checkpoint"""
+
+
+def parse_args() -> Args:
+    d = Args()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default=d.task)
+    p.add_argument("--store", type=Path, default=d.store)
+    p.add_argument("--run", type=Path, default=d.run)
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--episodes", type=int, default=d.episodes)
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
+    p.add_argument("--samplers", nargs="+", default=d.samplers)
+    p.add_argument("--latency-steps", type=int, default=d.latency_steps)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--retrain", action="store_true")
+    return Args(**vars(p.parse_args()))
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from fastpolicy.bench.schema import write_results
+    from fastpolicy.data.recipes.agv import make_agv_expert_dataset
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation import evaluate
+    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.train.offline import train_offline
+    from fastpolicy.train.trainer import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    t0 = time.perf_counter()
+    if not (args.store / "meta").exists():
+        tier = args.task.removeprefix("agv-")
+        make_agv_expert_dataset(tier, args.store, seed=0)
+    store = EpisodeStore.open(args.store)
+    t_data = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if args.retrain or not (args.run / "latest").exists():
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup_steps=min(500, args.steps // 10),
+                          checkpoint_every=max(args.steps // 4, 1), log_every=100, seed=0, device="cpu")
+        train_offline(args.store, args.run, "diffusion", {"backbone": args.backbone, "sampler": "ddpm:100"},
+                      cfg, task=args.task)
+    train_s = time.perf_counter() - t0
+    policy = load_policy(args.run)
+
+    budget = {"train_steps": args.steps, "batch_size": args.batch_size, "backbone": args.backbone,
+              "train_wall_s": round(train_s, 1), "data_wall_s": round(t_data, 1),
+              "dataset": task.dataset, "dataset_episodes": store.n_episodes, "dataset_steps": store.n_steps,
+              "expert_success_rate": store.attrs.get("expert_success_rate"),
+              "budget_note": "CPU, 1 torch thread, shared 2-core machine; ~15 min for the whole script"}
+    rows = []
+    for spec in args.samplers:
+        policy.set_sampler(spec)
+        t0 = time.perf_counter()
+        row = evaluate(policy, task, args.episodes, args.seeds, args.latency_steps, progress=False,
+                       sampler=spec, **budget)
+        row["eval_wall_s"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(f"{spec:>9}: success {row['success_rate']:.3f}  latency p50 {row['latency_ms_p50']:.2f} ms "
+              f"p99 {row['latency_ms_p99']:.2f} ms  ({row['eval_wall_s']} s)", flush=True)
+    print(f"wrote {write_results(args.out, rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""D4RL-style MuJoCo locomotion datasets (hopper / halfcheetah / walker2d) on gymnasium v5 envs.
+
+D4RL's recipe (``generate_mujoco_datasets``: an rlkit SAC run, checkpoints, rollouts), scaled to this
+machine and rebuilt on stable-baselines3 SAC (:mod:`fastpolicy.rl.sac`):
+
+``random``         uniform actions over the action box.
+``medium``         the *first* checkpoint whose mean evaluation return is ≥ 1/3 of D4RL's REF_MAX
+                   (hopper 1064, halfcheetah 3858, walker2d 1532), rolled out with *stochastic* actions.
+``medium-replay``  the SAC run's replay buffer up to that checkpoint (needs the run directory).
+``expert``         the run's last checkpoint, rolled out stochastically, when it is in the expert band
+                   (mean return ≥ ``EXPERT_FRACTION`` · REF_MAX); otherwise the recipe raises.
+``medium-expert``  ``medium`` and ``expert`` concatenated (half the size each; D4RL: 1M + 1M).
+
+Rollouts use the committed actors ``datasets/behavior/<env>-<band>.safetensors`` (+ ``.json``), so any
+rollout dataset is rebuilt from a fresh clone in minutes without the SAC run. ``medium-replay`` needs
+the run directory (``runs/sac-<env>`` or ``$FASTPOLICY_SAC_RUNS/sac-<env>``), which is not committed.
+
+Per step ``t``: ``obs`` (before the action), ``action`` (env units), ``reward``, ``next_obs``,
+``terminal`` (true termination only), ``timeout`` (the 1000-step time limit only; exclusive with
+terminal), ``infos/qpos``, ``infos/qvel`` (simulator state at ``obs``, float64) and
+``infos/action_log_probs`` (log-density of the action under the behaviour policy: the tanh-squashed
+Gaussian for SAC actors, ``-Σ log(high - low)`` for uniform actions). The last episode of a
+``--size``-limited rollout ends with neither flag (it was cut by the size, as in D4RL's files).
+Deterministic for a given seed: the env is seeded once, actions come from a seeded ``torch.Generator``
+(or ``numpy`` generator for ``random``).
+
+Every dataset also gets a data card (:mod:`fastpolicy.data.datacard`) next to the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LABEL = "D4RL-style (gymnasium v5)"
+MEDIUM_FRACTION = 1.0 / 3.0
+#: A checkpoint is "expert" when its mean return reaches this fraction of D4RL's REF_MAX (D4RL's own
+#: expert policies score ≈ 100-110 normalized; 0.8 leaves room for the v5 reward differences).
+EXPERT_FRACTION = 0.8
+BANDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+#: D4RL dataset sizes (transitions); medium-replay is "whatever the buffer held", so no default here.
+DEFAULT_SIZES = {"random": 1_000_000, "medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class MujocoSpec:
+    name: str
+    env_id: str
+    ref_min: float      # D4RL REF_MIN_SCORE (random policy on the v2 env)
+    ref_max: float      # D4RL REF_MAX_SCORE (expert policy on the v2 env)
+    max_episode_steps: int = 1000
+
+    @property
+    def medium_threshold(self) -> float:
+        return self.ref_max * MEDIUM_FRACTION
+
+    @property
+    def expert_threshold(self) -> float:
+        return self.ref_max * EXPERT_FRACTION
+
+    def normalized(self, returns: Any) -> Any:
+        return 100.0 * (np.asarray(returns, dtype=np.float64) - self.ref_min) / (self.ref_max - self.ref_min)
+
+
+MUJOCO = {
+    "hopper": MujocoSpec("hopper", "Hopper-v5", -20.272305, 3234.3),
+    "halfcheetah": MujocoSpec("halfcheetah", "HalfCheetah-v5", -280.178953, 12135.0),
+    "walker2d": MujocoSpec("walker2d", "Walker2d-v5", 1.629008, 4592.3),
+}
+
+
+def spec_for_env_id(env_id: str) -> MujocoSpec:
+    for spec in MUJOCO.values():
+        if spec.env_id == env_id:
+            return spec
+    raise KeyError(f"no MuJoCo recipe for env id {env_id!r}; known: {[s.env_id for s in MUJOCO.values()]}")
+
+
+# -- checkpoint selection (pure) ----------------------------------------------------------------------
+def select_medium_checkpoint(returns: Sequence[tuple[int, float]], threshold: float) -> int:
+    """Step of the *first* checkpoint (by step) whose mean return is ≥ ``threshold`` — not the best one.
+
+    ``returns`` is ``[(step, mean_return), ...]`` in any order. ValueError when no checkpoint crosses.
+    """
+    ordered = sorted((int(s), float(r)) for s, r in returns)
+    for step, ret in ordered:
+        if math.isfinite(ret) and ret >= threshold:
+            return step
+    best = max(ordered, key=lambda sr: sr[1], default=None)
+    got = f"best so far {best[1]:.1f} at step {best[0]}" if best else "no checkpoints"
+    raise ValueError(f"no checkpoint reaches the medium threshold {threshold:.1f} ({got}); train longer")
+
+
+def select_expert_checkpoint(returns: Sequence[tuple[int, float]], threshold: float) -> int:
+    """Step of the *last* checkpoint, provided its mean return is in the expert band (≥ ``threshold``)."""
+    if not returns:
+        raise ValueError("no checkpoints yet")
+    step, ret = max((int(s), float(r)) for s, r in returns)
+    if not ret >= threshold:
+        raise ValueError(f"the last checkpoint (step {step}, mean return {ret:.1f}) is below the expert band "
+                         f"(≥ {threshold:.1f} = {EXPERT_FRACTION:g}·REF_MAX); no expert dataset until the run "
+                         "gets there")
+    return step
+
+
+# -- where things live --------------------------------------------------------------------------------
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def behavior_dir() -> Path:
+    """``$FASTPOLICY_BEHAVIOR_DIR`` or the repository's ``datasets/behavior`` (committed actors)."""
+    env = os.environ.get("FASTPOLICY_BEHAVIOR_DIR")
+    return Path(env) if env else _repo_root() / "datasets" / "behavior"
+
+
+def run_dir(name: str) -> Path:
+    """The SAC run directory of env ``name``: ``$FASTPOLICY_SAC_RUNS/sac-<name>`` or ``runs/sac-<name>``."""
+    root = os.environ.get("FASTPOLICY_SAC_RUNS")
+    return (Path(root) if root else _repo_root() / "runs") / f"sac-{name}"
+
+
+def actor_path(name: str, band: str) -> Path:
+    return behavior_dir() / f"{name}-{band}.safetensors"
+
+
+def export_band(run: str | Path, band: str, dest_dir: str | Path | None = None) -> Path:
+    """Copy the ``band`` (``medium`` or ``expert``) checkpoint's actor of a SAC run to ``dest_dir``.
+
+    The metadata records the run's whole return curve (so a data card can say how far the budget got).
+    """
+    from fastpolicy.rl.sac import export_actor, read_returns, run_rows_to_pairs
+
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text())
+    spec = spec_for_env_id(config["env_id"])
+    rows = read_returns(run)
+    pairs = run_rows_to_pairs(rows)
+    if band == "medium":
+        threshold = spec.medium_threshold
+        step = select_medium_checkpoint(pairs, threshold)
+    elif band == "expert":
+        threshold = spec.expert_threshold
+        step = select_expert_checkpoint(pairs, threshold)
+    else:
+        raise ValueError(f"band must be 'medium' or 'expert', got {band!r}")
+    dest = Path(dest_dir) if dest_dir is not None else behavior_dir()
+    curve = [[r["step"], round(r["mean_return"], 1), round(r.get("stoch_mean_return", float("nan")), 1)]
+             for r in rows]
+    return export_actor(run, step, dest / f"{spec.name}-{band}", band=band, threshold=threshold,
+                        run_steps_reached=max(p[0] for p in pairs), run_seed=config["seed"],
+                        run_config={k: config[k] for k in ("learning_starts", "buffer_size", "batch_size",
+                                                            "learning_rate", "checkpoint_every",
+                                                            "eval_episodes")},
+                        return_curve_columns=["step", "det_mean_return", "stoch_mean_return"],
+                        return_curve=curve)
+
+
+def _load_band_actor(spec: MujocoSpec, band: str):
+    from fastpolicy.rl.actor import actor_sha256, load_actor
+
+    path = actor_path(spec.name, band)
+    if not path.is_file():
+        if band == "expert":
+            raise FileNotFoundError(
+                f"no expert actor for {spec.name} ({path} missing): no checkpoint of the SAC run reached the "
+                f"expert band (mean return ≥ {spec.expert_threshold:.0f}) yet, so {spec.name}-expert and "
+                f"{spec.name}-medium-expert cannot be built. Train longer (scripts/train_behavior.py "
+                f"--env {spec.env_id} --resume) and export it (--export expert)")
+        raise FileNotFoundError(
+            f"no {band} actor for {spec.name} ({path} missing); train one with scripts/train_behavior.py "
+            f"--env {spec.env_id} --out runs/sac-{spec.name} and export it with --export {band}")
+    actor = load_actor(path)
+    if actor.meta.env_id != spec.env_id:
+        raise ValueError(f"{path} is an actor for {actor.meta.env_id!r}, not {spec.env_id!r}")
+    return actor, actor_sha256(path), path
+
+
+# -- rollouts -----------------------------------------------------------------------------------------
+Policy = Callable[[np.ndarray], tuple[np.ndarray, float]]
+
+
+def uniform_policy(action_space: Any, seed: int) -> Policy:
+    """Uniform actions over the box; log-prob is the constant uniform density ``-Σ log(high - low)``."""
+    rng = np.random.default_rng(seed)
+    low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
+    logp = float(-np.sum(np.log(high - low)))
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, float]:  # noqa: ARG001 - uniform ignores obs
+        return rng.uniform(low, high), logp
+
+    return policy
+
+
+def iter_rollouts(env_id: str, make_policy: Callable[[Any], Policy], size: int, seed: int,
+                  progress: bool = False, desc: str = "rollout") -> Iterator[dict[str, np.ndarray]]:
+    """Yield episodes of ``make_policy(env)`` on ``env_id`` until ``size`` steps (last one cut by size)."""
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    if size <= 0:
+        raise ValueError(f"size must be a positive number of steps, got {size}")
+    env = gym.make(env_id)
+    policy = make_policy(env)
+    sim = env.unwrapped
+    obs, _ = env.reset(seed=seed)
+    bar = tqdm(total=size, desc=desc, unit="step", disable=not progress, mininterval=0.5)
+    done = 0
+    try:
+        while done < size:
+            rows: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminal",
+                                                      "timeout", "qpos", "qvel", "logp")}
+            while True:
+                rows["qpos"].append(sim.data.qpos.copy())
+                rows["qvel"].append(sim.data.qvel.copy())
+                action, logp = policy(obs)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                rows["obs"].append(obs)
+                rows["action"].append(action)
+                rows["reward"].append(reward)
+                rows["next_obs"].append(next_obs)
+                rows["terminal"].append(terminated)
+                rows["timeout"].append(truncated and not terminated)
+                rows["logp"].append(logp)
+                done += 1
+                obs = next_obs
+                if terminated or truncated or done >= size:
+                    break
+            bar.update(len(rows["obs"]))
+            if terminated or truncated:
+                obs, _ = env.reset()
+            yield {
+                "obs": np.asarray(rows["obs"], dtype=np.float32),
+                "action": np.asarray(rows["action"], dtype=np.float32),
+                "reward": np.asarray(rows["reward"], dtype=np.float32),
+                "next_obs": np.asarray(rows["next_obs"], dtype=np.float32),
+                "terminal": np.asarray(rows["terminal"], dtype=bool),
+                "timeout": np.asarray(rows["timeout"], dtype=bool),
+                "infos/qpos": np.asarray(rows["qpos"], dtype=np.float64),
+                "infos/qvel": np.asarray(rows["qvel"], dtype=np.float64),
+                "infos/action_log_probs": np.asarray(rows["logp"], dtype=np.float32),
+            }
+    finally:
+        bar.close()
+        env.close()
+
+
+@functools.lru_cache(maxsize=8)
+def measure_random_return(env_id: str, episodes: int = 20, seed: int = 0) -> tuple[float, float]:
+    """Mean and std return of uniform actions over ``episodes`` episodes (the local 'random' reference)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    rng = np.random.default_rng(seed)
+    returns = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        total, finished = 0.0, False
+        while not finished:
+            _, reward, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
+            total += float(reward)
+            finished = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+# -- medium-replay from a run's replay buffer ---------------------------------------------------------
+def replay_episodes(run: str | Path, upto_step: int, size: int | None = None) -> tuple[list[dict[str, np.ndarray]],
+                                                                                      dict[str, Any]]:
+    """Episodes of a SAC run's replay buffer, rows ``[0, upto_step)`` (optionally only the first ``size``).
+
+    Splits on SB3's ``dones``: ``terminal = done & ~timeout``, ``timeout = done & timeout``. An episode
+    cut by a training resume, by ``upto_step`` or by ``size`` ends with ``timeout`` (it was truncated;
+    its ``next_obs`` is still the true next observation). Returns the episodes and facts for the attrs.
+    """
+    from fastpolicy.rl.sac import load_replay_arrays, read_latest
+
+    run = Path(run)
+    latest = read_latest(run)
+    if latest is None:
+        raise FileNotFoundError(f"{run} holds no SAC checkpoint (latest.json missing)")
+    arrays = load_replay_arrays(run / latest["replay"])
+    if bool(arrays["full"]):
+        raise ValueError(f"the replay buffer of {run} wrapped around (more steps than its size); rows no "
+                         "longer start at step 0, so the medium-replay prefix is gone")
+    n_rows = len(arrays["rewards"])
+    if upto_step > n_rows:
+        raise ValueError(f"the replay buffer of {run} has {n_rows} rows, fewer than the medium checkpoint step "
+                         f"{upto_step}")
+    rows = upto_step if size is None else min(int(size), upto_step)
+    dones = arrays["dones"][:rows].astype(bool)
+    timeouts = arrays["timeouts"][:rows].astype(bool) & dones
+    terminal = dones & ~timeouts
+    cut = np.zeros(rows, dtype=bool)
+    cuts = [int(c) for c in arrays["cuts"] if 0 < int(c) <= rows]
+    cut[[c - 1 for c in cuts]] = True
+    cut[rows - 1] = True
+    timeout = timeouts | (cut & ~terminal)
+    ends = np.flatnonzero(terminal | timeout) + 1
+    low, high = _action_bounds(json.loads((run / "config.json").read_text())["env_id"])
+    # SB3 stores actions scaled to [-1, 1]; the store holds env units.
+    actions = low + 0.5 * (arrays["actions"][:rows].astype(np.float64) + 1.0) * (high - low)
+    data = {
+        "obs": arrays["observations"][:rows].astype(np.float32),
+        "action": actions.astype(np.float32),
+        "reward": arrays["rewards"][:rows].astype(np.float32),
+        "next_obs": arrays["next_observations"][:rows].astype(np.float32),
+        "terminal": terminal,
+        "timeout": timeout,
+        "infos/qpos": arrays["infos_qpos"][:rows],
+        "infos/qvel": arrays["infos_qvel"][:rows],
+        "infos/action_log_probs": arrays["infos_action_log_probs"][:rows].astype(np.float32),
+    }
+    episodes = []
+    start = 0
+    for end in ends:
+        episodes.append({k: v[start:end] for k, v in data.items()})
+        start = int(end)
+    facts = {"replay_rows_used": rows, "replay_rows_available": n_rows, "resume_cuts": cuts,
+             "truncated_by_resume_or_size": int(np.sum(cut & ~terminal & ~timeouts)),
+             "replay_file": latest["replay"], "replay_sha256": _sha256(run / latest["replay"])}
+    return episodes, facts
+
+
+def _action_bounds(env_id: str) -> tuple[np.ndarray, np.ndarray]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    env.close()
+    return low, high
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

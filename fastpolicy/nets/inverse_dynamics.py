@@ -1,0 +1,505 @@
+"""Inverse dynamics: the action that led from a short state history to the next state.
+
+One implementation for two users:
+
+* **proxy labeling** (SS-ORL, Zheng et al. 2023): a Gaussian head on ``[s_{t-k}, …, s_t, s_{t+1}]``
+  (``history = k = 1`` by default) trained by negative log-likelihood on the labeled transitions labels
+  the action-free ones with its mean (clipped to the action range) and reports its std;
+* **planners** (Decision Diffuser / Trajectory Diffuser): ``history = 0`` gives the plain
+  ``[s_t, s_{t+1}] → a_t`` model that turns a planned state sequence into actions.
+
+Pieces:
+
+``InverseDynamicsConfig``  typed config (JSON-able, saved with the weights).
+``InverseDynamics``        the ``nn.Module``: ``forward(states) -> (mean, std)`` per ensemble member in raw
+                           action units, ``predict(states)`` (ensemble mixture, clipped mean),
+                           ``loss(states, action)`` (NLL or MSE). ``states`` is ``(B, k+2, obs_dim)``:
+                           the k+1 states up to ``s_t`` followed by ``s_{t+1}``, raw (unnormalised).
+``transition_windows``     builds those windows from concatenated episodes (edge-padded history; the
+                           last step of an episode has no next state unless ``next_obs`` is given).
+``fit_inverse_dynamics``   trains on arrays: episode-level validation hold-out (10%), best-checkpoint
+                           selection on validation loss, per ensemble member.
+``save_inverse_dynamics`` / ``load_inverse_dynamics``   safetensors + ``config.json`` through
+                           ``fastpolicy.train.checkpoint`` (no pickle); the model hash is the hash of the
+                           weights file, as for policies.
+
+Normalisation: observations and actions are standardised (``gaussian`` normalisers) with statistics
+fitted on the labeled data only and stored next to the weights; the network works in normalised
+units and every public output is in raw units.
+
+Ensemble: members share nothing but the data; each sees its own random batches and keeps its own best
+checkpoint. The prediction is the Gaussian-mixture moment match: mean of the means, total variance =
+mean of (σᵢ² + μᵢ²) − μ̄². In MSE mode a member has no variance head; its std is its validation RMSE
+per action dimension (a calibrated homoscedastic estimate), so ``std`` is always meaningful.
+
+Why a small loop here and not ``fastpolicy.train.Trainer``: the model is selected on validation loss
+(per ensemble member), which the policy trainer — EMA, cosine schedule, periodic checkpoints — does not
+do; the IDM trains in seconds, and the loop is a few lines. A planner that trains its IDM jointly
+with its diffusion model calls :meth:`InverseDynamics.loss` from its own ``forward`` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastpolicy.nets.mlp import MLP
+
+LOSSES = ("nll", "mse")
+POLICY_TYPE = "inverse-dynamics"
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class InverseDynamicsConfig:
+    """Shapes and head of an inverse-dynamics model."""
+
+    obs_dim: int
+    action_dim: int
+    history: int = 1
+    """k: states s_{t-k} … s_t before s_{t+1} (0 = the plain [s_t, s_{t+1}] model)"""
+    hidden: int = 512
+    depth: int = 2
+    activation: str = "relu"
+    dropout: float = 0.0
+    ensemble: int = 1
+    """number of independently trained members"""
+    loss: str = "nll"
+    """nll: Gaussian head (mean, log-std); mse: mean only"""
+    min_log_std: float = -7.0
+    max_log_std: float = 1.0
+    """bounds of the predicted log-std in normalised action units (soft-clamped)"""
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
+    """labels are clipped to [action_low, action_high] (per dim); None: no clipping"""
+    mse_std: list[list[float]] = field(default_factory=list)
+    """MSE mode: per member, per action dim validation RMSE (raw units), set by training"""
+
+    def __post_init__(self) -> None:
+        for name in ("obs_dim", "action_dim", "hidden", "depth", "ensemble"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"InverseDynamicsConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.history) < 0:
+            raise ValueError(f"history must be >= 0, got {self.history}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.min_log_std >= self.max_log_std:
+            raise ValueError("min_log_std must be below max_log_std")
+        for name in ("action_low", "action_high"):
+            value = getattr(self, name)
+            if value is not None:
+                value = [float(v) for v in np.broadcast_to(np.asarray(value, dtype=np.float64), (self.action_dim,))]
+                setattr(self, name, value)
+        if self.action_low is not None and self.action_high is not None:
+            if any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
+                raise ValueError(f"action_low {self.action_low} exceeds action_high {self.action_high}")
+
+    @property
+    def window(self) -> int:
+        """States per input window: k+1 history states and the next state."""
+        return self.history + 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InverseDynamicsConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"InverseDynamicsConfig: unknown options {sorted(unknown)}")
+        return cls(**d)
+
+
+def _standardizer(data: np.ndarray | None, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per dimension; nearly constant dimensions get std 1 so they map to 0, not inf."""
+    if data is None:
+        return torch.zeros(dim), torch.ones(dim)
+    x = np.asarray(data, dtype=np.float64).reshape(-1, dim)
+    if len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError("normalisation statistics need finite, non-empty data")
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std < 1e-6, 1.0, std)
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+
+
+class InverseDynamics(nn.Module):
+    """Gaussian (or MSE) MLP inverse-dynamics model, optionally an ensemble; raw units in and out.
+
+    Build with :meth:`from_data` to fit the normalisers on (labeled) data, or pass
+    ``normalizer_state`` (``obs.mean``, ``obs.std``, ``action.mean``, ``action.std``) as loaded from
+    a checkpoint.
+    """
+
+    def __init__(self, config: InverseDynamicsConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.config = config
+        state = dict(normalizer_state or {})
+        obs_mean, obs_std = _standardizer(None, config.obs_dim)
+        act_mean, act_std = _standardizer(None, config.action_dim)
+        self.register_buffer("obs_mean", state.get("obs.mean", obs_mean).float().clone(), persistent=False)
+        self.register_buffer("obs_std", state.get("obs.std", obs_std).float().clone(), persistent=False)
+        self.register_buffer("action_mean", state.get("action.mean", act_mean).float().clone(), persistent=False)
+        self.register_buffer("action_std", state.get("action.std", act_std).float().clone(), persistent=False)
+        for name, dim in (("obs_mean", config.obs_dim), ("obs_std", config.obs_dim),
+                          ("action_mean", config.action_dim), ("action_std", config.action_dim)):
+            if tuple(getattr(self, name).shape) != (dim,):
+                raise ValueError(f"normaliser {name} has shape {tuple(getattr(self, name).shape)}, expected ({dim},)")
+        out = config.action_dim * (2 if config.loss == "nll" else 1)
+        self.members = nn.ModuleList([self._member(out) for _ in range(config.ensemble)])
+        low = torch.tensor(config.action_low if config.action_low is not None else [-math.inf] * config.action_dim)
+        high = torch.tensor(config.action_high if config.action_high is not None else [math.inf] * config.action_dim)
+        self.register_buffer("action_low", low.float(), persistent=False)
+        self.register_buffer("action_high", high.float(), persistent=False)
+
+    def _member(self, out: int) -> nn.Module:
+        cfg = self.config
+        mlp = MLP(cfg.window * cfg.obs_dim, out, hidden=cfg.hidden, depth=cfg.depth, activation=cfg.activation)
+        if cfg.dropout > 0:
+            # dropout after every hidden activation (SS-ORL uses 0.1)
+            layers: list[nn.Module] = []
+            for layer in mlp.net:
+                layers.append(layer)
+                if not isinstance(layer, nn.Linear):
+                    layers.append(nn.Dropout(cfg.dropout))
+            mlp.net = nn.Sequential(*layers)
+        return mlp
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_data(cls, config: InverseDynamicsConfig, obs: np.ndarray, action: np.ndarray) -> InverseDynamics:
+        """A fresh model whose normalisers are fitted on ``obs`` (N, obs_dim) and ``action`` (N, action_dim)."""
+        return cls(config, normalizer_stats(obs, action))
+
+    def normalizer_state(self) -> dict[str, torch.Tensor]:
+        return {"obs.mean": self.obs_mean.detach().cpu().clone(), "obs.std": self.obs_std.detach().cpu().clone(),
+                "action.mean": self.action_mean.detach().cpu().clone(),
+                "action.std": self.action_std.detach().cpu().clone()}
+
+    # --- model --------------------------------------------------------------------------------------
+    def _check(self, states: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if states.dim() != 3 or tuple(states.shape[1:]) != (cfg.window, cfg.obs_dim):
+            raise ValueError(f"states must be (B, {cfg.window}, {cfg.obs_dim}) = [s_(t-{cfg.history}) .. s_t, "
+                             f"s_(t+1)]; got {tuple(states.shape)}")
+        return ((states - self.obs_mean) / self.obs_std).flatten(1)
+
+    def _heads(self, states: torch.Tensor, member: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-member mean and log-std in *normalised* action units: (E, B, A) each (log-std None for MSE).
+
+        ``member`` restricts the output to that one member (E = 1).
+        """
+        x = self._check(states)
+        members = self.members if member is None else [self.members[member]]
+        out = torch.stack([m(x) for m in members])
+        if self.config.loss == "mse":
+            return out, None
+        mean, raw = out.chunk(2, dim=-1)
+        lo, hi = self.config.min_log_std, self.config.max_log_std
+        log_std = hi - nn.functional.softplus(hi - raw)          # smooth upper bound
+        log_std = lo + nn.functional.softplus(log_std - lo)      # smooth lower bound
+        return mean, log_std
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member ``(mean, std)``, each ``(E, B, action_dim)`` in raw action units (mean not clipped)."""
+        mean_n, log_std = self._heads(states)
+        mean = mean_n * self.action_std + self.action_mean
+        if log_std is not None:
+            std = log_std.exp() * self.action_std
+        else:
+            std = self._mse_std(mean)
+        return mean, std
+
+    def _mse_std(self, like: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.mse_std:
+            table = torch.as_tensor(cfg.mse_std, dtype=like.dtype, device=like.device)  # (E, A)
+        else:
+            table = torch.zeros(cfg.ensemble, cfg.action_dim, dtype=like.dtype, device=like.device)
+        return table[:, None, :].expand_as(like)
+
+    def predict(self, states: torch.Tensor, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensemble prediction ``(mean, std)``, each ``(B, action_dim)``: the proxy label and its uncertainty.
+
+        mean = mean of member means, clipped to the action range when ``clip``; std = sqrt of the total
+        variance mean(σᵢ² + μᵢ²) − μ̄² (computed before clipping).
+        """
+        means, stds = self(states)
+        mean = means.mean(0)
+        var = (stds.square() + means.square()).mean(0) - mean.square()
+        std = var.clamp_min(0.0).sqrt()
+        if clip:
+            mean = torch.maximum(torch.minimum(mean, self.action_high), self.action_low)
+        return mean, std
+
+    def action(self, state: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
+        """Planner convenience for ``history = 0``: ``a_t`` from ``s_t`` and ``s_{t+1}`` (``(..., obs_dim)`` each)."""
+        if self.config.history != 0:
+            raise ValueError(f"action(state, next_state) needs history=0; this model uses history="
+                             f"{self.config.history} (call predict with a state window)")
+        lead = state.shape[:-1]
+        window = torch.stack([state.reshape(-1, state.shape[-1]), next_state.reshape(-1, state.shape[-1])], dim=1)
+        return self.predict(window)[0].reshape(*lead, self.config.action_dim)
+
+    def member_losses(self, states: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None,
+                      member: int | None = None) -> torch.Tensor:
+        """Loss of every member (or of ``member`` alone), ``(E,)``: Gaussian NLL per action dim in
+        normalised units, or MSE. ``mask`` (B,) bool/float excludes steps whose action is unknown.
+        """
+        mean, log_std = self._heads(states, member)
+        target = (action - self.action_mean) / self.action_std
+        if log_std is None:
+            per = (mean - target).square()
+        else:
+            per = 0.5 * ((target - mean) / log_std.exp()).square() + log_std + 0.5 * _LOG_2PI
+        per = per.mean(-1)  # (E, B)
+        if mask is None:
+            return per.mean(-1)
+        w = mask.to(per.dtype)
+        return (per * w).sum(-1) / w.sum().clamp_min(1.0)
+
+    def loss(self, states: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar training loss: the sum of the members' losses (members are independent)."""
+        return self.member_losses(states, action, mask).sum()
+
+
+def normalizer_stats(obs: np.ndarray, action: np.ndarray) -> dict[str, torch.Tensor]:
+    """The normaliser state of a model fitted on ``obs`` and ``action`` (labeled data only)."""
+    obs = np.asarray(obs)
+    action = np.asarray(action)
+    obs_mean, obs_std = _standardizer(obs, obs.shape[-1])
+    act_mean, act_std = _standardizer(action, action.shape[-1])
+    return {"obs.mean": obs_mean, "obs.std": obs_std, "action.mean": act_mean, "action.std": act_std}
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+def transition_windows(obs: np.ndarray, episode_ends: np.ndarray, history: int = 1,
+                       next_obs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Input windows for every step: ``(T, history+2, obs_dim)`` and ``has_next`` ``(T,)`` bool.
+
+    Row t holds ``s_{t-k} … s_t`` (steps before the episode start repeat its first state) followed by
+    ``s_{t+1}``: the next row of the same episode, else ``next_obs[t]`` when given. The last step of an
+    episode without ``next_obs`` has no next state: its row repeats ``s_t`` and ``has_next`` is False.
+    """
+    obs = np.asarray(obs, dtype=np.float32)
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    n = obs.shape[0]
+    if ends.ndim != 1 or len(ends) == 0 or ends[-1] != n:
+        raise ValueError(f"episode_ends must be cumulative and end at {n}")
+    starts = np.repeat(np.concatenate([[0], ends[:-1]]), np.diff(ends, prepend=0))
+    episode_last = np.repeat(ends - 1, np.diff(ends, prepend=0))
+    t = np.arange(n)
+    cols = [np.maximum(t - lag, starts) for lag in range(history, -1, -1)]
+    has_next = t < episode_last
+    nxt = obs[np.minimum(t + 1, episode_last)]
+    if next_obs is not None:
+        nxt = np.where(has_next[:, None], nxt, np.asarray(next_obs, dtype=np.float32))
+        has_next = np.ones(n, dtype=bool)
+    windows = np.stack([obs[c] for c in cols] + [nxt], axis=1)
+    return windows, has_next
+
+
+# --- training --------------------------------------------------------------------------------------
+
+@dataclass
+class IDMTrainConfig:
+    """How an inverse-dynamics model is fitted."""
+
+    steps: int = 4000
+    """optimizer steps per member"""
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    """fraction of labeled episodes held out for validation / best-checkpoint selection"""
+    eval_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"IDMTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class IDMFitReport:
+    """What training did: per member, the step it kept and its validation loss there."""
+
+    best_step: list[int]
+    best_val_loss: list[float]
+    train_transitions: int
+    val_transitions: int
+    train_episodes: list[int]
+    val_episodes: list[int]
+    history: list[dict[str, float]]
+    """(step, member, train_loss, val_loss) every eval_every steps"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _validation_episodes(candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    n_val = min(int(round(len(candidates) * fraction)), len(candidates) - 1)
+    if fraction > 0 and n_val == 0 and len(candidates) >= 2:
+        n_val = 1
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=max(n_val, 0), replace=False))
+
+
+def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.ndarray,
+                         config: InverseDynamicsConfig, train: IDMTrainConfig | None = None,
+                         action_mask: np.ndarray | None = None, next_obs: np.ndarray | None = None,
+                         progress: bool = False) -> tuple[InverseDynamics, IDMFitReport]:
+    """Train an inverse-dynamics model on the transitions with a known action and a next state.
+
+    Validation holds out ``val_fraction`` of the labeled episodes (whole episodes, so no near-duplicate
+    neighbouring steps leak across); each member keeps the weights of its lowest validation loss
+    (without a validation set: its last weights). Returns the model in eval mode and a report.
+    """
+    from tqdm.auto import tqdm
+
+    train = train or IDMTrainConfig()
+    obs = np.asarray(obs, dtype=np.float32)
+    action = np.asarray(action, dtype=np.float32)
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    if obs.ndim != 2 or action.ndim != 2 or len(obs) != len(action):
+        raise ValueError(f"obs (T, obs_dim) and action (T, action_dim) must share T; got {obs.shape}, {action.shape}")
+    if (obs.shape[1], action.shape[1]) != (config.obs_dim, config.action_dim):
+        raise ValueError(f"data dims (obs {obs.shape[1]}, action {action.shape[1]}) do not match the config "
+                         f"(obs {config.obs_dim}, action {config.action_dim})")
+    known = np.ones(len(obs), bool) if action_mask is None else np.asarray(action_mask, dtype=bool)
+    windows, has_next = transition_windows(obs, ends, config.history, next_obs)
+    usable = known & has_next
+    if not usable.any():
+        raise ValueError("no transition has both a known action and a next state; cannot train inverse dynamics")
+    episode = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))
+    labeled_eps = np.unique(episode[usable])
+    val_eps = _validation_episodes(labeled_eps, train.val_fraction, train.seed)
+    is_val = np.isin(episode, val_eps)
+    tr_idx = np.flatnonzero(usable & ~is_val)
+    va_idx = np.flatnonzero(usable & is_val)
+
+    torch.manual_seed(train.seed)
+    model = InverseDynamics.from_data(config, obs[known], action[known])
+    x_tr, y_tr = torch.from_numpy(windows[tr_idx]), torch.from_numpy(action[tr_idx])
+    x_va, y_va = torch.from_numpy(windows[va_idx]), torch.from_numpy(action[va_idx])
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+                  for m in model.members]
+    gen = torch.Generator().manual_seed(train.seed)
+    best_state = [copy.deepcopy(m.state_dict()) for m in model.members]
+    best_loss = [math.inf] * config.ensemble
+    best_step = [0] * config.ensemble
+    history: list[dict[str, float]] = []
+
+    def val_losses() -> list[float]:
+        model.eval()
+        with torch.inference_mode():
+            out = [model.member_losses(x_va[i:i + 8192], y_va[i:i + 8192]) * len(x_va[i:i + 8192])
+                   for i in range(0, len(x_va), 8192)]
+        model.train()
+        return (torch.stack(out).sum(0) / len(x_va)).tolist()
+
+    model.train()
+    for step in tqdm(range(1, train.steps + 1), desc="inverse dynamics", disable=not progress, leave=False):
+        # independent batches per member: the members differ by initialisation and data order
+        idx = torch.randint(0, len(x_tr), (config.ensemble, train.batch_size), generator=gen)
+        losses = torch.cat([model.member_losses(x_tr[idx[e]], y_tr[idx[e]], member=e) for e in range(config.ensemble)])
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        for opt in optimizers:
+            opt.step()
+        if step % train.eval_every == 0 or step == train.steps:
+            val = val_losses() if len(x_va) else [math.nan] * config.ensemble
+            for e in range(config.ensemble):
+                history.append({"step": step, "member": e, "train_loss": float(losses[e].detach()),
+                                "val_loss": val[e]})
+                score = val[e] if len(x_va) else -step  # no validation set: keep the last weights
+                if score < best_loss[e]:
+                    best_loss[e], best_step[e] = score, step
+                    best_state[e] = copy.deepcopy(model.members[e].state_dict())
+    for e, member in enumerate(model.members):
+        member.load_state_dict(best_state[e])
+    model.eval()
+    if config.loss == "mse":
+        ref_x, ref_y = (x_va, y_va) if len(x_va) else (x_tr, y_tr)
+        with torch.inference_mode():
+            means, _ = model(ref_x)
+        config.mse_std = (means - ref_y).square().mean(1).sqrt().tolist()
+    report = IDMFitReport(best_step=best_step,
+                          best_val_loss=[v if len(x_va) else math.nan for v in best_loss],
+                          train_transitions=len(tr_idx), val_transitions=len(va_idx),
+                          train_episodes=np.setdiff1d(labeled_eps, val_eps).tolist(), val_episodes=val_eps.tolist(),
+                          history=history)
+    return model, report
+
+
+@torch.inference_mode()
+def predict_windows(model: InverseDynamics, windows: np.ndarray, batch_size: int = 8192,
+                    clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Ensemble ``(mean, std)`` for ``(T, window, obs_dim)`` windows, in fixed-size batches (deterministic)."""
+    model.eval()
+    means, stds = [], []
+    for i in range(0, len(windows), batch_size):
+        mean, std = model.predict(torch.as_tensor(np.asarray(windows[i:i + batch_size], dtype=np.float32)), clip=clip)
+        means.append(mean.numpy())
+        stds.append(std.numpy())
+    return np.concatenate(means), np.concatenate(stds)
+
+
+def gaussian_nll(mean: np.ndarray, std: np.ndarray, action: np.ndarray, min_std: float = 1e-6) -> np.ndarray:
+    """Per-step Gaussian NLL of ``action`` (raw units), averaged over action dims."""
+    std = np.maximum(std, min_std)
+    z = (action - mean) / std
+    return (0.5 * z * z + np.log(std) + 0.5 * _LOG_2PI).mean(-1)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, report: IDMFitReport | None = None,
+                          extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write ``model`` as a checkpoint directory (``model.safetensors``, ``normalizer.safetensors``,
+    ``config.json`` with policy_type ``inverse-dynamics``), atomically."""
+    from fastpolicy.train.checkpoint import save_checkpoint
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    step = max(report.best_step) if report is not None else 0
+    info = {"inverse_dynamics": {"fit": report.to_dict() if report is not None else None, **(extra or {})}}
+    return save_checkpoint(path, policy_type=POLICY_TYPE, policy_config=model.config.to_dict(),
+                           model_state=model.state_dict(), normalizer_state=model.normalizer_state(), step=step,
+                           extra=info, overwrite=True)
+
+
+def load_inverse_dynamics(path: str | os.PathLike, device: str | torch.device = "cpu") -> InverseDynamics:
+    """Rebuild a model saved by :func:`save_inverse_dynamics` (hashes checked); sets ``checkpoint_hash``."""
+    from fastpolicy.train.checkpoint import CheckpointError, load_tensors, read_config, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    config = read_config(ckpt)
+    if config["policy_type"] != POLICY_TYPE:
+        raise CheckpointError(f"{ckpt} holds a {config['policy_type']!r} model, not an inverse-dynamics model")
+    weights = load_tensors(ckpt, "model.safetensors", config["sha256"].get("model.safetensors"))
+    norm = load_tensors(ckpt, "normalizer.safetensors", config["sha256"].get("normalizer.safetensors"))
+    model = InverseDynamics(InverseDynamicsConfig.from_dict(config["policy_config"]), norm)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt}: weights do not fit the inverse-dynamics config ({exc})") from None
+    model.checkpoint_hash = config["sha256"]["model.safetensors"]
+    model.checkpoint_info = config.get("inverse_dynamics", {})
+    return model.to(device).eval()
