@@ -348,3 +348,175 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# -- the recipes --------------------------------------------------------------------------------------
+def _task_name(spec: MujocoSpec, band: str) -> str | None:
+    from fastpolicy.envs.registry import tasks_dir
+
+    name = f"{spec.name}-{band}"
+    return name if (tasks_dir() / f"{name}.yaml").is_file() else None
+
+
+def _actor_facts(actor: Any, sha: str, path: Path) -> dict[str, Any]:
+    meta = actor.meta
+    return {"actor_file": path.name, "actor_sha256": sha, "checkpoint_step": int(meta.step),
+            "checkpoint_eval_return": meta.eval_return, "checkpoint_eval_return_std": meta.eval_return_std,
+            "checkpoint_stochastic_eval_return": meta.extra.get("stochastic_eval_return"),
+            "checkpoint_eval_episodes": meta.eval_episodes, "run_steps_reached": meta.extra.get("run_steps_reached"),
+            "net_arch": list(meta.net_arch)}
+
+
+def _availability(spec: MujocoSpec) -> dict[str, str]:
+    """Which bands of this env can be built here and now, and why not (for the data card)."""
+    out = {"random": "yes"}
+    for band in ("medium", "expert"):
+        path = actor_path(spec.name, band)
+        out[band] = "yes" if path.is_file() else (
+            f"no: no checkpoint reached the expert band (≥ {spec.expert_threshold:.0f}) in the SAC budget"
+            if band == "expert" else f"no: {path.name} not committed")
+    out["medium-expert"] = "yes" if out["medium"] == out["expert"] == "yes" else "no: needs medium and expert"
+    run = run_dir(spec.name)
+    out["medium-replay"] = ("yes" if (run / "latest.json").is_file() else
+                            f"no: needs the SAC run's replay buffer ({run}), which is not committed")
+    return out
+
+
+def recipe_attrs(spec: MujocoSpec, band: str, size: int, seed: int) -> dict[str, Any]:
+    """Attributes shared by every MuJoCo dataset (what built it and what it is scored against)."""
+    random_mean, random_std = measure_random_return(spec.env_id)
+    return {
+        "source": "fastpolicy recipe (D4RL generate_mujoco_datasets, SB3 SAC behaviour policies)",
+        "recipe": f"{spec.name}-{band}",
+        "band": band,
+        "task": _task_name(spec, band),
+        "env_id": spec.env_id,
+        "seed": int(seed),
+        "size": int(size),
+        "label": LABEL,
+        "d4rl_env_id": f"{spec.name}-{band}-v2",
+        "ref_min_score": spec.ref_min,
+        "ref_max_score": spec.ref_max,
+        "medium_threshold": spec.medium_threshold,
+        "expert_threshold": spec.expert_threshold,
+        "local_reference": {"random_return": random_mean, "random_return_std": random_std,
+                            "random_episodes": 20, "random_seed": 0},
+        "max_episode_steps": spec.max_episode_steps,
+    }
+
+
+def make_mujoco_dataset(name: str, band: str, out: Path, size: int | None = None, seed: int = 0,
+                        overwrite: bool = False, progress: bool = True, datacard: bool = True) -> Any:
+    """Build ``<name>-<band>`` at ``out`` (atomically), write its data card, return the EpisodeStore."""
+    from fastpolicy.data.store import EpisodeStore
+
+    if name not in MUJOCO:
+        raise KeyError(f"unknown MuJoCo env {name!r}; known: {', '.join(MUJOCO)}")
+    if band not in BANDS:
+        raise KeyError(f"unknown band {band!r}; known: {', '.join(BANDS)}")
+    spec = MUJOCO[name]
+    if size is not None and int(size) <= 0:
+        raise ValueError(f"size must be a positive number of steps, got {size}")
+    started = time.time()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace)")
+    desc = f"data make {name}-{band}"
+    parts: list[tuple[str, Iterator[dict[str, np.ndarray]]]] = []
+    extra: dict[str, Any] = {}
+    if band == "random":
+        size = DEFAULT_SIZES[band] if size is None else int(size)
+        parts.append(("random", iter_rollouts(spec.env_id, lambda env: uniform_policy(env.action_space, seed),
+                                              size, seed, progress, desc)))
+        extra["behavior"] = {"policy": "uniform over the action box"}
+    elif band in ("medium", "expert", "medium-expert"):
+        size = DEFAULT_SIZES[band] if size is None else int(size)
+        names = ["medium", "expert"] if band == "medium-expert" else [band]
+        actors = [_load_band_actor(spec, b) for b in names]   # all loaded first: fail before writing
+        sizes = [size - size // 2, size // 2] if band == "medium-expert" else [size]
+        behavior = []
+        for i, (part, (actor, sha, path), n) in enumerate(zip(names, actors, sizes)):
+            part_seed = seed + 1_000_003 * i   # distinct env and noise streams per half
+            policy = functools.partial(lambda a, s, env: a.numpy_policy(deterministic=False, seed=s), actor,
+                                       part_seed)
+            parts.append((part, iter_rollouts(spec.env_id, policy, n, part_seed, progress, f"{desc} ({part})")))
+            behavior.append({"band": part, "steps": n, "seed": part_seed, "actions": "stochastic (SAC Gaussian, "
+                             "tanh-squashed)", **_actor_facts(actor, sha, path)})
+        extra["behavior"] = behavior[0] if len(behavior) == 1 else behavior
+        extra["checkpoint_step"] = behavior[0]["checkpoint_step"] if len(behavior) == 1 else \
+            {b["band"]: b["checkpoint_step"] for b in behavior}
+        extra["actor_sha256"] = behavior[0]["actor_sha256"] if len(behavior) == 1 else \
+            {b["band"]: b["actor_sha256"] for b in behavior}
+    else:  # medium-replay
+        from fastpolicy.rl.sac import read_returns, run_rows_to_pairs
+
+        run = run_dir(name)
+        if not (run / "latest.json").is_file():
+            raise FileNotFoundError(
+                f"{name}-medium-replay needs the SAC run's replay buffer ({run}/latest.json missing): it is not "
+                f"committed (hundreds of MB). Train with scripts/train_behavior.py --env {spec.env_id} --out {run} "
+                "or point $FASTPOLICY_SAC_RUNS at a directory holding sac-<env>/")
+        medium_step = select_medium_checkpoint(run_rows_to_pairs(read_returns(run)), spec.medium_threshold)
+        episodes, facts = replay_episodes(run, medium_step, size)
+        size = sum(len(e["obs"]) for e in episodes)
+        parts.append(("medium-replay", iter(episodes)))
+        extra["checkpoint_step"] = medium_step
+        extra["behavior"] = {"policy": f"SAC replay buffer rows [0, {facts['replay_rows_used']}) of {run.name} "
+                             f"(the medium checkpoint is step {medium_step})", **facts}
+        medium = actor_path(name, "medium")
+        if medium.is_file():
+            from fastpolicy.rl.actor import actor_sha256, load_actor
+
+            extra["actor_sha256"] = actor_sha256(medium)
+            extra["medium_actor_matches_run"] = load_actor(medium).meta.step == medium_step
+    attrs = {**recipe_attrs(spec, band, size, seed), **extra}
+    with EpisodeStore.create(out, attrs=attrs, overwrite=overwrite) as writer:
+        for _, episodes in parts:
+            for episode in episodes:
+                writer.add_episode(episode)
+    store = writer.store
+    if datacard:
+        from fastpolicy.data.datacard import write_datacard
+
+        write_datacard(store, extra=datacard_extra(spec, band, store, time.time() - started))
+    return store
+
+
+def datacard_extra(spec: MujocoSpec, band: str, store: Any, seconds: float) -> dict[str, Any]:
+    """The MuJoCo-specific part of a data card: local references, training progress, availability."""
+    attrs = store.attrs
+    behavior = attrs.get("behavior")
+    behaviors = behavior if isinstance(behavior, list) else [behavior] if isinstance(behavior, dict) else []
+    local = dict(attrs.get("local_reference", {}))
+    for b in behaviors:
+        if "checkpoint_eval_return" in b:
+            local[f"{b['band']}_policy_eval_return_deterministic"] = b["checkpoint_eval_return"]
+            local[f"{b['band']}_policy_eval_return_stochastic"] = b["checkpoint_stochastic_eval_return"]
+    training: dict[str, Any] = {"medium_threshold": spec.medium_threshold, "expert_threshold": spec.expert_threshold,
+                                "expert_fraction_of_ref_max": EXPERT_FRACTION}
+    for band_name in ("medium", "expert"):
+        path = actor_path(spec.name, band_name)
+        if path.is_file():
+            meta = json.loads(path.with_suffix(".json").read_text())
+            training.setdefault("run_steps_reached", meta["extra"].get("run_steps_reached"))
+            training.setdefault("return_curve_columns", meta["extra"].get("return_curve_columns"))
+            training.setdefault("return_curve", meta["extra"].get("return_curve"))
+            training[f"{band_name}_checkpoint_step"] = meta["step"]
+    run = run_dir(spec.name)
+    if (run / "returns.json").is_file():  # the live run may be further than the committed actors' record
+        from fastpolicy.rl.sac import read_returns
+
+        rows = read_returns(run)
+        training["run_steps_reached"] = rows[-1]["step"] if rows else 0
+        training["return_curve"] = [[r["step"], round(r["mean_return"], 1),
+                                     round(r.get("stoch_mean_return", float("nan")), 1)] for r in rows]
+        training["return_curve_columns"] = ["step", "det_mean_return", "stoch_mean_return"]
+    curve = training.get("return_curve") or []
+    training["expert_band_reached"] = any(r[1] >= spec.expert_threshold for r in curve)
+    return {"local_reference": local, "training": training, "availability": _availability(spec),
+            "build_seconds": round(seconds, 1),
+            "command": f"fastpolicy data make {spec.name}-{band} --size {attrs['size']} --seed {attrs['seed']}"}
+
+
+RECIPES = {f"{name}-{band}": functools.partial(make_mujoco_dataset, name, band)
+           for name in MUJOCO for band in BANDS}
