@@ -258,15 +258,15 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | learner | labels | score (mean ± std) | vs full | NFE/step | p50 ms | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | learner | labels | score (mean ± std) | vs full | success | NFE/step | p50 ms | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "inverse-dynamics":
             continue
         ratio = f"{100 * r['score_vs_full']:.0f}%" if r.get("score_vs_full") is not None else "–"
         p50 = f"{r['latency_ms_p50']:.2f}" if r.get("latency_ms_p50") is not None else "–"
         lines.append(f"| {r['task']} | {r['method']} | {r['label_condition']} | {r['score_mean']:.1f} ± "
-                     f"{r['score_std']:.1f} | {ratio} | {r['nfe_per_step_mean']:.2f} | {p50} | "
+                     f"{r['score_std']:.1f} | {ratio} | {r['success_rate']:.2f} | {r['nfe_per_step_mean']:.2f} | {p50} | "
                      f"{r.get('train_seconds', '–')} |")
     lines += ["", "| task | inverse dynamics on | steps | action MSE | MSE / action variance | NLL | mean std |",
               "|---|---|---|---|---|---|---|"]

@@ -97,13 +97,24 @@ def _resolve(dotted: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def _quiet_import(name: str):
+    """Import a module that registers envs. gymnasium-robotics prints a notice about Adroit envs to stderr
+    on import (via farama_notifications); it concerns envs we never use, so it is kept out of our output.
+    Exceptions still propagate."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return importlib.import_module(name)
+
+
 def make_env(task: TaskSpec | str, **overrides: Any):
     """One gymnasium env for the task, with its wrapper and time limit applied."""
     import gymnasium as gym
 
     task = get_task(task) if isinstance(task, str) else task
     if task.import_module:
-        module = importlib.import_module(task.import_module)
+        module = _quiet_import(task.import_module)
         if hasattr(gym, "register_envs"):
             gym.register_envs(module)
     kwargs = {**task.env_kwargs, **overrides}

@@ -40,9 +40,10 @@ DEFAULT_NOISE = 0.5
 def _make_point_maze(spec: MazeSpec) -> Any:
     """The raw PointMazeEnv (no wrappers: the recipe steps it a million times, overhead matters)."""
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    from fastpolicy.envs.registry import _quiet_import
+
+    gym.register_envs(_quiet_import("gymnasium_robotics"))
     return gym.make(spec.env_id, continuing_task=True, reset_target=False).unwrapped
 
 

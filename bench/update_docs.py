@@ -1,0 +1,102 @@
+"""Refresh the tables in docs/benchmarks.md from the committed JSON under bench/results/.
+
+The prose in docs/benchmarks.md is written by hand; each table sits between
+``<!-- table:NAME -->`` and ``<!-- /table -->`` markers and is regenerated from the JSON named in
+TABLES, so the document can never drift from the measured rows.
+Usage: ``python bench/update_docs.py [--check]`` (``--check`` exits 1 if a table is stale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+# NAME: (json file, [(column title, key, format)], optional task filter)
+TABLES: dict[str, tuple] = {
+    "backbones": ("backbones.json", [("backbone", "method", "{}"), ("batch", "batch_size", "{}"),
+                                     ("params", "params", "{:,}"), ("p50 ms", "latency_ms_p50", "{:.3f}"),
+                                     ("p99 ms", "latency_ms_p99", "{:.3f}"), ("threads", "torch_threads", "{}")]),
+    "sampling_overhead": ("sampling_overhead.json", [("what", "method", "{}"), ("batch", "batch_size", "{}"),
+                                                     ("loop p50 ms", "latency_ms_p50", "{:.3f}"),
+                                                     ("bare forwards p50 ms", "bare_forward_ms_p50", "{:.3f}"),
+                                                     ("overhead % (median)", "overhead_pct", "{:.1f}"),
+                                                     ("overhead % (min)", "overhead_pct_min", "{:.1f}")],
+                          "sampling-overhead"),
+    "scheduler_step": ("sampling_overhead.json", [("what", "method", "{}"), ("batch", "batch_size", "{}"),
+                                                  ("fastpolicy µs", "fastpolicy_us", "{:.1f}"),
+                                                  ("diffusers µs", "diffusers_us", "{:.1f}"),
+                                                  ("speed-up", "speedup", "{:.1f}×")], "scheduler-step"),
+    "sampler": ("sampler.json", [("reader", "method", "{}"), ("windows/s", "windows_per_s", "{:,.0f}"),
+                                 ("× getitem", "speedup_vs_getitem", "{:.1f}")]),
+    "agv_throughput": ("agv_throughput.json", [("method", "method", "{}"), ("N", "num_envs", "{}"),
+                                               ("robot-steps/s", "robot_steps_per_s", "{:,.0f}"),
+                                               ("measured", "measured", "{}"),
+                                               ("× numpy twin", "speedup_vs_numpy_twin", "{:.1f}"),
+                                               ("× async best", "speedup_vs_async_best", "{:.1f}")]),
+    "serve_load": ("serve_load.json", [("method", "method", "{}"), ("mode", "mode", "{}"),
+                                       ("sessions", "sessions", "{}"), ("Hz", "hz", "{}"),
+                                       ("rtt p50 ms", "rtt_ms_p50", "{:.1f}"), ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
+                                       ("req/s", "throughput_rps", "{:.0f}"),
+                                       ("missed ticks", "deadline_miss_ticks", "{}")]),
+    "serve_soak": ("serve_soak.json", [("method", "method", "{}"), ("minutes", "minutes", "{}"),
+                                       ("requests", "requests", "{}"), ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
+                                       ("RSS start MB", "rss_mb_start", "{:.1f}"), ("RSS end MB", "rss_mb_end", "{:.1f}"),
+                                       ("growth %", "rss_growth_pct", "{:.2f}")]),
+}
+
+_SCORE_COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("score", "score_mean", "{:.1f}"),
+                  ("± std", "score_std", "{:.1f}"), ("success", "success_rate", "{:.2f}"),
+                  ("episodes", "episodes", "{}"), ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
+                  ("NFE/step max", "nfe_per_step_max", "{}"), ("p50 ms", "latency_ms_p50", "{:.2f}"),
+                  ("p99 ms", "latency_ms_p99", "{:.2f}")]
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None:
+        return "–"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def render(name: str) -> str:
+    file, columns, *task = TABLES[name] if name in TABLES else (f"{name}.json", _SCORE_COLUMNS)
+    path = ROOT / "bench" / "results" / file
+    if not path.exists():
+        return f"_(no results yet: bench/results/{file})_"
+    rows = [r for r in json.loads(path.read_text()) if not task or r.get("task") == task[0]]
+    columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    commits = sorted({r.get("commit", "?") for r in rows})
+    lines.append(f"\n<sub>source: `bench/results/{file}` · commit {', '.join(commits)}</sub>")
+    return "\n".join(lines)
+
+
+def update(text: str) -> str:
+    pattern = re.compile(r"(<!-- table:(\S+) -->\n).*?(<!-- /table -->)", re.S)
+    return pattern.sub(lambda m: f"{m.group(1)}{render(m.group(2))}\n{m.group(3)}", text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md is stale")
+    args = parser.parse_args()
+    old = DOC.read_text()
+    new = update(old)
+    if args.check:
+        return int(new != old)
+    DOC.write_text(new)
+    print(f"updated {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
