@@ -227,7 +227,8 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     for row in rows:
         if row["method"] in args.learners:
             full = scores.get((row["method"], "full"))
-            row["score_vs_full"] = row["score_mean"] / full if full else None
+            # a ratio is only meaningful against a positive reference score
+            row["score_vs_full"] = row["score_mean"] / full if full and full > 0 else None
 
     # 5. the proxy-labeled teacher → one-step consistency student
     if args.distill_steps and "proxy" in teacher_runs:
@@ -252,7 +253,7 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
     row = evaluate(student, task, method="consistency-1", label_condition="proxy", learner="consistency",
                    train_store=str(store), teacher=str(teacher_run), train_steps=args.distill_steps,
                    train_seconds=round(seconds, 1), **common, **eval_kw)
-    row["score_vs_full"] = row["score_mean"] / full_score if full_score else None
+    row["score_vs_full"] = row["score_mean"] / full_score if full_score and full_score > 0 else None
     print(f"  consistency-1 (from proxy teacher) score {row['score_mean']:7.2f} ± {row['score_std']:.2f}")
     return row
 

@@ -81,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=defaults.train_steps)
     p.add_argument("--episodes", type=int, default=defaults.episodes)
     p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=lambda a: run_demo(DemoArgs(out=a.out, dataset_size=a.dataset_size, backbone=a.backbone,
-                                                    train_steps=a.train_steps, episodes=a.episodes,
-                                                    threads=a.threads)) and 0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    run_demo(DemoArgs(out=a.out, dataset_size=a.dataset_size, backbone=a.backbone, train_steps=a.train_steps,
+                      episodes=a.episodes, threads=a.threads))
+    return 0

@@ -48,7 +48,8 @@ class Args:
 def parse_args() -> Args:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Args):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("split", help="SS-ORL action-free split: keep actions of a few low-return episodes only")
+    p = sub.add_parser("split", help="SS-ORL action-free split: keep the actions of a few low-return "
+                                     "episodes only")
     p.add_argument("store", type=Path, help="source store (with actions and rewards)")
     p.add_argument("--labeled", type=float, default=0.1,
                    help="fraction of all episodes that keep their actions, in (0, 1] (default 0.1)")
@@ -130,10 +131,11 @@ def _export(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from fastpolicy.data.split import labeled_subset, split_store
 
-    store = split_store(args.store, args.out, labeled=args.labeled, from_bottom=args.from_bottom, seed=args.seed,
-                        overwrite=args.overwrite)
+    store = split_store(args.store, args.out, labeled=args.labeled, from_bottom=args.from_bottom,
+                        seed=args.seed, overwrite=args.overwrite)
     info = store.attrs["split"]
-    print(f"wrote {args.out}: {len(info['labeled_episodes'])} labeled episodes ({info['labeled_steps']} steps), "
+    print(f"wrote {args.out}: {len(info['labeled_episodes'])} labeled episodes "
+          f"({info['labeled_steps']} steps), "
           f"{len(info['unlabeled_in_distribution'])} unlabeled in-distribution, "
           f"{len(info['unlabeled_out_of_distribution'])} unlabeled out-of-distribution "
           f"(return threshold {info['return_threshold']:.4g})")

@@ -79,7 +79,8 @@ def build_datacard(store: EpisodeStore | str | os.PathLike, extra: Mapping[str, 
         returns = store.episode_returns()
         # A trailing episode with neither flag was cut by the dataset size: its return is not comparable.
         complete = returns if flagged[-1] else returns[:-1]
-        card["returns"] = {**_stats(complete), "excluded_size_cut_episodes": int(len(returns) - len(complete))}
+        card["returns"] = {**_stats(complete),
+                           "excluded_size_cut_episodes": int(len(returns) - len(complete))}
         lo, hi = attrs.get("ref_min_score"), attrs.get("ref_max_score")
         scores: dict[str, Any] = {}
         if lo is not None and hi is not None and len(complete):
@@ -91,8 +92,9 @@ def build_datacard(store: EpisodeStore | str | os.PathLike, extra: Mapping[str, 
         if local:
             scores["local"] = local
             random = local.get("random_return")
-            best = max((v for k, v in local.items() if k.endswith("eval_return_deterministic") and v is not None),
-                       default=None)
+            policies = [v for k, v in local.items()
+                        if k.endswith("eval_return_deterministic") and v is not None]
+            best = max(policies, default=None)
             if random is not None and best is not None and best > random and len(complete):
                 scores["local"]["normalized_mean_vs_local_random_and_best_policy"] = float(
                     100.0 * (complete.mean() - random) / (best - random))

@@ -63,8 +63,10 @@ def _check_fraction(name: str, value: float) -> float:
     return value
 
 
-def plan_split(returns: np.ndarray, labeled: float = 0.1, from_bottom: float = 0.5, seed: int = 0) -> SplitPlan:
-    """Choose ``round(labeled·N)`` (≥ 1) episodes at random among the ``round(from_bottom·N)`` lowest returns.
+def plan_split(returns: np.ndarray, labeled: float = 0.1, from_bottom: float = 0.5,
+               seed: int = 0) -> SplitPlan:
+    """Choose ``round(labeled·N)`` (≥ 1) episodes at random among the ``round(from_bottom·N)`` lowest
+    returns.
 
     Ties in return are broken by episode index (stable sort), so the plan is a pure function of
     ``(returns, labeled, from_bottom, seed)``.
@@ -87,12 +89,14 @@ def plan_split(returns: np.ndarray, labeled: float = 0.1, from_bottom: float = 0
     bottom, top = order[:n_bottom], order[n_bottom:]
     chosen = np.random.default_rng(seed).choice(bottom, size=n_labeled, replace=False)
     rest = np.setdiff1d(bottom, chosen)
-    return SplitPlan(labeled=np.sort(chosen), unlabeled_in_dist=np.sort(rest), unlabeled_out_dist=np.sort(top),
+    return SplitPlan(labeled=np.sort(chosen), unlabeled_in_dist=np.sort(rest),
+                     unlabeled_out_dist=np.sort(top),
                      return_threshold=float(returns[bottom[-1]]))
 
 
 def store_content_hash(store: EpisodeStore, keys: list[str] | None = None) -> str:
-    """SHA-256 over ``meta/episode_ends`` and the named data arrays (default: all), names/shapes/dtypes included."""
+    """SHA-256 over ``meta/episode_ends`` and the named data arrays (default: all), with their names,
+    shapes and dtypes."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(store.episode_ends).tobytes())
     for key in keys or store.keys:

@@ -29,8 +29,8 @@ units and every public output is in raw units.
 
 Ensemble: members share nothing but the data; each sees its own random batches and keeps its own best
 checkpoint. The prediction is the Gaussian-mixture moment match: mean of the means, total variance =
-mean of (σᵢ² + μᵢ²) − μ̄². In MSE mode a member has no variance head; its std is its validation RMSE
-per action dimension (a calibrated homoscedastic estimate), so ``std`` is always meaningful.
+mean of (σᵢ² + μᵢ²) − μ̄². In MSE mode a member has no variance head; its std is its validation
+RMSE per action dimension (a calibrated homoscedastic estimate), so ``std`` is always meaningful.
 
 Why a small loop here and not ``fastpolicy.train.Trainer``: the model is selected on validation loss
 (per ensemble member), which the policy trainer — EMA, cosine schedule, periodic checkpoints — does not
@@ -99,8 +99,8 @@ class InverseDynamicsConfig:
         for name in ("action_low", "action_high"):
             value = getattr(self, name)
             if value is not None:
-                value = [float(v) for v in np.broadcast_to(np.asarray(value, dtype=np.float64), (self.action_dim,))]
-                setattr(self, name, value)
+                flat = np.broadcast_to(np.asarray(value, dtype=np.float64), (self.action_dim,))
+                setattr(self, name, [float(v) for v in flat])
         if self.action_low is not None and self.action_high is not None:
             if any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
                 raise ValueError(f"action_low {self.action_low} exceeds action_high {self.action_high}")
@@ -142,30 +142,31 @@ class InverseDynamics(nn.Module):
     a checkpoint.
     """
 
-    def __init__(self, config: InverseDynamicsConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
+    def __init__(self, config: InverseDynamicsConfig,
+                 normalizer_state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.config = config
         state = dict(normalizer_state or {})
-        obs_mean, obs_std = _standardizer(None, config.obs_dim)
-        act_mean, act_std = _standardizer(None, config.action_dim)
-        self.register_buffer("obs_mean", state.get("obs.mean", obs_mean).float().clone(), persistent=False)
-        self.register_buffer("obs_std", state.get("obs.std", obs_std).float().clone(), persistent=False)
-        self.register_buffer("action_mean", state.get("action.mean", act_mean).float().clone(), persistent=False)
-        self.register_buffer("action_std", state.get("action.std", act_std).float().clone(), persistent=False)
-        for name, dim in (("obs_mean", config.obs_dim), ("obs_std", config.obs_dim),
-                          ("action_mean", config.action_dim), ("action_std", config.action_dim)):
-            if tuple(getattr(self, name).shape) != (dim,):
-                raise ValueError(f"normaliser {name} has shape {tuple(getattr(self, name).shape)}, expected ({dim},)")
+        for key, dim in (("obs", config.obs_dim), ("action", config.action_dim)):
+            identity = _standardizer(None, dim)  # until fitted / loaded: mean 0, std 1
+            for i, stat in enumerate(("mean", "std")):
+                value = torch.as_tensor(state.get(f"{key}.{stat}", identity[i])).float().clone()
+                if tuple(value.shape) != (dim,):
+                    raise ValueError(f"normaliser {key}.{stat} has shape {tuple(value.shape)}, "
+                                     f"expected ({dim},)")
+                self.register_buffer(f"{key}_{stat}", value, persistent=False)
         out = config.action_dim * (2 if config.loss == "nll" else 1)
         self.members = nn.ModuleList([self._member(out) for _ in range(config.ensemble)])
-        low = torch.tensor(config.action_low if config.action_low is not None else [-math.inf] * config.action_dim)
-        high = torch.tensor(config.action_high if config.action_high is not None else [math.inf] * config.action_dim)
-        self.register_buffer("action_low", low.float(), persistent=False)
-        self.register_buffer("action_high", high.float(), persistent=False)
+        inf = [math.inf] * config.action_dim
+        low = config.action_low if config.action_low is not None else [-v for v in inf]
+        high = config.action_high if config.action_high is not None else inf
+        self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32), persistent=False)
 
     def _member(self, out: int) -> nn.Module:
         cfg = self.config
-        mlp = MLP(cfg.window * cfg.obs_dim, out, hidden=cfg.hidden, depth=cfg.depth, activation=cfg.activation)
+        mlp = MLP(cfg.window * cfg.obs_dim, out, hidden=cfg.hidden, depth=cfg.depth,
+                  activation=cfg.activation)
         if cfg.dropout > 0:
             # dropout after every hidden activation (SS-ORL uses 0.1)
             layers: list[nn.Module] = []
@@ -179,23 +180,24 @@ class InverseDynamics(nn.Module):
     # --- construction -----------------------------------------------------------------------------
     @classmethod
     def from_data(cls, config: InverseDynamicsConfig, obs: np.ndarray, action: np.ndarray) -> InverseDynamics:
-        """A fresh model whose normalisers are fitted on ``obs`` (N, obs_dim) and ``action`` (N, action_dim)."""
+        """A fresh model whose normalisers are fitted on ``obs`` (N, obs_dim) and ``action``
+        (N, action_dim) — pass the labeled steps only."""
         return cls(config, normalizer_stats(obs, action))
 
     def normalizer_state(self) -> dict[str, torch.Tensor]:
-        return {"obs.mean": self.obs_mean.detach().cpu().clone(), "obs.std": self.obs_std.detach().cpu().clone(),
-                "action.mean": self.action_mean.detach().cpu().clone(),
-                "action.std": self.action_std.detach().cpu().clone()}
+        return {f"{key}.{stat}": getattr(self, f"{key}_{stat}").detach().cpu().clone()
+                for key in ("obs", "action") for stat in ("mean", "std")}
 
     # --- model --------------------------------------------------------------------------------------
     def _check(self, states: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if states.dim() != 3 or tuple(states.shape[1:]) != (cfg.window, cfg.obs_dim):
-            raise ValueError(f"states must be (B, {cfg.window}, {cfg.obs_dim}) = [s_(t-{cfg.history}) .. s_t, "
-                             f"s_(t+1)]; got {tuple(states.shape)}")
+            raise ValueError(f"states must be (B, {cfg.window}, {cfg.obs_dim}) = [s_(t-{cfg.history}) .. "
+                             f"s_t, s_(t+1)]; got {tuple(states.shape)}")
         return ((states - self.obs_mean) / self.obs_std).flatten(1)
 
-    def _heads(self, states: torch.Tensor, member: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _heads(self, states: torch.Tensor,
+               member: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-member mean and log-std in *normalised* action units: (E, B, A) each (log-std None for MSE).
 
         ``member`` restricts the output to that one member (E = 1).
@@ -244,12 +246,14 @@ class InverseDynamics(nn.Module):
         return mean, std
 
     def action(self, state: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
-        """Planner convenience for ``history = 0``: ``a_t`` from ``s_t`` and ``s_{t+1}`` (``(..., obs_dim)`` each)."""
+        """Planner convenience for ``history = 0``: the clipped mean ``a_t`` from ``s_t`` and ``s_{t+1}``
+        (``(..., obs_dim)`` each, raw units); differentiable."""
         if self.config.history != 0:
             raise ValueError(f"action(state, next_state) needs history=0; this model uses history="
                              f"{self.config.history} (call predict with a state window)")
         lead = state.shape[:-1]
-        window = torch.stack([state.reshape(-1, state.shape[-1]), next_state.reshape(-1, state.shape[-1])], dim=1)
+        dim = state.shape[-1]
+        window = torch.stack([state.reshape(-1, dim), next_state.reshape(-1, dim)], dim=1)
         return self.predict(window)[0].reshape(*lead, self.config.action_dim)
 
     def member_losses(self, states: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None,
@@ -269,7 +273,8 @@ class InverseDynamics(nn.Module):
         w = mask.to(per.dtype)
         return (per * w).sum(-1) / w.sum().clamp_min(1.0)
 
-    def loss(self, states: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, states: torch.Tensor, action: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar training loss: the sum of the members' losses (members are independent)."""
         return self.member_losses(states, action, mask).sum()
 
@@ -325,6 +330,8 @@ class IDMTrainConfig:
     val_fraction: float = 0.1
     """fraction of labeled episodes held out for validation / best-checkpoint selection"""
     eval_every: int = 100
+    cosine: bool = True
+    """cosine-decay the learning rate to 0 over ``steps`` (sharper optimum for the same budget)"""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -376,7 +383,8 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
     action = np.asarray(action, dtype=np.float32)
     ends = np.asarray(episode_ends, dtype=np.int64)
     if obs.ndim != 2 or action.ndim != 2 or len(obs) != len(action):
-        raise ValueError(f"obs (T, obs_dim) and action (T, action_dim) must share T; got {obs.shape}, {action.shape}")
+        raise ValueError(f"obs (T, obs_dim) and action (T, action_dim) must share T; got {obs.shape}, "
+                         f"{action.shape}")
     if (obs.shape[1], action.shape[1]) != (config.obs_dim, config.action_dim):
         raise ValueError(f"data dims (obs {obs.shape[1]}, action {action.shape[1]}) do not match the config "
                          f"(obs {config.obs_dim}, action {config.action_dim})")
@@ -384,7 +392,8 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
     windows, has_next = transition_windows(obs, ends, config.history, next_obs)
     usable = known & has_next
     if not usable.any():
-        raise ValueError("no transition has both a known action and a next state; cannot train inverse dynamics")
+        raise ValueError("no transition has both a known action and a next state; "
+                         "cannot train inverse dynamics")
     episode = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))
     labeled_eps = np.unique(episode[usable])
     val_eps = _validation_episodes(labeled_eps, train.val_fraction, train.seed)
@@ -398,6 +407,10 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
     x_va, y_va = torch.from_numpy(windows[va_idx]), torch.from_numpy(action[va_idx])
     optimizers = [torch.optim.AdamW(m.parameters(), lr=train.lr, weight_decay=train.weight_decay)
                   for m in model.members]
+    def lr_factor(i: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(i, train.steps) / train.steps)) if train.cosine else 1.0
+
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) for opt in optimizers]
     gen = torch.Generator().manual_seed(train.seed)
     best_state = [copy.deepcopy(m.state_dict()) for m in model.members]
     best_loss = [math.inf] * config.ensemble
@@ -416,12 +429,14 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
     for step in tqdm(range(1, train.steps + 1), desc="inverse dynamics", disable=not progress, leave=False):
         # independent batches per member: the members differ by initialisation and data order
         idx = torch.randint(0, len(x_tr), (config.ensemble, train.batch_size), generator=gen)
-        losses = torch.cat([model.member_losses(x_tr[idx[e]], y_tr[idx[e]], member=e) for e in range(config.ensemble)])
+        losses = torch.cat([model.member_losses(x_tr[idx[e]], y_tr[idx[e]], member=e)
+                            for e in range(config.ensemble)])
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         losses.sum().backward()
-        for opt in optimizers:
+        for opt, sched in zip(optimizers, schedulers):
             opt.step()
+            sched.step()
         if step % train.eval_every == 0 or step == train.steps:
             val = val_losses() if len(x_va) else [math.nan] * config.ensemble
             for e in range(config.ensemble):
@@ -442,7 +457,8 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
     report = IDMFitReport(best_step=best_step,
                           best_val_loss=[v if len(x_va) else math.nan for v in best_loss],
                           train_transitions=len(tr_idx), val_transitions=len(va_idx),
-                          train_episodes=np.setdiff1d(labeled_eps, val_eps).tolist(), val_episodes=val_eps.tolist(),
+                          train_episodes=np.setdiff1d(labeled_eps, val_eps).tolist(),
+                          val_episodes=val_eps.tolist(),
                           history=history)
     return model, report
 
@@ -450,11 +466,13 @@ def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.n
 @torch.inference_mode()
 def predict_windows(model: InverseDynamics, windows: np.ndarray, batch_size: int = 8192,
                     clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Ensemble ``(mean, std)`` for ``(T, window, obs_dim)`` windows, in fixed-size batches (deterministic)."""
+    """Ensemble ``(mean, std)`` for ``(T, window, obs_dim)`` windows, in fixed-size batches
+    (deterministic for a given model)."""
     model.eval()
     means, stds = [], []
     for i in range(0, len(windows), batch_size):
-        mean, std = model.predict(torch.as_tensor(np.asarray(windows[i:i + batch_size], dtype=np.float32)), clip=clip)
+        batch = torch.as_tensor(np.asarray(windows[i:i + batch_size], dtype=np.float32))
+        mean, std = model.predict(batch, clip=clip)
         means.append(mean.numpy())
         stds.append(std.numpy())
     return np.concatenate(means), np.concatenate(stds)
@@ -481,8 +499,8 @@ def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, repor
     step = max(report.best_step) if report is not None else 0
     info = {"inverse_dynamics": {"fit": report.to_dict() if report is not None else None, **(extra or {})}}
     return save_checkpoint(path, policy_type=POLICY_TYPE, policy_config=model.config.to_dict(),
-                           model_state=model.state_dict(), normalizer_state=model.normalizer_state(), step=step,
-                           extra=info, overwrite=True)
+                           model_state=model.state_dict(), normalizer_state=model.normalizer_state(),
+                           step=step, extra=info, overwrite=True)
 
 
 def load_inverse_dynamics(path: str | os.PathLike, device: str | torch.device = "cpu") -> InverseDynamics:
@@ -492,7 +510,8 @@ def load_inverse_dynamics(path: str | os.PathLike, device: str | torch.device = 
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
     if config["policy_type"] != POLICY_TYPE:
-        raise CheckpointError(f"{ckpt} holds a {config['policy_type']!r} model, not an inverse-dynamics model")
+        raise CheckpointError(f"{ckpt} holds a {config['policy_type']!r} model, not an inverse-dynamics "
+                              "model")
     weights = load_tensors(ckpt, "model.safetensors", config["sha256"].get("model.safetensors"))
     norm = load_tensors(ckpt, "normalizer.safetensors", config["sha256"].get("normalizer.safetensors"))
     model = InverseDynamics(InverseDynamicsConfig.from_dict(config["policy_config"]), norm)

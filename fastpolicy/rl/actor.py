@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,36 @@ class GaussianActor(nn.Module):
         return self._squashed_log_prob(torch.atanh(squashed), squashed, mean, log_std)
 
     def numpy_policy(self, deterministic: bool = False, seed: int = 0):
-        """A ``obs (obs_dim,) -> (action, log_prob)`` callable on numpy, seeded (for rollouts)."""
-        generator = torch.Generator().manual_seed(int(seed))
+        """A seeded ``obs (obs_dim,) -> (action, log_prob)`` callable for rollouts, on numpy.
+
+        The same math as :meth:`act` (float32), without torch's per-call overhead (about 20x faster at
+        batch 1, which is what a rollout of a million steps spends its time on). Noise comes from
+        ``numpy.random.default_rng(seed)``, so a seed fixes the whole rollout.
+        """
+        rng = np.random.default_rng(seed)
+        layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+                  for m in self.latent_pi if isinstance(m, nn.Linear)]
+        w_mu, b_mu = self.mu.weight.detach().numpy().T.copy(), self.mu.bias.detach().numpy().copy()
+        w_ls, b_ls = self.log_std.weight.detach().numpy().T.copy(), self.log_std.bias.detach().numpy().copy()
+        low = self.action_low.numpy().astype(np.float64)
+        span = self.action_high.numpy().astype(np.float64) - low
+        half_log_2pi = 0.5 * math.log(2.0 * math.pi)
 
         def policy(obs: np.ndarray) -> tuple[np.ndarray, float]:
-            x = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1)
-            action, logp = self.act(x, deterministic=deterministic, generator=generator)
-            return action[0].numpy().astype(np.float64), float(logp[0])
+            h = np.asarray(obs, dtype=np.float32)
+            for w, b in layers:
+                h = np.maximum(h @ w + b, 0.0)
+            mean = h @ w_mu + b_mu
+            log_std = np.clip(h @ w_ls + b_ls, LOG_STD_MIN, LOG_STD_MAX)
+            if deterministic:
+                noise = np.zeros_like(mean)
+            else:
+                noise = rng.standard_normal(mean.shape).astype(np.float32)
+            gaussian = mean + np.exp(log_std) * noise
+            squashed = np.tanh(gaussian)
+            logp = float(np.sum(-0.5 * noise.astype(np.float64) ** 2 - log_std - half_log_2pi
+                                - np.log(1.0 - squashed.astype(np.float64) ** 2 + SQUASH_EPS)))
+            return low + 0.5 * (squashed.astype(np.float64) + 1.0) * span, logp
 
         return policy
 
@@ -188,7 +212,8 @@ def actor_sha256(path: str | Path) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
-def meta_from_spaces(observation_space: Any, action_space: Any, net_arch: Sequence[int], **kw: Any) -> ActorMeta:
+def meta_from_spaces(observation_space: Any, action_space: Any, net_arch: Sequence[int],
+                     **kw: Any) -> ActorMeta:
     """An :class:`ActorMeta` from gymnasium Box spaces."""
     return ActorMeta(obs_dim=int(np.prod(observation_space.shape)), act_dim=int(np.prod(action_space.shape)),
                      action_low=[float(x) for x in action_space.low],

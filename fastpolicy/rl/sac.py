@@ -302,7 +302,8 @@ def train_sac(env_id: str, total_steps: int, out: str | Path, *, resume: bool = 
         cfg = SACRunConfig(**data)
     else:
         if not resume and (out / LATEST_FILE).is_file():
-            raise FileExistsError(f"{out} already holds a SAC run; pass resume=True (--resume) to continue it")
+            raise FileExistsError(f"{out} already holds a SAC run; pass resume=True (--resume) to "
+                                  "continue it")
         cfg = SACRunConfig(env_id=env_id, total_steps=int(total_steps), seed=seed,
                            checkpoint_every=checkpoint_every, eval_episodes=eval_episodes,
                            learning_starts=learning_starts, buffer_size=buffer_size,
@@ -338,8 +339,9 @@ def train_sac(env_id: str, total_steps: int, out: str | Path, *, resume: bool = 
         resumed_from = int(model.num_timesteps)
         _log(f"resume {cfg.env_id} from step {resumed_from} (replay {rows} rows) to {cfg.total_steps}")
     else:
-        model = SAC(ZOO_MUJOCO_DEFAULTS["policy"], env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
-                    learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+        model = SAC(ZOO_MUJOCO_DEFAULTS["policy"], env, learning_rate=cfg.learning_rate,
+                    buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
+                    batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
                     train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
                     policy_kwargs={"net_arch": list(cfg.net_arch)}, tensorboard_log=tb, seed=cfg.seed,
                     device="cpu", verbose=verbose)
@@ -352,6 +354,11 @@ def train_sac(env_id: str, total_steps: int, out: str | Path, *, resume: bool = 
         env.close()
         return SACRunResult(out, int(model.num_timesteps), read_returns(out), resumed_from)
 
+    if resumed_from is not None:  # wall_s in returns.json counts the whole run, across resumes
+        # Rows past the checkpoint resumed from were written by a run killed before its latest.json update.
+        previous_rows = [r for r in read_returns(out) if r["step"] <= resumed_from]
+        _write_json(out / RETURNS_FILE, previous_rows)
+        started -= previous_rows[-1]["wall_s"] if previous_rows else 0.0
     callback = _make_callback(cfg, out, infos, cuts, started, _log)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 

@@ -62,7 +62,8 @@ def action_bounds_for(store: Any, low: float | None = None, high: float | None =
             try:
                 space = env.action_space
                 return (np.broadcast_to(space.low, (dim,)).astype(float).tolist(),
-                        np.broadcast_to(space.high, (dim,)).astype(float).tolist(), f"task {task} action space")
+                        np.broadcast_to(space.high, (dim,)).astype(float).tolist(),
+                        f"task {task} action space")
             finally:
                 env.close()
     action = store.array("action")
@@ -71,9 +72,10 @@ def action_bounds_for(store: Any, low: float | None = None, high: float | None =
     return action.min(0).astype(float).tolist(), action.max(0).astype(float).tolist(), "labeled data range"
 
 
-def train_idm_on_store(store_path: str | os.PathLike, out: str | os.PathLike, config_options: dict[str, Any] | None = None,
-                       train_config=None, action_low: float | None = None, action_high: float | None = None,
-                       overwrite: bool = False, progress: bool = False):
+def train_idm_on_store(store_path: str | os.PathLike, out: str | os.PathLike,
+                       config_options: dict[str, Any] | None = None, train_config: Any = None,
+                       action_low: float | None = None, action_high: float | None = None,
+                       overwrite: bool = False, progress: bool = False) -> tuple[Any, Any]:
     """Fit an inverse-dynamics model on the labeled steps of a store and save it at ``out``.
 
     ``config_options`` override :class:`~fastpolicy.nets.inverse_dynamics.InverseDynamicsConfig`
@@ -82,7 +84,11 @@ def train_idm_on_store(store_path: str | os.PathLike, out: str | os.PathLike, co
     """
     from fastpolicy.data.split import store_content_hash
     from fastpolicy.data.store import EpisodeStore
-    from fastpolicy.nets.inverse_dynamics import InverseDynamicsConfig, fit_inverse_dynamics, save_inverse_dynamics
+    from fastpolicy.nets.inverse_dynamics import (
+        InverseDynamicsConfig,
+        fit_inverse_dynamics,
+        save_inverse_dynamics,
+    )
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -95,8 +101,9 @@ def train_idm_on_store(store_path: str | os.PathLike, out: str | os.PathLike, co
                                    action_low=low, action_high=high, **options)
     mask = store.array("action_mask") if "action_mask" in store.keys else None
     next_obs = store.array("next_obs") if "next_obs" in store.keys else None
-    model, report = fit_inverse_dynamics(store.array("obs"), store.array("action"), store.episode_ends, config,
-                                         train_config, action_mask=mask, next_obs=next_obs, progress=progress)
+    model, report = fit_inverse_dynamics(store.array("obs"), store.array("action"), store.episode_ends,
+                                         config, train_config, action_mask=mask, next_obs=next_obs,
+                                         progress=progress)
     extra = {"train_store": str(Path(store.path).resolve()), "train_store_hash": store_content_hash(store),
              "action_bounds_source": bounds_source,
              "train_config": None if train_config is None else vars(train_config)}
@@ -129,7 +136,8 @@ def proxy_labels(model: Any, obs: np.ndarray, episode_ends: np.ndarray, next_obs
 
 def label_store(source: str | os.PathLike, idm: str | os.PathLike, out: str | os.PathLike,
                 overwrite: bool = False, batch_size: int = 8192) -> Any:
-    """Write ``source`` with proxy labels from the inverse-dynamics checkpoint ``idm`` to ``out`` (atomically)."""
+    """Write ``source`` with proxy labels from the inverse-dynamics checkpoint ``idm`` to ``out``
+    (atomically) and return the opened new store."""
     from fastpolicy.data.split import store_content_hash
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.nets.inverse_dynamics import load_inverse_dynamics
@@ -180,7 +188,8 @@ def label_store(source: str | os.PathLike, idm: str | os.PathLike, out: str | os
     return EpisodeStore.from_arrays(out, data, store.episode_ends, attrs=attrs, overwrite=overwrite)
 
 
-def idm_errors(model: Any, split: Any, true_action: np.ndarray, batch_size: int = 8192) -> dict[str, dict[str, float]]:
+def idm_errors(model: Any, split: Any, true_action: np.ndarray,
+               batch_size: int = 8192) -> dict[str, dict[str, float]]:
     """Inverse-dynamics error per part of a split store, against the true actions (from the source store).
 
     Parts come from ``infos/split`` (labeled / unlabeled in- / out-of-distribution); steps without a
@@ -194,9 +203,11 @@ def idm_errors(model: Any, split: Any, true_action: np.ndarray, batch_size: int 
         raise ValueError(f"{split.path} is not a split store (no infos/split); run `fastpolicy data split`")
     true_action = np.asarray(true_action, dtype=np.float32)
     if true_action.shape != split.shape("action"):
-        raise ValueError(f"true actions have shape {true_action.shape}, the split store {split.shape('action')}")
+        raise ValueError(f"true actions have shape {true_action.shape}, the split store "
+                         f"{split.shape('action')}")
     next_obs = split.array("next_obs") if "next_obs" in split.keys else None
-    windows, has_next = transition_windows(split.array("obs"), split.episode_ends, model.config.history, next_obs)
+    windows, has_next = transition_windows(split.array("obs"), split.episode_ends, model.config.history,
+                                           next_obs)
     mean, std = predict_windows(model, windows, batch_size=batch_size)
     codes = split.array("infos/split")
     out: dict[str, dict[str, float]] = {}
@@ -217,7 +228,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("store", type=Path, help="store with action_mask (e.g. from `fastpolicy data split`)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--idm", type=Path, default=None, help="trained inverse-dynamics checkpoint to label with")
+    src.add_argument("--idm", type=Path, default=None,
+                     help="trained inverse-dynamics checkpoint to label with")
     src.add_argument("--train-idm", type=Path, default=None, metavar="IDM_DIR",
                      help="train an inverse-dynamics model on the store's labeled steps and save it here")
     p.add_argument("--out", type=Path, default=None, help="labeled store to write (required with --idm)")
@@ -251,8 +263,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
         raise ValueError("--idm needs --out (the labeled store to write)")
     idm = args.idm
     if args.train_idm is not None:
-        options = {"history": args.history, "hidden": args.hidden, "depth": args.depth, "ensemble": args.ensemble,
-                   "loss": args.idm_loss, "dropout": args.dropout}
+        options = {"history": args.history, "hidden": args.hidden, "depth": args.depth,
+                   "ensemble": args.ensemble, "loss": args.idm_loss, "dropout": args.dropout}
         train = IDMTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                val_fraction=args.val_fraction, seed=args.seed)
         _, report = train_idm_on_store(args.store, args.train_idm, options, train, args.action_low,

@@ -25,7 +25,9 @@ Gaussian for SAC actors, ``-Σ log(high - low)`` for uniform actions). The last 
 Deterministic for a given seed: the env is seeded once, actions come from a seeded ``torch.Generator``
 (or ``numpy`` generator for ``random``).
 
-Every dataset also gets a data card (:mod:`fastpolicy.data.datacard`) next to the store.
+Every dataset also gets a data card (:mod:`fastpolicy.data.datacard`) next to the store. Exports:
+``fastpolicy data export STORE --format d4rl --out X.hdf5`` (:func:`fastpolicy.data.d4rl.export_d4rl`) and,
+on request, :func:`fastpolicy.data.minari_io.export_minari` (needs the ``minari`` extra).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class MujocoSpec:
 
     @property
     def expert_threshold(self) -> float:
-        return self.ref_max * EXPERT_FRACTION
+        return round(self.ref_max * EXPERT_FRACTION, 2)
 
     def normalized(self, returns: Any) -> Any:
         return 100.0 * (np.asarray(returns, dtype=np.float64) - self.ref_min) / (self.ref_max - self.ref_min)
@@ -107,9 +109,9 @@ def select_expert_checkpoint(returns: Sequence[tuple[int, float]], threshold: fl
         raise ValueError("no checkpoints yet")
     step, ret = max((int(s), float(r)) for s, r in returns)
     if not ret >= threshold:
-        raise ValueError(f"the last checkpoint (step {step}, mean return {ret:.1f}) is below the expert band "
-                         f"(≥ {threshold:.1f} = {EXPERT_FRACTION:g}·REF_MAX); no expert dataset until the run "
-                         "gets there")
+        raise ValueError(f"the last checkpoint (step {step}, mean return {ret:.1f}) is below the expert "
+                         f"band (≥ {threshold:.1f} = {EXPERT_FRACTION:g}·REF_MAX); no expert dataset until "
+                         "the run gets there")
     return step
 
 
@@ -267,7 +269,8 @@ def measure_random_return(env_id: str, episodes: int = 20, seed: int = 0) -> tup
         env.reset(seed=seed + i)
         total, finished = 0.0, False
         while not finished:
-            _, reward, terminated, truncated, _ = env.step(rng.uniform(env.action_space.low, env.action_space.high))
+            action = rng.uniform(env.action_space.low, env.action_space.high)
+            _, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             finished = terminated or truncated
         returns.append(total)
@@ -276,8 +279,8 @@ def measure_random_return(env_id: str, episodes: int = 20, seed: int = 0) -> tup
 
 
 # -- medium-replay from a run's replay buffer ---------------------------------------------------------
-def replay_episodes(run: str | Path, upto_step: int, size: int | None = None) -> tuple[list[dict[str, np.ndarray]],
-                                                                                      dict[str, Any]]:
+def replay_episodes(run: str | Path, upto_step: int, size: int | None = None
+                    ) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """Episodes of a SAC run's replay buffer, rows ``[0, upto_step)`` (optionally only the first ``size``).
 
     Splits on SB3's ``dones``: ``terminal = done & ~timeout``, ``timeout = done & timeout``. An episode
@@ -296,8 +299,8 @@ def replay_episodes(run: str | Path, upto_step: int, size: int | None = None) ->
                          "longer start at step 0, so the medium-replay prefix is gone")
     n_rows = len(arrays["rewards"])
     if upto_step > n_rows:
-        raise ValueError(f"the replay buffer of {run} has {n_rows} rows, fewer than the medium checkpoint step "
-                         f"{upto_step}")
+        raise ValueError(f"the replay buffer of {run} has {n_rows} rows, fewer than the medium checkpoint "
+                         f"step {upto_step}")
     rows = upto_step if size is None else min(int(size), upto_step)
     dones = arrays["dones"][:rows].astype(bool)
     timeouts = arrays["timeouts"][:rows].astype(bool) & dones
@@ -363,7 +366,8 @@ def _actor_facts(actor: Any, sha: str, path: Path) -> dict[str, Any]:
     return {"actor_file": path.name, "actor_sha256": sha, "checkpoint_step": int(meta.step),
             "checkpoint_eval_return": meta.eval_return, "checkpoint_eval_return_std": meta.eval_return_std,
             "checkpoint_stochastic_eval_return": meta.extra.get("stochastic_eval_return"),
-            "checkpoint_eval_episodes": meta.eval_episodes, "run_steps_reached": meta.extra.get("run_steps_reached"),
+            "checkpoint_eval_episodes": meta.eval_episodes,
+            "run_steps_reached": meta.extra.get("run_steps_reached"),
             "net_arch": list(meta.net_arch)}
 
 
@@ -377,14 +381,34 @@ def _availability(spec: MujocoSpec) -> dict[str, str]:
             if band == "expert" else f"no: {path.name} not committed")
     out["medium-expert"] = "yes" if out["medium"] == out["expert"] == "yes" else "no: needs medium and expert"
     run = run_dir(spec.name)
-    out["medium-replay"] = ("yes" if (run / "latest.json").is_file() else
-                            f"no: needs the SAC run's replay buffer ({run}), which is not committed")
+    if not (run / "latest.json").is_file():
+        out["medium-replay"] = f"no: needs the SAC run's replay buffer ({run}), which is not committed"
+    else:
+        from fastpolicy.rl.sac import read_returns, run_rows_to_pairs
+
+        try:
+            step = select_medium_checkpoint(run_rows_to_pairs(read_returns(run)), spec.medium_threshold)
+            out["medium-replay"] = f"yes: {run.name} replay rows up to step {step}"
+        except ValueError as exc:
+            out["medium-replay"] = f"no: {exc}"
     return out
+
+
+def local_reference(spec: MujocoSpec) -> dict[str, Any]:
+    """Locally measured random return: the ``<env>-medium`` task card's (100 episodes), else measured now."""
+    from fastpolicy.envs.registry import get_task
+
+    try:
+        card = get_task(f"{spec.name}-medium").reference
+        return {k: card[k] for k in ("random_return", "random_return_std", "random_episodes")}
+    except (KeyError, ValueError):
+        mean, std = measure_random_return(spec.env_id, episodes=20, seed=0)
+        return {"random_return": mean, "random_return_std": std, "random_episodes": 20}
 
 
 def recipe_attrs(spec: MujocoSpec, band: str, size: int, seed: int) -> dict[str, Any]:
     """Attributes shared by every MuJoCo dataset (what built it and what it is scored against)."""
-    random_mean, random_std = measure_random_return(spec.env_id)
+    local = local_reference(spec)
     return {
         "source": "fastpolicy recipe (D4RL generate_mujoco_datasets, SB3 SAC behaviour policies)",
         "recipe": f"{spec.name}-{band}",
@@ -399,8 +423,7 @@ def recipe_attrs(spec: MujocoSpec, band: str, size: int, seed: int) -> dict[str,
         "ref_max_score": spec.ref_max,
         "medium_threshold": spec.medium_threshold,
         "expert_threshold": spec.expert_threshold,
-        "local_reference": {"random_return": random_mean, "random_return_std": random_std,
-                            "random_episodes": 20, "random_seed": 0},
+        "local_reference": local,
         "max_episode_steps": spec.max_episode_steps,
     }
 
@@ -439,9 +462,11 @@ def make_mujoco_dataset(name: str, band: str, out: Path, size: int | None = None
             part_seed = seed + 1_000_003 * i   # distinct env and noise streams per half
             policy = functools.partial(lambda a, s, env: a.numpy_policy(deterministic=False, seed=s), actor,
                                        part_seed)
-            parts.append((part, iter_rollouts(spec.env_id, policy, n, part_seed, progress, f"{desc} ({part})")))
-            behavior.append({"band": part, "steps": n, "seed": part_seed, "actions": "stochastic (SAC Gaussian, "
-                             "tanh-squashed)", **_actor_facts(actor, sha, path)})
+            rollout = iter_rollouts(spec.env_id, policy, n, part_seed, progress, f"{desc} ({part})")
+            parts.append((part, rollout))
+            behavior.append({"band": part, "steps": n, "seed": part_seed,
+                             "actions": "stochastic (SAC Gaussian, tanh-squashed)",
+                             **_actor_facts(actor, sha, path)})
         extra["behavior"] = behavior[0] if len(behavior) == 1 else behavior
         extra["checkpoint_step"] = behavior[0]["checkpoint_step"] if len(behavior) == 1 else \
             {b["band"]: b["checkpoint_step"] for b in behavior}
@@ -453,16 +478,16 @@ def make_mujoco_dataset(name: str, band: str, out: Path, size: int | None = None
         run = run_dir(name)
         if not (run / "latest.json").is_file():
             raise FileNotFoundError(
-                f"{name}-medium-replay needs the SAC run's replay buffer ({run}/latest.json missing): it is not "
-                f"committed (hundreds of MB). Train with scripts/train_behavior.py --env {spec.env_id} --out {run} "
-                "or point $FASTPOLICY_SAC_RUNS at a directory holding sac-<env>/")
+                f"{name}-medium-replay needs the SAC run's replay buffer ({run}/latest.json missing): it is "
+                f"not committed (hundreds of MB). Train with scripts/train_behavior.py --env {spec.env_id} "
+                f"--out {run} or point $FASTPOLICY_SAC_RUNS at a directory holding sac-<env>/")
         medium_step = select_medium_checkpoint(run_rows_to_pairs(read_returns(run)), spec.medium_threshold)
         episodes, facts = replay_episodes(run, medium_step, size)
         size = sum(len(e["obs"]) for e in episodes)
         parts.append(("medium-replay", iter(episodes)))
         extra["checkpoint_step"] = medium_step
-        extra["behavior"] = {"policy": f"SAC replay buffer rows [0, {facts['replay_rows_used']}) of {run.name} "
-                             f"(the medium checkpoint is step {medium_step})", **facts}
+        extra["behavior"] = {"policy": f"SAC replay buffer rows [0, {facts['replay_rows_used']}) of "
+                             f"{run.name} (the medium checkpoint is step {medium_step})", **facts}
         medium = actor_path(name, "medium")
         if medium.is_file():
             from fastpolicy.rl.actor import actor_sha256, load_actor
@@ -492,7 +517,8 @@ def datacard_extra(spec: MujocoSpec, band: str, store: Any, seconds: float) -> d
         if "checkpoint_eval_return" in b:
             local[f"{b['band']}_policy_eval_return_deterministic"] = b["checkpoint_eval_return"]
             local[f"{b['band']}_policy_eval_return_stochastic"] = b["checkpoint_stochastic_eval_return"]
-    training: dict[str, Any] = {"medium_threshold": spec.medium_threshold, "expert_threshold": spec.expert_threshold,
+    training: dict[str, Any] = {"medium_threshold": spec.medium_threshold,
+                                "expert_threshold": spec.expert_threshold,
                                 "expert_fraction_of_ref_max": EXPERT_FRACTION}
     for band_name in ("medium", "expert"):
         path = actor_path(spec.name, band_name)
@@ -515,7 +541,8 @@ def datacard_extra(spec: MujocoSpec, band: str, store: Any, seconds: float) -> d
     training["expert_band_reached"] = any(r[1] >= spec.expert_threshold for r in curve)
     return {"local_reference": local, "training": training, "availability": _availability(spec),
             "build_seconds": round(seconds, 1),
-            "command": f"fastpolicy data make {spec.name}-{band} --size {attrs['size']} --seed {attrs['seed']}"}
+            "command": f"fastpolicy data make {spec.name}-{band} --size {attrs['size']} "
+                       f"--seed {attrs['seed']}"}
 
 
 RECIPES = {f"{name}-{band}": functools.partial(make_mujoco_dataset, name, band)

@@ -1,0 +1,142 @@
+"""fastpolicy.nets.inverse_dynamics: recovery on a linear system, model selection, ensemble, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastpolicy.nets.inverse_dynamics import (
+    IDMTrainConfig,
+    InverseDynamics,
+    InverseDynamicsConfig,
+    fit_inverse_dynamics,
+    load_inverse_dynamics,
+    predict_windows,
+    save_inverse_dynamics,
+    transition_windows,
+)
+
+A = np.array([[1.0, 0.1, 0, 0], [0, 1.0, 0, 0.1], [0, 0, 0.9, 0], [0, 0, 0, 0.9]])
+B = np.array([[0, 0], [0.1, 0], [0, 0.1], [0.05, 0.05]])
+
+
+def linear_system(episodes: int = 40, length: int = 50, seed: int = 0):
+    """s_{t+1} = A s_t + B a_t with uniform actions in [-1, 1]^2."""
+    rng = np.random.default_rng(seed)
+    obs, act = [], []
+    for _ in range(episodes):
+        s = rng.normal(size=4)
+        for _ in range(length):
+            a = rng.uniform(-1, 1, size=2)
+            obs.append(s)
+            act.append(a)
+            s = A @ s + B @ a
+    ends = np.arange(1, episodes + 1, dtype=np.int64) * length
+    return np.asarray(obs, np.float32), np.asarray(act, np.float32), ends
+
+
+@pytest.mark.parametrize("history,loss", [(0, "mse"), (1, "nll")])
+def test_recovers_actions_of_a_linear_system(history, loss):
+    torch.manual_seed(0)
+    obs, act, ends = linear_system()
+    # Mish: a smooth activation fits a linear map far more precisely than ReLU for the same budget
+    config = InverseDynamicsConfig(4, 2, history=history, hidden=64, loss=loss, activation="mish",
+                                   action_low=-1, action_high=1)
+    model, report = fit_inverse_dynamics(obs, act, ends, config, IDMTrainConfig(steps=1000, lr=3e-3, eval_every=50))
+    # fresh trajectories of the same system, never seen in training
+    obs2, act2, ends2 = linear_system(episodes=10, seed=1)
+    windows, has_next = transition_windows(obs2, ends2, history)
+    mean, std = predict_windows(model, windows)
+    err = mean[has_next] - act2[has_next]
+    assert np.mean(err ** 2) < 1.5e-3, np.mean(err ** 2)     # < 0.5% of the action variance (1/3)
+    assert np.median(np.abs(err)) < 0.015
+    assert np.all(np.abs(mean) <= 1.0)                        # labels are clipped to the action space
+    assert std.shape == mean.shape and np.all(std > 0) and np.all(std < 0.2)
+    if history == 0:  # the planners' call
+        a = model.action(torch.from_numpy(obs2[:5]), torch.from_numpy(obs2[1:6]))
+        np.testing.assert_allclose(a.detach().numpy(), mean[:5], atol=1e-6)
+
+
+def test_best_checkpoint_is_chosen_on_validation_loss():
+    """Actions that are pure noise: the net can only memorise, so validation loss rises after a while."""
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(200, 3)).astype(np.float32)
+    act = rng.normal(size=(200, 1)).astype(np.float32)
+    ends = np.arange(20, 201, 20)
+    config = InverseDynamicsConfig(3, 1, history=0, hidden=128, loss="mse")
+    train = IDMTrainConfig(steps=600, batch_size=64, lr=3e-3, eval_every=20, val_fraction=0.3, cosine=False)
+    model, report = fit_inverse_dynamics(obs, act, ends, config, train)
+    val = {h["step"]: h["val_loss"] for h in report.history}
+    best = min(val, key=val.get)
+    assert report.best_step == [best] and best < train.steps    # not simply the last weights
+    assert report.best_val_loss[0] == pytest.approx(val[best])
+    assert val[train.steps] > val[best]
+    # the returned weights are the best ones: recomputing the validation loss gives that value
+    val_rows = np.concatenate([np.arange(e - 20, e - 1) for e in ends[report.val_episodes]])
+    windows, _ = transition_windows(obs, ends, 0)
+    with torch.inference_mode():
+        loss = model.member_losses(torch.from_numpy(windows[val_rows]), torch.from_numpy(act[val_rows]))
+    assert float(loss[0]) == pytest.approx(report.best_val_loss[0], rel=1e-5)
+    assert len(report.val_episodes) == 3 and not set(report.val_episodes) & set(report.train_episodes)
+
+
+def test_ensemble_is_a_moment_matched_mixture():
+    torch.manual_seed(0)
+    config = InverseDynamicsConfig(3, 2, history=1, hidden=16, ensemble=3, action_low=-0.5, action_high=0.5)
+    model = InverseDynamics(config).eval()
+    states = torch.randn(7, 3, 3)
+    means, stds = model(states)
+    assert means.shape == stds.shape == (3, 7, 2)
+    mean, std = model.predict(states, clip=False)
+    mu = means.mean(0)
+    torch.testing.assert_close(mean, mu)
+    torch.testing.assert_close(std ** 2, (stds ** 2).mean(0) + (means ** 2).mean(0) - mu ** 2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.predict(states)[0], mu.clamp(-0.5, 0.5))
+
+
+def test_save_load_roundtrip(tmp_path):
+    obs, act, ends = linear_system(episodes=6, length=20)
+    config = InverseDynamicsConfig(4, 2, history=1, hidden=32, ensemble=2, loss="mse")
+    model, report = fit_inverse_dynamics(obs, act, ends, config, IDMTrainConfig(steps=50, eval_every=25))
+    path = save_inverse_dynamics(model, tmp_path / "idm", report)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "normalizer.safetensors"]
+    loaded = load_inverse_dynamics(path)
+    windows, _ = transition_windows(obs, ends, 1)
+    for a, b in zip(predict_windows(model, windows), predict_windows(loaded, windows)):
+        np.testing.assert_array_equal(a, b)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["policy_type"] == "inverse-dynamics" and loaded.checkpoint_hash == cfg["sha256"]["model.safetensors"]
+    assert len(loaded.config.mse_std) == 2 and cfg["inverse_dynamics"]["fit"]["best_step"] == report.best_step
+    with pytest.raises(FileExistsError):
+        save_inverse_dynamics(model, path)
+
+
+def test_transition_windows_pad_history_and_mark_missing_next():
+    obs = np.arange(10, dtype=np.float32)[:, None]
+    windows, has_next = transition_windows(obs, np.array([4, 10]), history=2)
+    np.testing.assert_array_equal(windows[0, :, 0], [0, 0, 0, 1])
+    np.testing.assert_array_equal(windows[5, :, 0], [4, 4, 5, 6])
+    np.testing.assert_array_equal(has_next, [1, 1, 1, 0, 1, 1, 1, 1, 1, 0])
+    nxt = obs + 100
+    windows, has_next = transition_windows(obs, np.array([4, 10]), history=0, next_obs=nxt)
+    assert has_next.all() and windows[3, 1, 0] == 103 and windows[2, 1, 0] == 3
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="loss"):
+        InverseDynamicsConfig(3, 2, loss="l1")
+    with pytest.raises(ValueError, match="history"):
+        InverseDynamicsConfig(3, 2, history=-1)
+    model = InverseDynamics(InverseDynamicsConfig(3, 2, history=1, hidden=8))
+    with pytest.raises(ValueError, match=r"states must be \(B, 3, 3\)"):
+        model(torch.zeros(4, 2, 3))
+    with pytest.raises(ValueError, match="history=0"):
+        model.action(torch.zeros(3), torch.zeros(3))
+    obs, act, ends = linear_system(episodes=2, length=5)
+    with pytest.raises(ValueError, match="no transition has both a known action"):
+        fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(4, 2), action_mask=np.zeros(len(obs), bool))
+    with pytest.raises(ValueError, match="do not match the config"):
+        fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(5, 2))
