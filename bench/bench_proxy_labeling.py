@@ -23,7 +23,7 @@ Any task with a task card and a store plugs in: ``--tasks hopper-medium walker2d
 datasets/store/hopper-medium datasets/store/walker2d-medium`` once those datasets exist. A missing
 store whose task card names a recipe is built with ``fastpolicy data make`` (``--make-size`` steps).
 
-    nice -n 10 .venv/bin/python bench/bench_proxy_labeling.py              # maze2d-umaze + AGV (~25 min, 2 cores)
+    nice -n 10 .venv/bin/python bench/bench_proxy_labeling.py      # maze2d-umaze + AGV (~25-40 min, 2 cores)
     .venv/bin/python bench/bench_proxy_labeling.py --quick                 # smoke run (~2 min)
 """
 
@@ -113,9 +113,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
     ns = parser.parse_args(argv)
     args = Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(Args)})
     if ns.quick:
-        args = dataclasses.replace(args, tasks=args.tasks[:1], make_size=[30_000], idm_steps=300, train_steps=200,
-                                   distill_steps=50, eval_episodes=3, eval_seeds=[0], latency_steps=4,
-                                   work_dir=args.work_dir + "_quick", out="bench/results/proxy_labeling_quick.json")
+        args = dataclasses.replace(args, tasks=args.tasks[:1], make_size=[30_000], idm_steps=300,
+                                   train_steps=200, distill_steps=50, eval_episodes=3, eval_seeds=[0],
+                                   latency_steps=4, work_dir=args.work_dir + "_quick",
+                                   out="bench/results/proxy_labeling_quick.json")
     unknown = set(args.conditions) - set(CONDITIONS)
     if unknown:
         parser.error(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
@@ -169,22 +170,25 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     source = EpisodeStore.open(source_path)
     work = Path(args.work_dir) / task_name
     work.mkdir(parents=True, exist_ok=True)
-    common = {"dataset": str(source_path), "dataset_episodes": source.n_episodes, "dataset_steps": source.n_steps,
-              "labeled_fraction": args.labeled, "from_bottom": args.from_bottom, "split_seed": args.split_seed}
+    common = {"dataset": str(source_path), "dataset_episodes": source.n_episodes,
+              "dataset_steps": source.n_steps, "labeled_fraction": args.labeled,
+              "from_bottom": args.from_bottom, "split_seed": args.split_seed}
 
     # 1. split (always rebuilt: it is cheap and must match the arguments)
-    split = split_store(source, work / "split", args.labeled, args.from_bottom, args.split_seed, overwrite=True)
+    split = split_store(source, work / "split", args.labeled, args.from_bottom, args.split_seed,
+                        overwrite=True)
     labeled_only = labeled_subset(split, work / "labeled_only", overwrite=True)
     info = split.attrs["split"]
     print(f"  split: {len(info['labeled_episodes'])} labeled episodes ({info['labeled_steps']} steps), "
-          f"{len(info['unlabeled_in_distribution'])} ID + {len(info['unlabeled_out_of_distribution'])} OOD unlabeled")
+          f"{len(info['unlabeled_in_distribution'])} ID + "
+          f"{len(info['unlabeled_out_of_distribution'])} OOD unlabeled")
 
     # 2. inverse dynamics + its error on the unlabeled parts
     t0 = time.perf_counter()
     idm_dir = work / "idm"
     options = {"history": args.idm_history, "hidden": args.idm_hidden, "ensemble": args.idm_ensemble}
-    _, report = train_idm_on_store(split.path, idm_dir, options, IDMTrainConfig(steps=args.idm_steps, seed=args.seed),
-                                   overwrite=True)
+    idm_train = IDMTrainConfig(steps=args.idm_steps, seed=args.seed)
+    _, report = train_idm_on_store(split.path, idm_dir, options, idm_train, overwrite=True)
     idm_seconds = time.perf_counter() - t0
     model = load_inverse_dynamics(idm_dir)
     errors = idm_errors(model, split, source.array("action"))
@@ -192,11 +196,13 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     action_var = float(np.var(source.array("action"), axis=0).mean())
     for part, err in errors.items():
         rows.append(make_row(task.name, "inverse-dynamics", steps=report.best_step[0], label_condition=part,
-                             idm_action_mse=err["mse"], idm_action_nll=err["nll"], idm_std_mean=err["std_mean"],
+                             idm_action_mse=err["mse"], idm_action_nll=err["nll"],
+                             idm_std_mean=err["std_mean"],
                              idm_relative_mse=err["mse"] / action_var, evaluated_steps=err["steps"],
                              idm_history=args.idm_history, idm_hidden=args.idm_hidden,
                              idm_ensemble=args.idm_ensemble, idm_best_val_loss=report.best_val_loss[0],
-                             idm_train_seconds=round(idm_seconds, 2), idm_model_hash=model.checkpoint_hash, **common))
+                             idm_train_seconds=round(idm_seconds, 2), idm_model_hash=model.checkpoint_hash,
+                             **common))
         print(f"  inverse dynamics on {part}: MSE {err['mse']:.4f} (relative {err['mse'] / action_var:.3f}), "
               f"NLL {err['nll']:.3f}, mean std {err['std_mean']:.3f}")
 
@@ -247,8 +253,8 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
                       warmup_steps=min(100, args.distill_steps // 10), checkpoint_every=args.distill_steps,
                       keep_checkpoints=1, seed=args.seed, progress=False, tensorboard=False)
     t0 = time.perf_counter()
-    student = distill(teacher_run, store, work / "runs" / "consistency-proxy", segments=(1,), train_config=cfg,
-                      resume=True)
+    student = distill(teacher_run, store, work / "runs" / "consistency-proxy", segments=(1,),
+                      train_config=cfg, resume=True)
     seconds = time.perf_counter() - t0
     row = evaluate(student, task, method="consistency-1", label_condition="proxy", learner="consistency",
                    train_store=str(store), teacher=str(teacher_run), train_steps=args.distill_steps,
@@ -259,22 +265,24 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | learner | labels | score (mean ± std) | vs full | success | NFE/step | p50 ms | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | learner | labels | score (mean ± std) | vs full | success | NFE/step | p50 ms "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "inverse-dynamics":
             continue
         ratio = f"{100 * r['score_vs_full']:.0f}%" if r.get("score_vs_full") is not None else "–"
         p50 = f"{r['latency_ms_p50']:.2f}" if r.get("latency_ms_p50") is not None else "–"
         lines.append(f"| {r['task']} | {r['method']} | {r['label_condition']} | {r['score_mean']:.1f} ± "
-                     f"{r['score_std']:.1f} | {ratio} | {r['success_rate']:.2f} | {r['nfe_per_step_mean']:.2f} | {p50} | "
+                     f"{r['score_std']:.1f} | {ratio} | {r['success_rate']:.2f} | "
+                     f"{r['nfe_per_step_mean']:.2f} | {p50} | "
                      f"{r.get('train_seconds', '–')} |")
-    lines += ["", "| task | inverse dynamics on | steps | action MSE | MSE / action variance | NLL | mean std |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| task | inverse dynamics on | steps | action MSE | MSE / action variance | NLL "
+              "| mean std |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "inverse-dynamics":
             lines.append(f"| {r['task']} | {r['label_condition']} | {r['evaluated_steps']} | "
-                         f"{r['idm_action_mse']:.4f} | {r['idm_relative_mse']:.3f} | {r['idm_action_nll']:.3f} | "
+                         f"{r['idm_action_mse']:.4f} | {r['idm_relative_mse']:.3f} | "
+                         f"{r['idm_action_nll']:.3f} | "
                          f"{r['idm_std_mean']:.3f} |")
     return "\n".join(lines)
 

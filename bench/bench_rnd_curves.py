@@ -121,12 +121,15 @@ def evaluate_actor(actor_dir: Path, task: str, robots: int, seed: int) -> dict[s
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import numba
     import torch
 
     from fastpolicy.bench.schema import make_row, write_results
     from fastpolicy.rl.explore import ExploreConfig, explore
 
+    # One thread for torch and numba alike (numba's OpenMP kernels would otherwise raise torch's count).
     torch.set_num_threads(1)
+    numba.set_num_threads(1)
     t_all = time.perf_counter()
     runs: dict[str, list[dict]] = {a: [] for a in args.algos}
     for seed in args.seeds:            # seeds outermost: a cut-short benchmark still has every algo

@@ -29,7 +29,8 @@ def source(tmp_path):
         for i in range(N_EPISODES):
             n = int(rng.integers(5, 15))
             action = rng.uniform(0.1, 1.0, size=(n, 2)) * rng.choice([-1, 1], size=(n, 2))
-            w.add_episode({"obs": rng.normal(size=(n, 3)).astype(np.float32), "action": action.astype(np.float32),
+            w.add_episode({"obs": rng.normal(size=(n, 3)).astype(np.float32),
+                           "action": action.astype(np.float32),
                            "reward": np.full(n, rng.normal() + 0.01 * i, np.float32),
                            "infos/action_log_probs": rng.uniform(-3, -1, size=n).astype(np.float32)})
     return EpisodeStore.open(path)
@@ -104,8 +105,10 @@ def test_labeled_subset_keeps_only_labeled_episodes(source, tmp_path):
         assert (subset.episode(j)["infos/source_episode"] == i).all()
 
 
-@pytest.mark.parametrize("labeled,from_bottom,match", [(0.0, 0.5, "labeled fraction"), (1.5, 0.5, "labeled fraction"),
-                                                        (0.1, 0.0, "from-bottom"), (0.6, 0.5, "must not exceed"),
+@pytest.mark.parametrize("labeled,from_bottom,match", [(0.0, 0.5, "labeled fraction"),
+                                                        (1.5, 0.5, "labeled fraction"),
+                                                        (0.1, 0.0, "from-bottom"),
+                                                        (0.6, 0.5, "must not exceed"),
                                                         (float("nan"), 0.5, "labeled fraction")])
 def test_bad_fractions_are_named(labeled, from_bottom, match):
     with pytest.raises(ValueError, match=match):

@@ -45,7 +45,8 @@ def test_recovers_actions_of_a_linear_system(history, loss):
     # Mish: a smooth activation fits a linear map far more precisely than ReLU for the same budget
     config = InverseDynamicsConfig(4, 2, history=history, hidden=64, loss=loss, activation="mish",
                                    action_low=-1, action_high=1)
-    model, report = fit_inverse_dynamics(obs, act, ends, config, IDMTrainConfig(steps=1000, lr=3e-3, eval_every=50))
+    train = IDMTrainConfig(steps=1000, lr=3e-3, eval_every=50)
+    model, report = fit_inverse_dynamics(obs, act, ends, config, train)
     # fresh trajectories of the same system, never seen in training
     obs2, act2, ends2 = linear_system(episodes=10, seed=1)
     windows, has_next = transition_windows(obs2, ends2, history)
@@ -54,7 +55,7 @@ def test_recovers_actions_of_a_linear_system(history, loss):
     assert np.mean(err ** 2) < 1.5e-3, np.mean(err ** 2)     # < 0.5% of the action variance (1/3)
     assert np.median(np.abs(err)) < 0.015
     assert np.all(np.abs(mean) <= 1.0)                        # labels are clipped to the action space
-    assert std.shape == mean.shape and np.all(std > 0) and np.all(std < 0.2)
+    assert std.shape == mean.shape and np.all(std > 0) and np.median(std) < 0.05
     if history == 0:  # the planners' call
         a = model.action(torch.from_numpy(obs2[:5]), torch.from_numpy(obs2[1:6]))
         np.testing.assert_allclose(a.detach().numpy(), mean[:5], atol=1e-6)
@@ -93,7 +94,8 @@ def test_ensemble_is_a_moment_matched_mixture():
     mean, std = model.predict(states, clip=False)
     mu = means.mean(0)
     torch.testing.assert_close(mean, mu)
-    torch.testing.assert_close(std ** 2, (stds ** 2).mean(0) + (means ** 2).mean(0) - mu ** 2, atol=1e-5, rtol=1e-4)
+    total_var = (stds ** 2).mean(0) + (means ** 2).mean(0) - mu ** 2
+    torch.testing.assert_close(std ** 2, total_var, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(model.predict(states)[0], mu.clamp(-0.5, 0.5))
 
 
@@ -102,13 +104,15 @@ def test_save_load_roundtrip(tmp_path):
     config = InverseDynamicsConfig(4, 2, history=1, hidden=32, ensemble=2, loss="mse")
     model, report = fit_inverse_dynamics(obs, act, ends, config, IDMTrainConfig(steps=50, eval_every=25))
     path = save_inverse_dynamics(model, tmp_path / "idm", report)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "normalizer.safetensors"]
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["config.json", "model.safetensors", "normalizer.safetensors"]   # no pickle
     loaded = load_inverse_dynamics(path)
     windows, _ = transition_windows(obs, ends, 1)
     for a, b in zip(predict_windows(model, windows), predict_windows(loaded, windows)):
         np.testing.assert_array_equal(a, b)
     cfg = json.loads((path / "config.json").read_text())
-    assert cfg["policy_type"] == "inverse-dynamics" and loaded.checkpoint_hash == cfg["sha256"]["model.safetensors"]
+    assert cfg["policy_type"] == "inverse-dynamics"
+    assert loaded.checkpoint_hash == cfg["sha256"]["model.safetensors"]
     assert len(loaded.config.mse_std) == 2 and cfg["inverse_dynamics"]["fit"]["best_step"] == report.best_step
     with pytest.raises(FileExistsError):
         save_inverse_dynamics(model, path)
@@ -137,6 +141,7 @@ def test_bad_inputs_are_named():
         model.action(torch.zeros(3), torch.zeros(3))
     obs, act, ends = linear_system(episodes=2, length=5)
     with pytest.raises(ValueError, match="no transition has both a known action"):
-        fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(4, 2), action_mask=np.zeros(len(obs), bool))
+        fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(4, 2),
+                             action_mask=np.zeros(len(obs), bool))
     with pytest.raises(ValueError, match="do not match the config"):
         fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(5, 2))

@@ -50,7 +50,8 @@ def test_labeled_store_has_true_and_proxy_labels(stores):
     labeled = label_store(split.path, root / "idm", root / "labeled")
     known = split.array("action_mask")
     true = source.array("action")
-    action, label_source, std = labeled.array("action"), labeled.array("label_source"), labeled.array("infos/label_std")
+    action, label_source = labeled.array("action"), labeled.array("label_source")
+    std = labeled.array("infos/label_std")
     np.testing.assert_array_equal(action[known], true[known])
     np.testing.assert_array_equal(label_source, np.where(known, 0, 1))
     assert labeled.array("action_mask").all()
@@ -126,6 +127,7 @@ def test_bad_input_gets_a_clear_error(stores, tmp_path, capsys):
         "obs": np.zeros((10, 5), np.float32), "action": np.zeros((10, 2), np.float32)}, np.array([10]))
     with pytest.raises(ValueError, match="obs dim 3"):
         label_store(wrong_dims.path, root / "idm", tmp_path / "o2")
-    assert main(["label", str(split.path), "--idm", str(tmp_path / "missing"), "--out", str(tmp_path / "o3")]) == 2
+    missing = tmp_path / "missing"
+    assert main(["label", str(split.path), "--idm", str(missing), "--out", str(tmp_path / "o3")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o3").exists()
