@@ -99,8 +99,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.retrain or not (args.run / "latest").exists():
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup_steps=min(500, args.steps // 10),
-                          checkpoint_every=max(args.steps // 4, 1), log_every=100, seed=0, device="cpu")
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                          warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
+                          log_every=100, seed=0, device="cpu")
         train_offline(args.store, args.run, "diffusion", {"backbone": args.backbone, "sampler": "ddpm:100"},
                       cfg, task=args.task)
     train_s = time.perf_counter() - t0

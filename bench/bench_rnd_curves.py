@@ -135,8 +135,9 @@ def main() -> None:
     for seed in args.seeds:            # seeds outermost: a cut-short benchmark still has every algo
         for algo in args.algos:
             run_dir = args.runs / f"{algo}_s{seed}"
-            cfg = ExploreConfig(task=args.task, algo=algo, steps=args.steps, num_envs=args.num_envs, seed=seed,
-                                checkpoint_every=args.steps, keep_checkpoints=1, tensorboard=False, progress=False)
+            cfg = ExploreConfig(task=args.task, algo=algo, steps=args.steps, num_envs=args.num_envs,
+                                seed=seed, checkpoint_every=args.steps, keep_checkpoints=1, tensorboard=False,
+                                progress=False)
             if args.reuse and (run_dir / "actor" / "config.json").exists():
                 points = json.loads((run_dir / "curve.json").read_text())
                 wall = json.loads((run_dir / "bench_wall.json").read_text())["wall_s"]
@@ -157,8 +158,8 @@ def main() -> None:
               "obs_warmup_steps_rnd": ExploreConfig.obs_warmup_steps * args.num_envs,
               "total_wall_s": None, "machine": "shared 2-core CPU, torch 1 thread, numba env, nice 10",
               "success_definition": "training episodes (stochastic policy) ending in the last "
-                                    f"{args.final_fraction:.0%} of the budget; eval_success: deterministic actor, "
-                                    f"{args.eval_robots} fresh episodes per seed"}
+                                    f"{args.final_fraction:.0%} of the budget; eval_success: deterministic "
+                                    f"actor, {args.eval_robots} fresh episodes per seed"}
     rows, curves = [], {}
     for algo, rs in runs.items():
         mat = np.stack([binned_success(r["points"], args.steps, args.bin_steps) for r in rs])

@@ -65,6 +65,10 @@ class SuiteConfig:
     sdp_ode_levels: int = 6
     methods: tuple[str, ...] | None = None
     """restrict to these methods (None: all)"""
+    teacher_options: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TEACHER_OPTIONS))
+    """policy options of the teacher trained when no --teacher run is given"""
+    progress: bool = True
+    """progress bars while training"""
 
 
 ALL_METHODS: tuple[str, ...] = (
@@ -76,10 +80,14 @@ SUITES: dict[str, SuiteConfig] = {
     "full": SuiteConfig("full", dataset_size=300_000, teacher_steps=8000, bc_steps=4000, sdp_steps=2000,
                         cm_steps=2000, seg_steps=1000, sdp_cm_steps=2000, episodes=10, seeds=[0, 1, 2],
                         latency_steps=96, latency_rounds=3, throughput_calls=5),
-    # the demo's acceleration stage: ~4 minutes of training on a 2-core CPU, then the fast variants
-    "demo": SuiteConfig("demo", sdp_steps=250, cm_steps=250, sdp_cm_steps=250, seg_stages=(), episodes=10,
-                        seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=2,
-                        methods=("sdp-ode6", "cm-1step", "cm-2step", "sdp-cm")),
+    # `fastpolicy demo`: an MLP-denoiser teacher (the practical CPU backbone) and its fast variants,
+    # sized for ≤ 10 minutes end to end on a 2-core CPU
+    "demo": SuiteConfig("demo", dataset_size=100_000, teacher_steps=6000, bc_steps=2000, sdp_steps=1500,
+                        cm_steps=1500, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=3e-4,
+                        episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=2,
+                        teacher_options={"backbone": "mlp"},
+                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step",
+                                 "cm-2step", "sdp-cm")),
 }
 
 
@@ -100,7 +108,7 @@ def _train_config(steps: int, suite: SuiteConfig, seed: int = 0):
 
     return TrainConfig(steps=steps, batch_size=suite.batch_size, lr=suite.lr,
                        warmup_steps=max(10, min(500, steps // 10)), checkpoint_every=max(50, steps // 4),
-                       seed=seed, progress=False, tensorboard=False)
+                       seed=seed, progress=suite.progress, tensorboard=False)
 
 
 def _cost(run: Path) -> dict[str, Any]:
@@ -116,7 +124,7 @@ def ensure_dataset(task: str, store: Path, size: int, seed: int = 0) -> Path:
 
     if not (store / "zarr.json").exists():
         recipe = get_task(task).dataset or task
-        make_dataset(recipe, store, size=size, seed=seed, overwrite=False, progress=False)
+        make_dataset(recipe, store, size=size, seed=seed, overwrite=False, progress=True)
     return store
 
 
@@ -211,7 +219,7 @@ def evaluate_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, o
     for m in methods:
         m.configure()
         t0 = time.perf_counter()
-        row = evaluate(m.policy, spec, suite.episodes, suite.seeds, latency_steps=0, progress=False,
+        row = evaluate(m.policy, spec, suite.episodes, suite.seeds, latency_steps=0, progress=suite.progress,
                        method=m.name, **m.extra)
         row["eval_seconds"] = time.perf_counter() - t0
         rows.append(row)
@@ -395,7 +403,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         else:
             if progress:
                 print(f"[bench] teacher ({suite.teacher_steps} steps)", flush=True)
-            teacher_run = ensure_trained(store, work / "teacher", "diffusion", DEFAULT_TEACHER_OPTIONS,
+            teacher_run = ensure_trained(store, work / "teacher", "diffusion", suite.teacher_options,
                                          suite.teacher_steps, suite, task)
         methods = build_methods(suite, task, store, work, teacher_run, progress)
         obs = obs_windows_from_store(store, methods[0].policy.obs_horizon)

@@ -48,11 +48,11 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     # numba's OpenMP layer shares the OpenMP runtime with torch: a numba kernel running more threads
     # than torch was told raises torch's count behind its back, so keep the two equal.
     numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))
-    cfg = ExploreConfig(task=args.task, algo=args.algo, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
-                        n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
-                        learning_rate=args.lr, ent_coef=args.ent_coef, gamma=args.gamma, beta=args.beta,
-                        checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
-                        progress=args.progress)
+    cfg = ExploreConfig(task=args.task, algo=args.algo, steps=args.steps, num_envs=args.num_envs,
+                        seed=args.seed, n_steps=args.n_steps, batch_size=args.batch_size,
+                        n_epochs=args.n_epochs, learning_rate=args.lr, ent_coef=args.ent_coef,
+                        gamma=args.gamma, beta=args.beta, checkpoint_every=args.checkpoint_every,
+                        tensorboard=args.tensorboard, progress=args.progress)
     result = explore(args.out, cfg, resume=args.resume, save_store=args.save_store,
                      overwrite_store=args.overwrite_store)
     last = result.curve[-1]["success_rate"] if result.curve else float("nan")

@@ -120,7 +120,8 @@ class EpisodeRecorder:
         self._obs = np.zeros((c, n, obs_dim), dtype=np.float32)
         self._action = np.zeros((c, n, act_dim), dtype=np.float32)
         self._reward = np.zeros((c, n), dtype=np.float32)
-        self._flags = {k: np.zeros((c, n), dtype=bool) for k in ("terminal", "timeout", "success", "collision")}
+        flags = ("terminal", "timeout", "success", "collision")
+        self._flags = {k: np.zeros((c, n), dtype=bool) for k in flags}
         self._length = np.zeros(n, dtype=np.int64)
         self._arange = np.arange(n)
         self._writer = EpisodeStore.create(self.path, attrs=attrs, overwrite=overwrite)
@@ -158,7 +159,8 @@ class EpisodeRecorder:
             self._writer.add_episode({
                 "obs": self._obs[:n, i], "action": self._action[:n, i], "reward": self._reward[:n, i],
                 "terminal": self._flags["terminal"][:n, i], "timeout": timeout,
-                "infos/success": self._flags["success"][:n, i], "infos/collision": self._flags["collision"][:n, i],
+                "infos/success": self._flags["success"][:n, i],
+                "infos/collision": self._flags["collision"][:n, i],
             })
             self._length[i] = 0
 
@@ -328,7 +330,8 @@ def _build_model(cfg: ExploreConfig, env: Any, tb_dir: str | None):
                   gamma=cfg.gamma_ext, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir,
                   policy_kwargs={"net_arch": list(cfg.net_arch)}, verbose=0)
     if cfg.algo == "rnd-ppo":
-        return RNDPPO("MlpPolicy", env, gamma_int=cfg.gamma_int, obs_warmup_steps=cfg.obs_warmup_steps, **common)
+        return RNDPPO("MlpPolicy", env, gamma_int=cfg.gamma_int, obs_warmup_steps=cfg.obs_warmup_steps,
+                      **common)
     return PPO("MlpPolicy", env, **common)
 
 
@@ -354,9 +357,11 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig, resume: bool = Fa
         saved = json.loads((run_dir / "config.json").read_text())
         for key in ("task", "algo", "num_envs", "n_steps"):
             if saved[key] != getattr(cfg, key):
-                raise ValueError(f"--resume: the run was started with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+                raise ValueError(f"--resume: the run was started with {key}={saved[key]!r}, "
+                                 f"not {getattr(cfg, key)!r}")
     elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("step_*.zip")):
-        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it or use a new --out")
+        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it "
+                              "or use a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(run_dir / "config.json", "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -365,9 +370,9 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig, resume: bool = Fa
     base_env = env
     wrapper = None
     if cfg.algo == "rnd-simple":
-        wrapper = env = RNDRewardWrapper(env, beta=cfg.beta, gamma_int=cfg.gamma_int, update_every=cfg.n_steps,
-                                         epochs=cfg.n_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                                         device=cfg.device)
+        wrapper = env = RNDRewardWrapper(env, beta=cfg.beta, gamma_int=cfg.gamma_int,
+                                         update_every=cfg.n_steps, epochs=cfg.n_epochs,
+                                         batch_size=cfg.batch_size, lr=cfg.learning_rate, device=cfg.device)
     tb_dir = str(run_dir / "tb") if cfg.tensorboard else None
     curve_path = run_dir / "curve.json"
     curve: list[dict[str, float]] = []
@@ -378,7 +383,8 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig, resume: bool = Fa
         model = cls.load(ckpt, env=env, device=cfg.device, tensorboard_log=tb_dir)
         model._last_obs = None  # a fresh env: make SB3 reset it instead of trusting the saved obs
         if wrapper is not None:
-            wrapper.load_state_dict(load_file(str(ckpt.with_name(ckpt.name.replace(".zip", ".rnd.safetensors")))))
+            rnd_state = ckpt.with_name(ckpt.name.replace(".zip", ".rnd.safetensors"))
+            wrapper.load_state_dict(load_file(str(rnd_state)))
         if curve_path.exists():
             curve = [p for p in json.loads(curve_path.read_text()) if p["steps"] <= model.num_timesteps]
     else:
@@ -394,11 +400,10 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig, resume: bool = Fa
     if save_store is not None:
         obs_dim = int(base_env.observation_space.shape[0])
         act_dim = int(base_env.action_space.shape[0])
+        attrs = {"source": "fastpolicy explore", "task": cfg.task, "env_id": task.env_id, "algo": cfg.algo,
+                 "seed": cfg.seed, "run": str(run_dir), "start_step": start_step, "recipe": None}
         recorder = EpisodeRecorder(save_store, cfg.num_envs, obs_dim, act_dim, task.max_episode_steps,
-                                   attrs={"source": "fastpolicy explore", "task": cfg.task, "env_id": task.env_id,
-                                          "algo": cfg.algo, "seed": cfg.seed, "run": str(run_dir),
-                                          "start_step": start_step, "recipe": None},
-                                   overwrite=overwrite_store)
+                                   attrs=attrs, overwrite=overwrite_store)
         base_env.recorder = recorder
 
     SuccessCurve, Checkpointer = _callbacks()

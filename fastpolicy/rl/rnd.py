@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -63,7 +64,8 @@ class RunningMeanStd(nn.Module):
     def update_from_moments(self, batch_mean: th.Tensor, batch_var: th.Tensor, batch_count: int) -> None:
         delta = batch_mean - self.mean
         total = self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count / total
+        m2 = (self.var * self.count + batch_var * batch_count
+              + delta.square() * self.count * batch_count / total)
         self.mean.add_(delta * batch_count / total)
         self.var.copy_(m2 / total)
         self.count.copy_(total)
@@ -134,7 +136,8 @@ class RNDModule(nn.Module):
         """
         rewards = np.asarray(rewards, dtype=np.float64)
         if rewards.ndim != 2 or rewards.shape[1] != self.int_return_filter.shape[0]:
-            raise ValueError(f"intrinsic rewards must be (T, {self.int_return_filter.shape[0]}), got {rewards.shape}")
+            raise ValueError(f"intrinsic rewards must be (T, {self.int_return_filter.shape[0]}), "
+                             f"got {rewards.shape}")
         filt = self.int_return_filter.cpu().numpy().copy()
         discounted = np.empty_like(rewards)
         for t in range(rewards.shape[0]):
@@ -184,7 +187,7 @@ def true_next_obs(obs: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]
 class RNDActorCriticPolicy(ActorCriticPolicy):
     """SB3's actor-critic with a second value head for the intrinsic return (on the critic latent)."""
 
-    def _build(self, lr_schedule) -> None:
+    def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
         self.value_net_int = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
@@ -245,7 +248,8 @@ class RNDRolloutBuffer(RolloutBuffer):
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
                  device: th.device | str = "auto", gae_lambda: float = 0.95, gamma: float = 0.999,
-                 n_envs: int = 1, gamma_int: float = 0.99, ext_coef: float = 2.0, int_coef: float = 1.0) -> None:
+                 n_envs: int = 1, gamma_int: float = 0.99, ext_coef: float = 2.0,
+                 int_coef: float = 1.0) -> None:
         self.gamma_int = float(gamma_int)
         self.ext_coef = float(ext_coef)
         self.int_coef = float(int_coef)
@@ -276,10 +280,10 @@ class RNDRolloutBuffer(RolloutBuffer):
             raise ValueError("RNDRolloutBuffer needs last_values_int (the intrinsic value of the last obs)")
         last_ext = last_values.detach().cpu().numpy().reshape(-1)
         last_int = last_values_int.detach().cpu().numpy().reshape(-1)
-        self.advantages_ext[:] = gae(self.rewards, self.values, self.episode_starts, last_ext, dones, self.gamma,
-                                     self.gae_lambda)
-        self.advantages_int[:] = gae(self.rewards_int, self.values_int, None, last_int, None, self.gamma_int,
-                                     self.gae_lambda)
+        self.advantages_ext[:] = gae(self.rewards, self.values, self.episode_starts, last_ext, dones,
+                                     self.gamma, self.gae_lambda)
+        self.advantages_int[:] = gae(self.rewards_int, self.values_int, None, last_int, None,
+                                     self.gamma_int, self.gae_lambda)
         self.returns = self.advantages_ext + self.values
         self.returns_int = self.advantages_int + self.values_int
         self.advantages = self.ext_coef * self.advantages_ext + self.int_coef * self.advantages_int
@@ -287,7 +291,8 @@ class RNDRolloutBuffer(RolloutBuffer):
     def get(self, batch_size: int | None = None) -> Generator[RNDRolloutBufferSamples, None, None]:
         assert self.full, "the rollout buffer is not full yet"
         total = self.buffer_size * self.n_envs
-        indices = np.random.permutation(total)
+        # SB3's buffers shuffle with the global numpy RNG, which ``set_random_seed`` seeds.
+        indices = np.random.permutation(total)  # noqa: NPY002
         if not self.generator_ready:
             for name in ("observations", "next_observations", "actions", "values", "values_int", "log_probs",
                          "advantages", "returns", "returns_int"):
@@ -340,7 +345,7 @@ class RNDPPO(PPO):
             warm-up steps are not counted in ``num_timesteps``).
     """
 
-    policy_aliases = {"MlpPolicy": RNDActorCriticPolicy}  # noqa: RUF012 (SB3's class attribute)
+    policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": RNDActorCriticPolicy}
 
     def __init__(self, policy: str | type[RNDActorCriticPolicy] = "MlpPolicy", env: Any = None, *,
                  gamma: float = 0.999, gamma_int: float = 0.99, ext_coef: float = 2.0, int_coef: float = 1.0,
@@ -366,11 +371,11 @@ class RNDPPO(PPO):
         if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
             raise ValueError(f"RNDPPO supports flat Box observations, got {self.observation_space}")
         self.rollout_buffer = RNDRolloutBuffer(self.n_steps, self.observation_space, self.action_space,
-                                               device=self.device, gae_lambda=self.gae_lambda, gamma=self.gamma,
-                                               n_envs=self.n_envs, gamma_int=self.gamma_int,
+                                               device=self.device, gae_lambda=self.gae_lambda,
+                                               gamma=self.gamma, n_envs=self.n_envs, gamma_int=self.gamma_int,
                                                ext_coef=self.ext_coef, int_coef=self.int_coef)
-        self.rnd = RNDModule(int(self.observation_space.shape[0]), self.n_envs, self.rnd_hidden, self.rnd_embed_dim,
-                             self.gamma_int).to(self.device)
+        self.rnd = RNDModule(int(self.observation_space.shape[0]), self.n_envs, self.rnd_hidden,
+                             self.rnd_embed_dim, self.gamma_int).to(self.device)
         lr = self.rnd_lr if self.rnd_lr is not None else self.lr_schedule(1)
         self.rnd_optimizer = th.optim.Adam(self.rnd.predictor.parameters(), lr=lr)
 
@@ -391,13 +396,13 @@ class RNDPPO(PPO):
         self._last_obs = self.env.reset()
         self._last_episode_starts = np.ones((self.env.num_envs,), dtype=bool)
 
-    def _setup_learn(self, *args: Any, **kwargs: Any):
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
         result = super()._setup_learn(*args, **kwargs)
         if not self.obs_stats_warm:
             self.warmup_obs_stats()
         return result
 
-    def collect_rollouts(self, env: VecEnv, callback, rollout_buffer: RNDRolloutBuffer,
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RNDRolloutBuffer,
                          n_rollout_steps: int) -> bool:
         assert self._last_obs is not None, "no previous observation"
         if self.policy.squash_output or not isinstance(self.action_space, spaces.Box):
@@ -410,7 +415,8 @@ class RNDPPO(PPO):
         new_obs = self._last_obs
         for _ in range(n_rollout_steps):
             with th.no_grad():
-                actions, v_ext, v_int, log_probs = self.policy.forward_two(obs_as_tensor(self._last_obs, self.device))
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                actions, v_ext, v_int, log_probs = self.policy.forward_two(obs_tensor)
             actions = actions.cpu().numpy()
             new_obs, rewards, dones, infos = env.step(np.clip(actions, low, high))
             self.num_timesteps += env.num_envs
@@ -426,8 +432,8 @@ class RNDPPO(PPO):
                     v_term, _ = self.policy.predict_values_two(obs_as_tensor(next_obs[timeouts], self.device))
                 rewards = rewards.astype(np.float32, copy=True)
                 rewards[timeouts] += self.gamma * v_term.cpu().numpy().reshape(-1)
-            rollout_buffer.add_transition(self._last_obs, next_obs, actions, rewards, self._last_episode_starts,
-                                          v_ext, v_int, log_probs)
+            rollout_buffer.add_transition(self._last_obs, next_obs, actions, rewards,
+                                          self._last_episode_starts, v_ext, v_int, log_probs)
             self._last_obs = new_obs
             self._last_episode_starts = dones
 
@@ -452,14 +458,16 @@ class RNDPPO(PPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
-        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+        clip_range_vf = (None if self.clip_range_vf is None
+                         else self.clip_range_vf(self._current_progress_remaining))
         pg_losses, value_losses, entropy_losses, clip_fractions, rnd_losses = [], [], [], [], []
         approx_kl_divs: list[float] = []
         continue_training = True
-        for epoch in range(self.n_epochs):
+        for _ in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get(self.batch_size):
-                v_ext, v_int, log_prob, entropy = self.policy.evaluate_actions_two(batch.observations, batch.actions)
+                v_ext, v_int, log_prob, entropy = self.policy.evaluate_actions_two(batch.observations,
+                                                                                   batch.actions)
                 v_ext, v_int = v_ext.flatten(), v_int.flatten()
                 advantages = batch.advantages
                 if self.normalize_advantage and len(advantages) > 1:
@@ -468,8 +476,10 @@ class RNDPPO(PPO):
                 policy_loss = -th.min(advantages * ratio,
                                       advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)).mean()
                 if clip_range_vf is not None:
-                    v_ext = batch.old_values_ext + th.clamp(v_ext - batch.old_values_ext, -clip_range_vf, clip_range_vf)
-                    v_int = batch.old_values_int + th.clamp(v_int - batch.old_values_int, -clip_range_vf, clip_range_vf)
+                    v_ext = batch.old_values_ext + th.clamp(v_ext - batch.old_values_ext, -clip_range_vf,
+                                                            clip_range_vf)
+                    v_int = batch.old_values_int + th.clamp(v_int - batch.old_values_int, -clip_range_vf,
+                                                            clip_range_vf)
                 value_loss = F.mse_loss(batch.returns_ext, v_ext) + F.mse_loss(batch.returns_int, v_int)
                 entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
@@ -534,8 +544,9 @@ class RNDRewardWrapper(VecEnvWrapper):
     """
 
     def __init__(self, venv: VecEnv, beta: float = 0.5, gamma_int: float = 0.99, update_every: int = 128,
-                 epochs: int = 4, batch_size: int = 2048, predictor_proportion: float = 0.25, lr: float = 3e-4,
-                 hidden: int = 128, embed_dim: int = 64, device: str | th.device = "cpu") -> None:
+                 epochs: int = 4, batch_size: int = 2048, predictor_proportion: float = 0.25,
+                 lr: float = 3e-4, hidden: int = 128, embed_dim: int = 64,
+                 device: str | th.device = "cpu") -> None:
         super().__init__(venv)
         if not isinstance(venv.observation_space, spaces.Box) or len(venv.observation_space.shape) != 1:
             raise ValueError(f"RNDRewardWrapper supports flat Box observations, got {venv.observation_space}")

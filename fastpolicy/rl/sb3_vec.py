@@ -41,7 +41,8 @@ class GymnasiumVecEnv(VecEnv):
     """SB3 VecEnv interface over a gymnasium ``VectorEnv`` with ``AutoresetMode.SAME_STEP``.
 
     Args:
-        venv: the gymnasium vector env (e.g. ``gym.make_vec(id, N, vectorization_mode="vector_entry_point")``).
+        venv: the gymnasium vector env, e.g.
+            ``gym.make_vec(id, N, vectorization_mode="vector_entry_point")``.
         recorder: optional transition recorder (see module docstring).
     """
 

@@ -1,0 +1,29 @@
+"""The main job end to end on a tiny budget: every demo method gets a valid row, a table and a plot."""
+
+import json
+
+from fastpolicy.bench.runner import SUITES
+from fastpolicy.bench.schema import validate_row
+from fastpolicy.demo import run_demo
+
+
+def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
+    tiny = dict(dataset_size=3000, teacher_steps=8, bc_steps=4, sdp_steps=4, cm_steps=4, sdp_cm_steps=4,
+                batch_size=16, episodes=1, latency_steps=4, throughput_calls=1, progress=False)
+    rows = run_demo(str(tmp_path / "demo"), **tiny)
+    assert [r["method"] for r in rows] == list(SUITES["demo"].methods)
+    for row in rows:
+        validate_row(row)
+        assert row["step_latency_ms_max_p99"] is not None and row["throughput_b64"] > 0
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["dp-ddpm100"]["nfe_per_step_max"] == 100
+    assert by_method["cm-1step"]["nfe_per_step_max"] == 1 and by_method["sdp-cm"]["nfe_per_step_max"] == 1
+    saved = json.loads((tmp_path / "demo" / "demo_maze2d-umaze.json").read_text())
+    assert len(saved) == len(rows)
+    assert (tmp_path / "demo" / "pareto_demo_maze2d-umaze.png").stat().st_size > 10_000
+    assert "cm-1step" in capsys.readouterr().out
+    # A second run reuses the dataset and every trained run instead of redoing them.
+    before = sorted(p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir())
+    run_demo(str(tmp_path / "demo"), **tiny)
+    after = sorted(p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir())
+    assert before == after
