@@ -14,8 +14,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Long or server-based ones last; the soak is opt-in (10 minutes by default).
-ORDER = ["bench_backbones.py", "bench_sampling_overhead.py", "bench_sampler.py", "bench_agv_throughput.py",
-         "bench_serve_load.py"]
+ORDER = [
+    "bench_backbones.py",
+    "bench_sampling_overhead.py",
+    "bench_sampler.py",
+    "bench_agv_throughput.py",
+    "bench_serve_load.py",
+]
 
 
 def main() -> int:

@@ -19,42 +19,98 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 # NAME: (json file, [(column title, key, format)], optional task filter)
 TABLES: dict[str, tuple] = {
-    "backbones": ("backbones.json", [("backbone", "method", "{}"), ("batch", "batch_size", "{}"),
-                                     ("params", "params", "{:,}"), ("p50 ms", "latency_ms_p50", "{:.3f}"),
-                                     ("p99 ms", "latency_ms_p99", "{:.3f}"), ("threads", "torch_threads", "{}")]),
-    "sampling_overhead": ("sampling_overhead.json", [("what", "method", "{}"), ("batch", "batch_size", "{}"),
-                                                     ("loop p50 ms", "latency_ms_p50", "{:.3f}"),
-                                                     ("bare forwards p50 ms", "bare_forward_ms_p50", "{:.3f}"),
-                                                     ("overhead % (median)", "overhead_pct", "{:.1f}"),
-                                                     ("overhead % (min)", "overhead_pct_min", "{:.1f}")],
-                          "sampling-overhead"),
-    "scheduler_step": ("sampling_overhead.json", [("what", "method", "{}"), ("batch", "batch_size", "{}"),
-                                                  ("fastpolicy µs", "fastpolicy_us", "{:.1f}"),
-                                                  ("diffusers µs", "diffusers_us", "{:.1f}"),
-                                                  ("speed-up", "speedup", "{:.1f}×")], "scheduler-step"),
-    "sampler": ("sampler.json", [("reader", "method", "{}"), ("windows/s", "windows_per_s", "{:,.0f}"),
-                                 ("× getitem", "speedup_vs_getitem", "{:.1f}")]),
-    "agv_throughput": ("agv_throughput.json", [("method", "method", "{}"), ("N", "num_envs", "{}"),
-                                               ("robot-steps/s", "robot_steps_per_s", "{:,.0f}"),
-                                               ("measured", "measured", "{}"),
-                                               ("× numpy twin", "speedup_vs_numpy_twin", "{:.1f}"),
-                                               ("× async best", "speedup_vs_async_best", "{:.1f}")]),
-    "serve_load": ("serve_load.json", [("method", "method", "{}"), ("mode", "mode", "{}"),
-                                       ("sessions", "sessions", "{}"), ("Hz", "hz", "{}"),
-                                       ("rtt p50 ms", "rtt_ms_p50", "{:.1f}"), ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
-                                       ("req/s", "throughput_rps", "{:.0f}"),
-                                       ("missed ticks", "deadline_miss_ticks", "{}")]),
-    "serve_soak": ("serve_soak.json", [("method", "method", "{}"), ("minutes", "minutes", "{}"),
-                                       ("requests", "requests", "{}"), ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
-                                       ("RSS start MB", "rss_mb_start", "{:.1f}"), ("RSS end MB", "rss_mb_end", "{:.1f}"),
-                                       ("growth %", "rss_growth_pct", "{:.2f}")]),
+    "backbones": (
+        "backbones.json",
+        [
+            ("backbone", "method", "{}"),
+            ("batch", "batch_size", "{}"),
+            ("params", "params", "{:,}"),
+            ("p50 ms", "latency_ms_p50", "{:.3f}"),
+            ("p99 ms", "latency_ms_p99", "{:.3f}"),
+            ("threads", "torch_threads", "{}"),
+        ],
+    ),
+    "sampling_overhead": (
+        "sampling_overhead.json",
+        [
+            ("what", "method", "{}"),
+            ("batch", "batch_size", "{}"),
+            ("loop p50 ms", "latency_ms_p50", "{:.3f}"),
+            ("bare forwards p50 ms", "bare_forward_ms_p50", "{:.3f}"),
+            ("overhead % (median)", "overhead_pct", "{:.1f}"),
+            ("overhead % (min)", "overhead_pct_min", "{:.1f}"),
+        ],
+        "sampling-overhead",
+    ),
+    "scheduler_step": (
+        "sampling_overhead.json",
+        [
+            ("what", "method", "{}"),
+            ("batch", "batch_size", "{}"),
+            ("fastpolicy µs", "fastpolicy_us", "{:.1f}"),
+            ("diffusers µs", "diffusers_us", "{:.1f}"),
+            ("speed-up", "speedup", "{:.1f}×"),
+        ],
+        "scheduler-step",
+    ),
+    "sampler": (
+        "sampler.json",
+        [
+            ("reader", "method", "{}"),
+            ("windows/s", "windows_per_s", "{:,.0f}"),
+            ("× getitem", "speedup_vs_getitem", "{:.1f}"),
+        ],
+    ),
+    "agv_throughput": (
+        "agv_throughput.json",
+        [
+            ("method", "method", "{}"),
+            ("N", "num_envs", "{}"),
+            ("robot-steps/s", "robot_steps_per_s", "{:,.0f}"),
+            ("measured", "measured", "{}"),
+            ("× numpy twin", "speedup_vs_numpy_twin", "{:.1f}"),
+            ("× async best", "speedup_vs_async_best", "{:.1f}"),
+        ],
+    ),
+    "serve_load": (
+        "serve_load.json",
+        [
+            ("method", "method", "{}"),
+            ("mode", "mode", "{}"),
+            ("sessions", "sessions", "{}"),
+            ("Hz", "hz", "{}"),
+            ("rtt p50 ms", "rtt_ms_p50", "{:.1f}"),
+            ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
+            ("req/s", "throughput_rps", "{:.0f}"),
+            ("missed ticks", "deadline_miss_ticks", "{}"),
+        ],
+    ),
+    "serve_soak": (
+        "serve_soak.json",
+        [
+            ("method", "method", "{}"),
+            ("minutes", "minutes", "{}"),
+            ("requests", "requests", "{}"),
+            ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
+            ("RSS start MB", "rss_mb_start", "{:.1f}"),
+            ("RSS end MB", "rss_mb_end", "{:.1f}"),
+            ("growth %", "rss_growth_pct", "{:.2f}"),
+        ],
+    ),
 }
 
-_SCORE_COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("score", "score_mean", "{:.1f}"),
-                  ("± std", "score_std", "{:.1f}"), ("success", "success_rate", "{:.2f}"),
-                  ("episodes", "episodes", "{}"), ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
-                  ("NFE/step max", "nfe_per_step_max", "{}"), ("p50 ms", "latency_ms_p50", "{:.2f}"),
-                  ("p99 ms", "latency_ms_p99", "{:.2f}")]
+_SCORE_COLUMNS = [
+    ("task", "task", "{}"),
+    ("method", "method", "{}"),
+    ("score", "score_mean", "{:.1f}"),
+    ("± std", "score_std", "{:.1f}"),
+    ("success", "success_rate", "{:.2f}"),
+    ("episodes", "episodes", "{}"),
+    ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
+    ("NFE/step max", "nfe_per_step_max", "{}"),
+    ("p50 ms", "latency_ms_p50", "{:.2f}"),
+    ("p99 ms", "latency_ms_p99", "{:.2f}"),
+]
 
 
 def _fmt(value, fmt: str) -> str:

@@ -12,16 +12,16 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "fastpolicy.data.cli",        # data make | import | info | export | split
-    "fastpolicy.train.cli",       # train
-    "fastpolicy.train.distill",   # distill
-    "fastpolicy.train.label",     # label
-    "fastpolicy.evaluation",      # eval
-    "fastpolicy.bench.cli",       # bench, report
-    "fastpolicy.demo",            # demo
-    "fastpolicy.rl.cli",          # explore
-    "fastpolicy.serve.cli",       # serve
-    "fastpolicy.control.cli",     # control
+    "fastpolicy.data.cli",  # data make | import | info | export | split
+    "fastpolicy.train.cli",  # train
+    "fastpolicy.train.distill",  # distill
+    "fastpolicy.train.label",  # label
+    "fastpolicy.evaluation",  # eval
+    "fastpolicy.bench.cli",  # bench, report
+    "fastpolicy.demo",  # demo
+    "fastpolicy.rl.cli",  # explore
+    "fastpolicy.serve.cli",  # serve
+    "fastpolicy.control.cli",  # control
 ]
 
 

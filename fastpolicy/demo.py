@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 
-def run_demo(out: str = "demo_out", task: str = "maze2d-umaze", threads: int | None = None,
-             **overrides) -> list[dict]:
+def run_demo(
+    out: str = "demo_out", task: str = "maze2d-umaze", threads: int | None = None, **overrides
+) -> list[dict]:
     """Run the ``demo`` suite on ``task`` into ``out``; ``overrides`` replace SuiteConfig fields."""
     import torch
 
@@ -26,16 +27,21 @@ def run_demo(out: str = "demo_out", task: str = "maze2d-umaze", threads: int | N
         torch.set_num_threads(threads)
     suite = dataclasses.replace(SUITES["demo"], **overrides)
     t0 = time.perf_counter()
-    print(f"fastpolicy demo: {task} — dataset {suite.dataset_size} transitions, teacher "
-          f"{suite.teacher_options.get('backbone')} × {suite.teacher_steps} steps, then the fast variants; "
-          f"everything lands in {out}/", flush=True)
+    print(
+        f"fastpolicy demo: {task} — dataset {suite.dataset_size} transitions, teacher "
+        f"{suite.teacher_options.get('backbone')} × {suite.teacher_steps} steps, then the fast variants; "
+        f"everything lands in {out}/",
+        flush=True,
+    )
     rows = run_suite(suite, [task], work_dir=Path(out), results_dir=Path(out), plot_dir=Path(out))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return rows
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on embedded defaults (dataset → teacher → fast variants)")
+    p = sub.add_parser(
+        "demo", help="end-to-end demo on embedded defaults (dataset → teacher → fast variants)"
+    )
     p.add_argument("--out", default="demo_out", help="where datasets, runs, results JSON and plot go")
     p.add_argument("--task", default="maze2d-umaze")
     p.add_argument("--dataset-size", type=int, default=None, help="override the demo's dataset size")
@@ -46,7 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("dataset_size", a.dataset_size), ("teacher_steps", a.teacher_steps),
-                                   ("episodes", a.episodes)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("dataset_size", a.dataset_size),
+            ("teacher_steps", a.teacher_steps),
+            ("episodes", a.episodes),
+        )
+        if v is not None
+    }
     run_demo(a.out, a.task, a.threads, **overrides)
     return 0

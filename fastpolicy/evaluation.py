@@ -22,19 +22,23 @@ from fastpolicy.policies.base import Policy, StepStats
 
 @dataclass
 class RolloutResult:
-    returns: np.ndarray      # (episodes,)
-    success: np.ndarray      # (episodes,) bool
-    lengths: np.ndarray      # (episodes,)
+    returns: np.ndarray  # (episodes,)
+    success: np.ndarray  # (episodes,) bool
+    lengths: np.ndarray  # (episodes,)
     stats: StepStats
 
 
 def _check_dims(policy: Policy, space) -> None:
     if space.shape[-1] != policy.obs_dim:
-        raise ValueError(f"the task's observation has {space.shape[-1]} dims but the policy was trained "
-                         f"on {policy.obs_dim}")
+        raise ValueError(
+            f"the task's observation has {space.shape[-1]} dims but the policy was trained "
+            f"on {policy.obs_dim}"
+        )
 
 
-def rollout(policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False) -> RolloutResult:
+def rollout(
+    policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False
+) -> RolloutResult:
     """Run ``episodes`` episodes in lockstep (env seeds seed, seed+1, …); finished envs are ignored."""
     from tqdm.auto import tqdm
 
@@ -48,8 +52,9 @@ def rollout(policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: 
         returns = np.zeros(episodes)
         success = np.zeros(episodes, bool)
         lengths = np.zeros(episodes, int)
-        for _ in tqdm(range(task.max_episode_steps), desc=f"{task.name} seed {seed}", disable=not progress,
-                      leave=False):
+        for _ in tqdm(
+            range(task.max_episode_steps), desc=f"{task.name} seed {seed}", disable=not progress, leave=False
+        ):
             action = np.clip(session.act(obs), low, high)
             obs, reward, terminated, truncated, info = venv.step(action)
             alive = ~done
@@ -65,7 +70,9 @@ def rollout(policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: 
         venv.close()
 
 
-def measure_latency(policy: Policy, task: TaskSpec, steps: int = 64, warmup: int = 8, seed: int = 10_000) -> StepStats:
+def measure_latency(
+    policy: Policy, task: TaskSpec, steps: int = 64, warmup: int = 8, seed: int = 10_000
+) -> StepStats:
     """Per-action latency at batch 1 over real closed-loop steps (after ``warmup`` untimed steps)."""
     env = make_env(task)
     try:
@@ -75,8 +82,9 @@ def measure_latency(policy: Policy, task: TaskSpec, steps: int = 64, warmup: int
         for i in range(warmup + steps):
             if i == warmup:
                 session.stats = StepStats()
-            obs, _, terminated, truncated, _ = env.step(np.clip(session.act(obs), env.action_space.low,
-                                                                env.action_space.high))
+            obs, _, terminated, truncated, _ = env.step(
+                np.clip(session.act(obs), env.action_space.low, env.action_space.high)
+            )
             if terminated or truncated:
                 obs, _ = env.reset()
                 session.reset()
@@ -85,9 +93,16 @@ def measure_latency(policy: Policy, task: TaskSpec, steps: int = 64, warmup: int
         env.close()
 
 
-def evaluate(policy: Policy, task: TaskSpec | str, episodes: int | None = None,
-             seeds: Sequence[int] | None = None, latency_steps: int = 64, progress: bool = True,
-             method: str | None = None, **extra: Any) -> dict[str, Any]:
+def evaluate(
+    policy: Policy,
+    task: TaskSpec | str,
+    episodes: int | None = None,
+    seeds: Sequence[int] | None = None,
+    latency_steps: int = 64,
+    progress: bool = True,
+    method: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Score + latency of one policy on one task, as a row of the shared result schema."""
     task = get_task(task) if isinstance(task, str) else task
     episodes = episodes or int(task.eval.get("episodes", 10))
@@ -99,17 +114,29 @@ def evaluate(policy: Policy, task: TaskSpec | str, episodes: int | None = None,
     nfe = [n for r in results for n in r.stats.nfe]
     latency = measure_latency(policy, task, steps=latency_steps).summary() if latency_steps else {}
     return make_row(
-        task.name, method or getattr(policy, "method", type(policy).__name__),
+        task.name,
+        method or getattr(policy, "method", type(policy).__name__),
         steps=getattr(policy, "checkpoint_step", None),
-        score_mean=float(scores.mean()), score_std=float(scores.std()), episodes=int(returns.size),
-        seeds=seeds, nfe_per_step_mean=float(np.mean(nfe)), nfe_per_step_max=int(np.max(nfe)),
-        latency_ms_p50=latency.get("latency_ms_p50"), latency_ms_p99=latency.get("latency_ms_p99"),
-        return_mean=float(returns.mean()), return_std=float(returns.std()),
-        success_rate=float(success.mean()), episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
-        score_kind=task.score.get("kind", "return"), latency_batch=1, **extra)
+        score_mean=float(scores.mean()),
+        score_std=float(scores.std()),
+        episodes=int(returns.size),
+        seeds=seeds,
+        nfe_per_step_mean=float(np.mean(nfe)),
+        nfe_per_step_max=int(np.max(nfe)),
+        latency_ms_p50=latency.get("latency_ms_p50"),
+        latency_ms_p99=latency.get("latency_ms_p99"),
+        return_mean=float(returns.mean()),
+        return_std=float(returns.std()),
+        success_rate=float(success.mean()),
+        episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
+        score_kind=task.score.get("kind", "return"),
+        latency_batch=1,
+        **extra,
+    )
 
 
 # --- CLI ------------------------------------------------------------------------------------------
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a task (score, NFE per step, latency)")
@@ -117,8 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="task card name (see envs/*.yaml)")
     p.add_argument("--episodes", type=int, default=None, help="episodes per seed (default: task card)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds (default: task card)")
-    p.add_argument("--sampler", nargs="+", default=None,
-                   help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 (default: checkpoint's)")
+    p.add_argument(
+        "--sampler",
+        nargs="+",
+        default=None,
+        help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 (default: checkpoint's)",
+    )
     p.add_argument("--latency-steps", type=int, default=64, help="batch-1 control steps timed for latency")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write the rows as JSON here")

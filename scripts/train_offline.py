@@ -61,9 +61,15 @@ def main(args: Args) -> None:
     if not store.exists():
         make_dataset(task.dataset, store, size=args.dataset_size, seed=args.seed)
     options = {"backbone": args.backbone} if args.policy == "diffusion" else {}
-    train_offline(store, args.out, args.policy, options,
-                  TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed),
-                  resume=True, task=args.task)
+    train_offline(
+        store,
+        args.out,
+        args.policy,
+        options,
+        TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed),
+        resume=True,
+        task=args.task,
+    )
     policy = load_policy(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []

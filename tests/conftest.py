@@ -20,14 +20,21 @@ def linear_store(tmp_path):
 
     rng = np.random.default_rng(0)
     path = tmp_path / "linear"
-    with EpisodeStore.create(path, attrs={"source": "test", "env_id": "none", "recipe": "linear", "seed": 0}) as w:
+    with EpisodeStore.create(
+        path, attrs={"source": "test", "env_id": "none", "recipe": "linear", "seed": 0}
+    ) as w:
         for _ in range(12):
             n = int(rng.integers(20, 40))
             x = rng.uniform(-1, 1, size=(n, 1))
             goal = np.full((n, 1), rng.uniform(-1, 1))
             action = np.clip(goal - x, -1, 1)
-            w.add_episode({"obs": np.concatenate([x, goal], 1).astype(np.float32),
-                           "action": action.astype(np.float32),
-                           "reward": -np.abs(goal - x)[:, 0].astype(np.float32),
-                           "terminal": np.zeros(n, bool), "timeout": np.eye(1, n, n - 1, dtype=bool)[0]})
+            w.add_episode(
+                {
+                    "obs": np.concatenate([x, goal], 1).astype(np.float32),
+                    "action": action.astype(np.float32),
+                    "reward": -np.abs(goal - x)[:, 0].astype(np.float32),
+                    "terminal": np.zeros(n, bool),
+                    "timeout": np.eye(1, n, n - 1, dtype=bool)[0],
+                }
+            )
     return path

@@ -7,8 +7,17 @@ from fastpolicy.bench.schema import REQUIRED_FIELDS, make_row, read_results, val
 
 
 def _row(**kw):
-    base = dict(steps=10, score_mean=50.0, score_std=1.0, episodes=10, seeds=[0, 1], nfe_per_step_mean=1.25,
-                nfe_per_step_max=10, latency_ms_p50=1.0, latency_ms_p99=2.0)
+    base = dict(
+        steps=10,
+        score_mean=50.0,
+        score_std=1.0,
+        episodes=10,
+        seeds=[0, 1],
+        nfe_per_step_mean=1.25,
+        nfe_per_step_max=10,
+        latency_ms_p50=1.0,
+        latency_ms_p99=2.0,
+    )
     base.update(kw)
     return make_row("maze2d-umaze", "dp-ddim10", **base)
 
@@ -38,7 +47,9 @@ def test_round_trip_and_nan_becomes_null(tmp_path):
     raw = json.loads(path.read_text())
     assert raw[1]["latency_ms_p99"] is None
     back = read_results(path)
-    assert back[0]["score_mean"] == 50.0 and not any(isinstance(v, float) and math.isnan(v) for v in back[1].values())
+    assert back[0]["score_mean"] == 50.0 and not any(
+        isinstance(v, float) and math.isnan(v) for v in back[1].values()
+    )
 
 
 def test_read_rejects_non_list(tmp_path):

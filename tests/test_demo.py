@@ -8,8 +8,19 @@ from fastpolicy.demo import run_demo
 
 
 def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
-    tiny = dict(dataset_size=3000, teacher_steps=8, bc_steps=4, sdp_steps=4, cm_steps=4, sdp_cm_steps=4,
-                batch_size=16, episodes=1, latency_steps=4, throughput_calls=1, progress=False)
+    tiny = dict(
+        dataset_size=3000,
+        teacher_steps=8,
+        bc_steps=4,
+        sdp_steps=4,
+        cm_steps=4,
+        sdp_cm_steps=4,
+        batch_size=16,
+        episodes=1,
+        latency_steps=4,
+        throughput_calls=1,
+        progress=False,
+    )
     rows = run_demo(str(tmp_path / "demo"), **tiny)
     assert [r["method"] for r in rows] == list(SUITES["demo"].methods)
     for row in rows:
@@ -23,7 +34,9 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
     assert (tmp_path / "demo" / "pareto_demo_maze2d-umaze.png").stat().st_size > 10_000
     assert "cm-1step" in capsys.readouterr().out
     # A second run reuses the dataset and every trained run instead of redoing them.
-    before = sorted(p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir())
+    before = sorted(
+        p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir()
+    )
     run_demo(str(tmp_path / "demo"), **tiny)
     after = sorted(p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir())
     assert before == after

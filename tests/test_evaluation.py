@@ -19,11 +19,17 @@ def maze_teacher(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("maze")
     make_dataset("maze2d-umaze", root / "store", size=3000, seed=0, progress=False)
-    cfg = TrainConfig(steps=10, batch_size=32, warmup_steps=2, checkpoint_every=10, progress=False,
-                      tensorboard=False)
-    train_offline(root / "store", root / "run", "diffusion",
-                  {"backbone": "mlp", "backbone_kwargs": {"hidden": 32, "depth": 1}, "sampler": "ddim:4"}, cfg,
-                  task="maze2d-umaze")
+    cfg = TrainConfig(
+        steps=10, batch_size=32, warmup_steps=2, checkpoint_every=10, progress=False, tensorboard=False
+    )
+    train_offline(
+        root / "store",
+        root / "run",
+        "diffusion",
+        {"backbone": "mlp", "backbone_kwargs": {"hidden": 32, "depth": 1}, "sampler": "ddim:4"},
+        cfg,
+        task="maze2d-umaze",
+    )
     return root
 
 
@@ -41,8 +47,25 @@ def test_evaluate_row_has_schema_score_and_nfe(maze_teacher):
 
 def test_eval_cli_compares_samplers_and_writes_json(maze_teacher, capsys):
     out = maze_teacher / "eval.json"
-    rc = main(["eval", str(maze_teacher / "run"), "--task", "maze2d-umaze", "--episodes", "2", "--seeds", "1",
-               "--sampler", "ddim:4", "ddim:2", "--latency-steps", "4", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            str(maze_teacher / "run"),
+            "--task",
+            "maze2d-umaze",
+            "--episodes",
+            "2",
+            "--seeds",
+            "1",
+            "--sampler",
+            "ddim:4",
+            "ddim:2",
+            "--latency-steps",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["dp-ddim4", "dp-ddim2"]
@@ -51,8 +74,13 @@ def test_eval_cli_compares_samplers_and_writes_json(maze_teacher, capsys):
 
 
 def test_policy_for_another_task_is_refused_clearly(linear_store, tmp_path):
-    train_offline(linear_store, tmp_path / "run", "bc", {"hidden": 8, "depth": 1},
-                  TrainConfig(steps=2, batch_size=8, checkpoint_every=2, progress=False, tensorboard=False))
+    train_offline(
+        linear_store,
+        tmp_path / "run",
+        "bc",
+        {"hidden": 8, "depth": 1},
+        TrainConfig(steps=2, batch_size=8, checkpoint_every=2, progress=False, tensorboard=False),
+    )
     with pytest.raises(ValueError, match="observation has 6 dims but the policy was trained on 2"):
         evaluate(load_policy(tmp_path / "run"), "maze2d-umaze", episodes=1, seeds=[0], latency_steps=0)
 

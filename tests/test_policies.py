@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastpolicy.policies.bc import BCConfig, BCPolicy
-from fastpolicy.policies.diffusion_policy import DiffusionPolicy, DiffusionPolicyConfig
+from fastpolicy.policies.diffusion_policy import DiffusionPolicy
 
 
 def _dp(**kw):
@@ -25,7 +25,7 @@ def test_session_replans_every_action_horizon_and_counts_nfe():
     session = policy.new_session(batch_size=2, seed=0)
     nfe = []
     for _ in range(20):
-        action = session.act(np.random.rand(2, 3).astype(np.float32))
+        action = session.act(np.random.default_rng(0).random((2, 3)).astype(np.float32))
         assert action.shape == (2, 2)
         nfe.append(session.stats.nfe[-1])
     assert nfe == [4, 0, 0, 0, 0, 0, 0, 0] * 2 + [4, 0, 0, 0]
@@ -43,7 +43,7 @@ def test_session_pads_history_with_first_frame():
 
 def test_same_generator_seed_gives_same_actions():
     policy = _dp(sampler="ddpm:10").eval()
-    obs = np.random.rand(1, 2, 3).astype(np.float32)
+    obs = np.random.default_rng(1).random((1, 2, 3)).astype(np.float32)
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)).actions
     b = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)).actions
     c = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(4)).actions
@@ -66,12 +66,15 @@ def test_nan_observation_rejected_by_session():
         _dp().new_session().act(np.array([np.nan, 0, 0], np.float32))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(action_horizon=16), "action_horizon"),
-    (dict(backbone="unet-small", pred_horizon=15, action_horizon=8), "divisible by 4"),
-    (dict(sampler="euler:3"), "sampler|euler"),
-    (dict(unknown_option=1), "unknown"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(action_horizon=16), "action_horizon"),
+        (dict(backbone="unet-small", pred_horizon=15, action_horizon=8), "divisible by 4"),
+        (dict(sampler="euler:3"), "sampler|euler"),
+        (dict(unknown_option=1), "unknown"),
+    ],
+)
 def test_config_errors_are_clear(bad, match):
     with pytest.raises((ValueError, KeyError), match=match):
         _dp(**bad)

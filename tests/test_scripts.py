@@ -9,10 +9,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_offline(tmp_path, steps):
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_offline.py"), "--task", "maze2d-umaze",
-           "--dataset-size", "2000", "--store", str(tmp_path / "store"), "--backbone", "mlp", "--steps", str(steps),
-           "--batch-size", "16", "--out", str(tmp_path / "run"), "--samplers", "ddim:2", "--episodes", "1",
-           "--seeds", "0"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train_offline.py"),
+        "--task",
+        "maze2d-umaze",
+        "--dataset-size",
+        "2000",
+        "--store",
+        str(tmp_path / "store"),
+        "--backbone",
+        "mlp",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path / "run"),
+        "--samplers",
+        "ddim:2",
+        "--episodes",
+        "1",
+        "--seeds",
+        "0",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((tmp_path / "run" / "eval.json").read_text())

@@ -29,7 +29,7 @@ def _cfg(**kw):
 def test_checkpoint_round_trip_gives_identical_actions(linear_store, tmp_path):
     policy, _ = train_offline(linear_store, tmp_path / "run", "diffusion", TINY, _cfg(ema=False))
     loaded = load_policy(tmp_path / "run")
-    obs = np.random.rand(3, 2, 2).astype(np.float32)
+    obs = np.random.default_rng(0).random((3, 2, 2)).astype(np.float32)
     policy.eval()
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1)).actions
     b = loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(1)).actions
@@ -38,8 +38,13 @@ def test_checkpoint_round_trip_gives_identical_actions(linear_store, tmp_path):
 
 
 def test_only_recent_checkpoints_are_kept_and_latest_is_named(linear_store, tmp_path):
-    train_offline(linear_store, tmp_path / "run", "bc", {"hidden": 16, "depth": 1},
-                  _cfg(steps=20, checkpoint_every=2, keep_checkpoints=2))
+    train_offline(
+        linear_store,
+        tmp_path / "run",
+        "bc",
+        {"hidden": 16, "depth": 1},
+        _cfg(steps=20, checkpoint_every=2, keep_checkpoints=2),
+    )
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step_00000018", "step_00000020"]
     assert resolve_checkpoint(tmp_path / "run").name == "step_00000020"
@@ -87,26 +92,64 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_save_refuses_to_overwrite_when_asked(tmp_path):
-    save_checkpoint(tmp_path / "c", policy_type="bc", policy_config={}, model_state={"w": torch.ones(2)},
-                    normalizer_state={}, step=1)
+    save_checkpoint(
+        tmp_path / "c",
+        policy_type="bc",
+        policy_config={},
+        model_state={"w": torch.ones(2)},
+        normalizer_state={},
+        step=1,
+    )
     with pytest.raises(FileExistsError):
-        save_checkpoint(tmp_path / "c", policy_type="bc", policy_config={}, model_state={"w": torch.zeros(2)},
-                        normalizer_state={}, step=2, overwrite=False)
+        save_checkpoint(
+            tmp_path / "c",
+            policy_type="bc",
+            policy_config={},
+            model_state={"w": torch.zeros(2)},
+            normalizer_state={},
+            step=2,
+            overwrite=False,
+        )
     assert torch.equal(load_file(str(tmp_path / "c" / "model.safetensors"))["w"], torch.ones(2))
 
 
 def _train_cmd(store, out, steps, extra=()):
-    return [sys.executable, "-m", "fastpolicy.cli", "train", "--store", str(store), "--out", str(out),
-            "--policy", "diffusion", "--option", f"backbone_kwargs={json.dumps(TINY['backbone_kwargs'])}",
-            "--backbone", "mlp", "--steps", str(steps), "--batch-size", "16", "--warmup-steps", "5",
-            "--checkpoint-every", "10", "--threads", "1", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fastpolicy.cli",
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--policy",
+        "diffusion",
+        "--option",
+        f"backbone_kwargs={json.dumps(TINY['backbone_kwargs'])}",
+        "--backbone",
+        "mlp",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "5",
+        "--checkpoint-every",
+        "10",
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_sigkill_then_resume_continues_exactly(linear_store, tmp_path):
     steps = 400
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(linear_store, run, steps), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _train_cmd(linear_store, run, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while not (run / "latest").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -133,10 +176,39 @@ def _free_port():
 
 def test_torchrun_two_processes_train_on_cpu(linear_store, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "fastpolicy.cli", "train",
-           "--store", str(linear_store), "--out", str(run), "--policy", "bc", "--steps", "6",
-           "--checkpoint-every", "3", "--batch-size", "8", "--threads", "1", "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "fastpolicy.cli",
+        "train",
+        "--store",
+        str(linear_store),
+        "--out",
+        str(run),
+        "--policy",
+        "bc",
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = resolve_checkpoint(run)

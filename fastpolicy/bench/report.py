@@ -56,16 +56,23 @@ def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) ->
     return "\n".join(lines)
 
 
-def pareto_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
-                latency_key: str = "latency_ms_p99") -> Path:
+def pareto_plot(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    latency_key: str = "latency_ms_p99",
+) -> Path:
     """Score vs per-step latency (log x), one point per method, the Pareto front drawn through them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r[latency_key], r["score_mean"], r.get("score_std") or 0.0, r["method"]) for r in rows
-           if r.get(latency_key) is not None and r.get("score_mean") is not None]
+    pts = [
+        (r[latency_key], r["score_mean"], r.get("score_std") or 0.0, r["method"])
+        for r in rows
+        if r.get(latency_key) is not None and r.get("score_mean") is not None
+    ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for lat, score, std, name in pts:
         ax.errorbar(lat, score, yerr=std, fmt="o", capsize=3)

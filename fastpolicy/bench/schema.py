@@ -22,7 +22,7 @@ from fastpolicy.utils.misc import git_commit
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "task": str,
     "method": str,
-    "steps": (int, type(None)),        # training / distillation steps of the evaluated model (None: n/a)
+    "steps": (int, type(None)),  # training / distillation steps of the evaluated model (None: n/a)
     "score_mean": (float, int, type(None)),
     "score_std": (float, int, type(None)),
     "episodes": (int, type(None)),
@@ -37,8 +37,13 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 def environment_fields() -> dict[str, Any]:
     """What every row records about where it was measured (the machine is shared and noisy)."""
-    return {"torch_threads": torch.get_num_threads(), "device": _device_name(),
-            "host_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "device": _device_name(),
+        "host_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def _device_name() -> str:

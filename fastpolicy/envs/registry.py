@@ -26,8 +26,20 @@ from typing import Any
 
 import numpy as np
 
-_ALLOWED_KEYS = {"name", "env_id", "import_module", "env_kwargs", "wrapper", "max_episode_steps", "dataset",
-                 "horizons", "score", "eval", "description", "reference"}
+_ALLOWED_KEYS = {
+    "name",
+    "env_id",
+    "import_module",
+    "env_kwargs",
+    "wrapper",
+    "max_episode_steps",
+    "dataset",
+    "horizons",
+    "score",
+    "eval",
+    "description",
+    "reference",
+}
 
 
 def tasks_dir() -> Path:
@@ -129,5 +141,7 @@ def make_vector_env(task: TaskSpec | str, num_envs: int, **overrides: Any):
     import gymnasium as gym
 
     task = get_task(task) if isinstance(task, str) else task
-    return gym.vector.SyncVectorEnv([lambda: make_env(task, **overrides) for _ in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_env(task, **overrides) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )

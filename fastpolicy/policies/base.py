@@ -17,7 +17,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +47,12 @@ class Policy(ABC):
         return None
 
     @abstractmethod
-    def predict_chunk(self, obs_window: np.ndarray | torch.Tensor, state: PolicyState = None,
-                      generator: torch.Generator | None = None) -> ChunkResult:
+    def predict_chunk(
+        self,
+        obs_window: np.ndarray | torch.Tensor,
+        state: PolicyState = None,
+        generator: torch.Generator | None = None,
+    ) -> ChunkResult:
         """Plan from ``obs_window`` (B, To, obs_dim); return (B, Ta', act_dim) actions with Ta' ≤ Ta."""
 
     def new_session(self, batch_size: int = 1, seed: int | None = None) -> Session:
@@ -79,12 +82,19 @@ class StepStats:
 
     def summary(self) -> dict[str, float]:
         if not self.nfe:
-            return {"nfe_per_step_mean": 0.0, "nfe_per_step_max": 0, "latency_ms_p50": float("nan"),
-                    "latency_ms_p99": float("nan")}
+            return {
+                "nfe_per_step_mean": 0.0,
+                "nfe_per_step_max": 0,
+                "latency_ms_p50": float("nan"),
+                "latency_ms_p99": float("nan"),
+            }
         lat = np.asarray(self.latency_s) * 1e3
-        return {"nfe_per_step_mean": float(np.mean(self.nfe)), "nfe_per_step_max": int(np.max(self.nfe)),
-                "latency_ms_p50": float(np.percentile(lat, 50)),
-                "latency_ms_p99": float(np.percentile(lat, 99))}
+        return {
+            "nfe_per_step_mean": float(np.mean(self.nfe)),
+            "nfe_per_step_max": int(np.max(self.nfe)),
+            "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p99": float(np.percentile(lat, 99)),
+        }
 
 
 class Session:

@@ -30,8 +30,12 @@ class BCPolicy(TorchPolicy):
 
     def __init__(self, config: BCConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
         super().__init__(config, normalizer_state)
-        self.net = MLP(config.obs_dim * config.obs_horizon, config.action_horizon * config.action_dim,
-                       hidden=config.hidden, depth=config.depth)
+        self.net = MLP(
+            config.obs_dim * config.obs_horizon,
+            config.action_horizon * config.action_dim,
+            hidden=config.hidden,
+            depth=config.depth,
+        )
 
     def _actions(self, cond: torch.Tensor) -> torch.Tensor:
         return self.net(cond).view(-1, self.config.action_horizon, self.config.action_dim)
@@ -46,7 +50,11 @@ class BCPolicy(TorchPolicy):
         return {"loss": masked_mse(self._actions(cond), target, mask, cfg.action_horizon)}
 
     @torch.inference_mode()
-    def predict_chunk(self, obs_window: np.ndarray | torch.Tensor, state: PolicyState = None,
-                      generator: torch.Generator | None = None) -> ChunkResult:
+    def predict_chunk(
+        self,
+        obs_window: np.ndarray | torch.Tensor,
+        state: PolicyState = None,
+        generator: torch.Generator | None = None,
+    ) -> ChunkResult:
         actions = self.unnormalize_action(self._actions(self.encode_obs(obs_window)))
         return ChunkResult(actions.float().cpu().numpy(), 1, state)

@@ -43,11 +43,17 @@ class DiffusionPolicy(TorchPolicy):
     policy_type = "diffusion"
     config_cls = DiffusionPolicyConfig
 
-    def __init__(self, config: DiffusionPolicyConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self, config: DiffusionPolicyConfig, normalizer_state: dict[str, torch.Tensor] | None = None
+    ):
         super().__init__(config, normalizer_state)
-        self.backbone = make_backbone(config.backbone, horizon=config.pred_horizon, input_dim=config.action_dim,
-                                      global_cond_dim=config.obs_dim * config.obs_horizon,
-                                      **config.backbone_kwargs)
+        self.backbone = make_backbone(
+            config.backbone,
+            horizon=config.pred_horizon,
+            input_dim=config.action_dim,
+            global_cond_dim=config.obs_dim * config.obs_horizon,
+            **config.backbone_kwargs,
+        )
         self.schedule = make_schedule(config.num_train_timesteps, config.beta_schedule)
         self.set_sampler(config.sampler)
 
@@ -70,15 +76,23 @@ class DiffusionPolicy(TorchPolicy):
         out = super()._apply(fn, *args, **kwargs)
         if hasattr(self, "sampler"):
             self.schedule = self.schedule.to(self.device)
-            self.sampler = make_sampler(self.schedule, self._sampler_spec(self.sampler_name), device=self.device)
+            self.sampler = make_sampler(
+                self.schedule, self._sampler_spec(self.sampler_name), device=self.device
+            )
         return out
 
     @torch.inference_mode()
-    def predict_chunk(self, obs_window: np.ndarray | torch.Tensor, state: PolicyState = None,
-                      generator: torch.Generator | None = None) -> ChunkResult:
+    def predict_chunk(
+        self,
+        obs_window: np.ndarray | torch.Tensor,
+        state: PolicyState = None,
+        generator: torch.Generator | None = None,
+    ) -> ChunkResult:
         cond = self.encode_obs(obs_window)
         cfg = self.config
-        x = torch.randn((cond.shape[0], cfg.pred_horizon, cfg.action_dim), generator=generator).to(self.device)
+        x = torch.randn((cond.shape[0], cfg.pred_horizon, cfg.action_dim), generator=generator).to(
+            self.device
+        )
         x0, nfe = self.sampler.sample(lambda xt, t: self.backbone(xt, t, cond), x, generator=generator)
         return ChunkResult(self.chunk_from_prediction(x0), nfe, state)
 
@@ -95,7 +109,9 @@ class DiffusionPolicy(TorchPolicy):
         return {"loss": masked_mse(pred, target, batch.get("action_mask"), cfg.pred_horizon)}
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, horizon: int) -> torch.Tensor:
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, horizon: int
+) -> torch.Tensor:
     """MSE over positions whose action is known (``action_mask`` True); plain MSE without a mask."""
     if mask is None:
         return F.mse_loss(pred, target)

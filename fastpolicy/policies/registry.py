@@ -22,7 +22,8 @@ def policy_class(policy_type: str):
     return getattr(importlib.import_module(module), name)
 
 
-def build_policy(policy_type: str, config: dict[str, Any],
-                 normalizer_state: dict[str, torch.Tensor] | None = None):
+def build_policy(
+    policy_type: str, config: dict[str, Any], normalizer_state: dict[str, torch.Tensor] | None = None
+):
     cls = policy_class(policy_type)
     return cls.from_config(config, normalizer_state=normalizer_state)

@@ -34,8 +34,10 @@ class PolicyConfig:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
-            raise ValueError(f"action_horizon {self.action_horizon} does not fit: executing "
-                             f"pred[To-1 : To-1+Ta] needs To-1+Ta ≤ pred_horizon ({self.pred_horizon})")
+            raise ValueError(
+                f"action_horizon {self.action_horizon} does not fit: executing "
+                f"pred[To-1 : To-1+Ta] needs To-1+Ta ≤ pred_horizon ({self.pred_horizon})"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -72,8 +74,9 @@ class TorchPolicy(nn.Module, Policy):
 
     # --- config / checkpoint --------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any] | PolicyConfig,
-                    normalizer_state: dict[str, torch.Tensor] | None = None):
+    def from_config(
+        cls, config: dict[str, Any] | PolicyConfig, normalizer_state: dict[str, torch.Tensor] | None = None
+    ):
         if isinstance(config, dict):
             config = cls.config_cls.from_dict(config)
         return cls(config, normalizer_state)
@@ -103,8 +106,9 @@ class TorchPolicy(nn.Module, Policy):
         obs = torch.as_tensor(obs_window, dtype=torch.float32).to(self.device)
         expected = (self.config.obs_horizon, self.config.obs_dim)
         if obs.ndim != 3 or tuple(obs.shape[1:]) != expected:
-            raise ValueError(f"observation window has shape {tuple(obs.shape)}, expected (B, {expected[0]}, "
-                             f"{expected[1]})")
+            raise ValueError(
+                f"observation window has shape {tuple(obs.shape)}, expected (B, {expected[0]}, {expected[1]})"
+            )
         return self.normalize_obs(obs).flatten(1)
 
     def chunk_from_prediction(self, x0: torch.Tensor) -> np.ndarray:

@@ -47,11 +47,19 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def save_checkpoint(path: str | os.PathLike, *, policy_type: str, policy_config: dict[str, Any],
-                    model_state: dict[str, torch.Tensor], normalizer_state: dict[str, torch.Tensor],
-                    step: int, train_tensors: dict[str, torch.Tensor] | None = None,
-                    train_meta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-                    overwrite: bool = True) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    policy_type: str,
+    policy_config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    normalizer_state: dict[str, torch.Tensor],
+    step: int,
+    train_tensors: dict[str, torch.Tensor] | None = None,
+    train_meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> Path:
     """Write one checkpoint directory atomically and return its path."""
     path = Path(path)
     with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -99,8 +107,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         if key not in config:
             raise CheckpointError(f"{ckpt / 'config.json'} lacks {key!r}: not a fastpolicy checkpoint")
     if config["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{ckpt}: checkpoint format {config['format']} is not supported "
-                              f"(this fastpolicy reads format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            f"{ckpt}: checkpoint format {config['format']} is not supported "
+            f"(this fastpolicy reads format {CHECKPOINT_FORMAT})"
+        )
     return config
 
 
@@ -133,14 +143,17 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
     policy = build_policy(config["policy_type"], config["policy_config"], normalizer_state=norm)
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: weights do not fit the {config['policy_type']} policy "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{ckpt}: weights do not fit the {config['policy_type']} policy "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     policy.checkpoint_step = config["step"]
     policy.checkpoint_hash = config["sha256"]["model.safetensors"]
     return policy.to(device).eval()
 
 
 # --- run directories -------------------------------------------------------------------------------
+
 
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"

@@ -10,15 +10,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a policy on an EpisodeStore (checkpoints, --resume, torchrun)")
     p.add_argument("--store", required=True, help="EpisodeStore path (see `fastpolicy data make/import`)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, TensorBoard)")
-    p.add_argument("--policy", default="diffusion", choices=["diffusion", "bc", "streaming"],
-                   help="policy type")
+    p.add_argument(
+        "--policy", default="diffusion", choices=["diffusion", "bc", "streaming"], help="policy type"
+    )
     p.add_argument("--backbone", default=None, help="diffusion backbone: unet-small | unet-base | mlp")
     p.add_argument("--task", default=None, help="task card whose horizons to use (default To=2, Tp=16, Ta=8)")
     p.add_argument("--obs-horizon", type=int, default=None)
     p.add_argument("--pred-horizon", type=int, default=None)
     p.add_argument("--action-horizon", type=int, default=None)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
-                   help="extra policy config, e.g. --option sampler='\"ddim:10\"' (repeatable)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra policy config, e.g. --option sampler='\"ddim:10\"' (repeatable)",
+    )
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -60,9 +66,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name in ("obs_horizon", "pred_horizon", "action_horizon"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                      ema=not args.no_ema, progress=not args.no_progress)
-    _, stats = train_offline(args.store, args.out, args.policy, options, cfg, resume=args.resume, task=args.task)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+        ema=not args.no_ema,
+        progress=not args.no_progress,
+    )
+    _, stats = train_offline(
+        args.store, args.out, args.policy, options, cfg, resume=args.resume, task=args.task
+    )
     print(f"trained to step {stats['step']}: loss {stats['loss']:.4f} → {args.out}")
     return 0

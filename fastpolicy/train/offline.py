@@ -18,13 +18,24 @@ def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: in
     from fastpolicy.data.sampler import SequenceDataset
 
     keys = ["obs", "action"] + (["action_mask"] if "action_mask" in store.keys else [])
-    return SequenceDataset(store, horizon=pred_horizon, pad_before=obs_horizon - 1,
-                           pad_after=action_horizon - 1, keys=tuple(keys))
+    return SequenceDataset(
+        store,
+        horizon=pred_horizon,
+        pad_before=obs_horizon - 1,
+        pad_after=action_horizon - 1,
+        keys=tuple(keys),
+    )
 
 
-def train_offline(store_path: str | os.PathLike, run_dir: str | os.PathLike, policy_type: str = "diffusion",
-                  policy_options: dict[str, Any] | None = None, train_config: TrainConfig | None = None,
-                  resume: bool = False, task: str | None = None):
+def train_offline(
+    store_path: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    policy_type: str = "diffusion",
+    policy_options: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    resume: bool = False,
+    task: str | None = None,
+):
     """Train ``policy_type`` on the store; returns (policy, fit stats). ``policy_options`` override the
     config (e.g. backbone, horizons); obs/action dims come from the store."""
     from fastpolicy.data.normalize import NormalizerSet
@@ -42,8 +53,11 @@ def train_offline(store_path: str | os.PathLike, run_dir: str | os.PathLike, pol
     if resume and (run_dir / "latest").exists():
         ckpt = resolve_checkpoint(run_dir)
         cfg = read_config(ckpt)
-        policy = build_policy(cfg["policy_type"], cfg["policy_config"],
-                              normalizer_state=load_tensors(ckpt, "normalizer.safetensors"))
+        policy = build_policy(
+            cfg["policy_type"],
+            cfg["policy_config"],
+            normalizer_state=load_tensors(ckpt, "normalizer.safetensors"),
+        )
     else:
         options = dict(policy_options or {})
         if task is not None:

@@ -82,8 +82,15 @@ def _dist_info() -> tuple[int, int]:
 class Trainer:
     """Train ``policy`` on ``dataset`` (anything with ``__len__`` and ``sample_batch(indices)``)."""
 
-    def __init__(self, policy: nn.Module, dataset: Any, config: TrainConfig, run_dir: str | os.PathLike,
-                 resume: bool = False, extra_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        policy: nn.Module,
+        dataset: Any,
+        config: TrainConfig,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset = dataset
@@ -100,25 +107,37 @@ class Trainer:
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.model = nn.parallel.DistributedDataParallel(
-                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         # Frozen parameters (a distillation teacher, an EMA target) are neither optimised nor averaged.
         self._trainable = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([p for _, p in self._trainable], lr=config.lr, betas=(0.95, 0.999),
-                                           eps=1e-8, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self._trainable],
+            lr=config.lr,
+            betas=(0.95, 0.999),
+            eps=1e-8,
+            weight_decay=config.weight_decay,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.ema = None
         if config.ema:
             from diffusers.training_utils import EMAModel  # reuse diffusers' EMA (warm-up power schedule)
 
-            self.ema = EMAModel([p for _, p in self._trainable], decay=config.ema_max_decay,
-                                use_ema_warmup=True, inv_gamma=1.0, power=config.ema_power)
+            self.ema = EMAModel(
+                [p for _, p in self._trainable],
+                decay=config.ema_max_decay,
+                use_ema_warmup=True,
+                inv_gamma=1.0,
+                power=config.ema_power,
+            )
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step = 0
         if resume:
             self._try_resume()
         elif (self.run_dir / "latest").exists() and self.rank == 0:
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it "
-                                  "or choose another --out")
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
 
     def _lr_lambda(self, step: int) -> float:
         warm = max(1, self.config.warmup_steps)
@@ -139,10 +158,14 @@ class Trainer:
         if self.ema is not None:
             for i, p in enumerate(self.ema.shadow_params):
                 tensors[f"ema.{i}"] = p
-        meta = {"step": self.step, "param_groups": opt["param_groups"],
-                "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
-                "ema_optimization_step": self.ema.optimization_step if self.ema is not None else None,
-                "train_config": asdict(self.config), "world_size": self.world}
+        meta = {
+            "step": self.step,
+            "param_groups": opt["param_groups"],
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+            "ema_optimization_step": self.ema.optimization_step if self.ema is not None else None,
+            "train_config": asdict(self.config),
+            "world_size": self.world,
+        }
         return tensors, meta
 
     def _inference_state(self) -> dict[str, torch.Tensor]:
@@ -160,10 +183,16 @@ class Trainer:
             # a wrapper (e.g. a distiller holding teacher + student) saves only the policy it trains
             model_state = self.policy.export_state(model_state)
         path = save_checkpoint(
-            self.run_dir / "checkpoints" / name, policy_type=self.policy.policy_type,
-            policy_config=self.policy.config_dict(), model_state=model_state,
-            normalizer_state=self.policy.normalizer_state(), step=self.step, train_tensors=tensors,
-            train_meta=meta, extra={"train": self.extra_config})
+            self.run_dir / "checkpoints" / name,
+            policy_type=self.policy.policy_type,
+            policy_config=self.policy.config_dict(),
+            model_state=model_state,
+            normalizer_state=self.policy.normalizer_state(),
+            step=self.step,
+            train_tensors=tensors,
+            train_meta=meta,
+            extra={"train": self.extra_config},
+        )
         write_latest(self.run_dir, name)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
@@ -176,7 +205,7 @@ class Trainer:
         config = read_config(ckpt)
         tensors = load_tensors(ckpt, "train_state.safetensors")
         meta = json.loads((ckpt / "train_state.json").read_text())
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         self.policy.load_state_dict(model_state)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -185,7 +214,9 @@ class Trainer:
                 opt_state.setdefault(int(idx), {})[name] = value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
         # The lambda itself is code, not state: it is rebuilt from the config, only counters are restored.
-        self.scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        self.scheduler.load_state_dict(
+            {**meta["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)}
+        )
         if self.ema is not None:
             n = len(self.ema.shadow_params)
             self.ema.shadow_params = [tensors[f"ema.{i}"].to(self.device) for i in range(n)]
@@ -218,8 +249,13 @@ class Trainer:
             except ImportError:
                 writer = None
         self.model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not cfg.progress or self.rank,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            disable=not cfg.progress or self.rank,
+            dynamic_ncols=True,
+        )
         logs: dict[str, float] = {}
         running = None
         while self.step < cfg.steps:
