@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= mujoco,rl,serve,minari,dev
 TORCH_PIN := torch==2.13.0
+# Idle OpenMP threads sleep rather than spin (see fastpolicy/cli.py); tests and demo inherit it.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test lint bench clean
 
@@ -25,6 +27,7 @@ demo: setup
 	$(VENV)/bin/fastpolicy demo
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not gpu" tests
 
 lint: setup

@@ -28,10 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from fastpolicy.dist.ray_runner import RayConfig
 
 DEFAULT_TEACHER_OPTIONS: dict[str, Any] = {"backbone": "unet-small"}
 
@@ -207,12 +210,82 @@ def timing_fields(nfe: Sequence[int], latency_s: Sequence[float]) -> dict[str, A
             "latency_samples": int(lat.size)}
 
 
-def evaluate_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, obs_windows: np.ndarray,
-                     progress: bool = True) -> list[dict[str, Any]]:
-    """Score every method, then time them all interleaved; one schema row per method."""
-    from fastpolicy.bench.schema import validate_row
+@dataclass
+class SeedResult:
+    """Raw outcome of scoring one method on one seed: what a remote evaluation sends back to merge."""
+
+    method: str
+    seed: int
+    returns: np.ndarray
+    """(episodes,) undiscounted return of each episode"""
+    success: np.ndarray
+    """(episodes,) bool"""
+    lengths: np.ndarray
+    """(episodes,) steps of each episode"""
+    nfe: list[int]
+    """denoiser calls of every control step, in order"""
+    seconds: float
+    """wall time of the rollouts (a timing field: differs between runs)"""
+
+
+def score_method_seed(method: Method, task: str, suite: SuiteConfig, seed: int) -> SeedResult:
+    """Score one method on one seed: ``suite.episodes`` lockstep episodes, env seeds ``seed * 1000 + i``.
+
+    A pure function of (task, method, seed) — the unit a Ray task runs. The rollouts are exactly those
+    ``fastpolicy.evaluation.evaluate`` runs for that seed, so :func:`merge_seed_results` over the suite's
+    seeds reproduces the local score row.
+    """
     from fastpolicy.envs.registry import get_task
-    from fastpolicy.evaluation import evaluate, measure_latency
+    from fastpolicy.evaluation import rollout
+
+    method.configure()
+    t0 = time.perf_counter()
+    result = rollout(method.policy, get_task(task), suite.episodes, seed * 1000, progress=False)
+    return SeedResult(method.name, int(seed), np.asarray(result.returns), np.asarray(result.success, bool),
+                      np.asarray(result.lengths), [int(n) for n in result.stats.nfe],
+                      time.perf_counter() - t0)
+
+
+def merge_seed_results(method: Method, task: str, results: Sequence[SeedResult]) -> dict[str, Any]:
+    """One score row from per-seed results (in seed order), computed as ``evaluate`` computes it.
+
+    Keep in step with ``fastpolicy.evaluation.evaluate``: tests/test_dist_ray.py checks the two agree
+    field for field on a real sweep.
+    """
+    from fastpolicy.bench.schema import make_row
+    from fastpolicy.envs.registry import get_task
+
+    if not results:
+        raise ValueError(f"no seed results to merge for {method.name!r}")
+    spec = get_task(task)
+    returns = np.concatenate([r.returns for r in results])
+    success = np.concatenate([r.success for r in results])
+    scores = np.asarray(spec.normalized_score(returns), dtype=np.float64)
+    nfe = [n for r in results for n in r.nfe]
+    row = make_row(
+        spec.name, method.name, steps=getattr(method.policy, "checkpoint_step", None),
+        score_mean=float(scores.mean()), score_std=float(scores.std()), episodes=int(returns.size),
+        seeds=[r.seed for r in results], nfe_per_step_mean=float(np.mean(nfe)),
+        nfe_per_step_max=int(np.max(nfe)), latency_ms_p50=None, latency_ms_p99=None,
+        return_mean=float(returns.mean()), return_std=float(returns.std()),
+        success_rate=float(success.mean()),
+        episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
+        score_kind=spec.score.get("kind", "return"), latency_batch=1, **method.extra)
+    row["eval_seconds"] = float(sum(r.seconds for r in results))
+    return row
+
+
+def _print_score(row: dict[str, Any]) -> None:
+    print(f"  {row['method']:<18} score {row['score_mean']:6.1f} ± {row['score_std']:5.1f}  "
+          f"NFE/step {row['nfe_per_step_mean']:.2f} (max {row['nfe_per_step_max']})  "
+          f"[{row['eval_seconds']:.0f} s]", flush=True)
+
+
+def score_methods(methods: Sequence[Method], task: str, suite: SuiteConfig,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """Score every method in this process (closed loop, all seeds); one row per method, no timing yet."""
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation import evaluate
 
     spec = get_task(task)
     rows: list[dict[str, Any]] = []
@@ -224,9 +297,22 @@ def evaluate_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, o
         row["eval_seconds"] = time.perf_counter() - t0
         rows.append(row)
         if progress:
-            print(f"  {m.name:<18} score {row['score_mean']:6.1f} ± {row['score_std']:5.1f}  "
-                  f"NFE/step {row['nfe_per_step_mean']:.2f} (max {row['nfe_per_step_max']})  "
-                  f"[{row['eval_seconds']:.0f} s]", flush=True)
+            _print_score(row)
+    return rows
+
+
+def time_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, rows: Sequence[dict[str, Any]],
+                 obs_windows: np.ndarray) -> list[dict[str, Any]]:
+    """Add the timing fields to each method's score row, measuring all methods interleaved, here.
+
+    Timing always runs in one process on one machine (even when scores were computed on a Ray cluster):
+    latencies are only comparable when measured side by side on the same hardware.
+    """
+    from fastpolicy.bench.schema import validate_row
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation import measure_latency
+
+    spec = get_task(task)
     samples: list[tuple[list[int], list[float]]] = [([], []) for _ in methods]
     for r in range(suite.latency_rounds):
         for i, m in enumerate(methods):
@@ -242,7 +328,14 @@ def evaluate_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, o
         row["actions_per_s_b64"] = row["throughput_b64"] * m.policy.action_horizon
         row["action_horizon"] = int(m.policy.action_horizon)
         validate_row(row)
-    return rows
+    return list(rows)
+
+
+def evaluate_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, obs_windows: np.ndarray,
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Score every method, then time them all interleaved; one schema row per method."""
+    rows = score_methods(methods, task, suite, progress)
+    return time_methods(methods, task, suite, rows, obs_windows)
 
 
 def obs_windows_from_store(store: Path, obs_horizon: int, batch: int = 64, seed: int = 0) -> np.ndarray:
@@ -386,8 +479,12 @@ def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-
 def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Path | None = None,
               teacher: str | Path | None = None, results_dir: str | Path = "bench/results",
               plot_dir: str | Path = "docs", budget_ms: float | None = None, progress: bool = True,
-              write: bool = True) -> list[dict[str, Any]]:
-    """Build, evaluate and write one suite for each task; returns all rows (and prints the tables)."""
+              write: bool = True, ray_config: RayConfig | None = None) -> list[dict[str, Any]]:
+    """Build, evaluate and write one suite for each task; returns all rows (and prints the tables).
+
+    With ``ray_config`` every (method, seed) score rollout runs as a Ray task
+    (``fastpolicy.dist.ray_runner``); the dataset, training and the interleaved timing stay here.
+    """
     from fastpolicy.bench.report import markdown_table, pareto_plot, print_table
     from fastpolicy.bench.schema import write_results
     from fastpolicy.bench.select import select_method
@@ -409,7 +506,15 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         obs = obs_windows_from_store(store, methods[0].policy.obs_horizon)
         if progress:
             print(f"[bench] evaluating {len(methods)} methods on {task}", flush=True)
-        rows = evaluate_methods(methods, task, suite, obs, progress)
+        if ray_config is None:
+            rows = evaluate_methods(methods, task, suite, obs, progress)
+        else:
+            from fastpolicy.dist.ray_runner import score_methods_on_ray
+
+            rows = score_methods_on_ray(methods, task, suite, work, teacher_run, ray_config)
+            for row in rows if progress else ():
+                _print_score(row)
+            rows = time_methods(methods, task, suite, rows, obs)
         for r in rows:
             r["suite"] = suite.name
         extra = ["step_latency_ms_max_p99", "throughput_b64", "distill_seconds"]
