@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= mujoco,rl,serve,minari,dev
+EXTRAS ?= mujoco,rl,serve,minari,dist,dev
 TORCH_PIN := torch==2.13.0
 # Idle OpenMP threads sleep rather than spin (see fastpolicy/cli.py); tests and demo inherit it.
 export OMP_WAIT_POLICY ?= PASSIVE

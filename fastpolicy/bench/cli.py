@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fastpolicy.dist import add_ray_arguments, ray_config_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark every acceleration of a teacher side by side "
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot-dir", default="docs", help="where pareto_<suite>_<task>.png goes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded in every row)")
     p.add_argument("--no-write", action="store_true", help="print only")
+    add_ray_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="tables and a Pareto plot from result JSON files")
@@ -41,6 +44,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from fastpolicy.bench.runner import ALL_METHODS, SUITES, run_suite
 
+    ray_config = ray_config_from_args(args)  # before any work: a missing extra is one line
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = SUITES[args.suite]
@@ -50,7 +54,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
         suite = dataclasses.replace(suite, methods=tuple(args.methods))
     run_suite(suite, args.task, work_dir=args.work_dir, teacher=args.teacher, results_dir=args.results_dir,
-              plot_dir=args.plot_dir, budget_ms=args.budget_ms, write=not args.no_write)
+              plot_dir=args.plot_dir, budget_ms=args.budget_ms, write=not args.no_write,
+              ray_config=ray_config)
     return 0
 
 

@@ -19,6 +19,10 @@ Methods: BC-MLP, DP-DDPM100, DP-DDIM10, DP-DDIM4, DPM-Solver++ (dpm:10), the SDP
 DP (ddim:10, and the teacher at the SDP's Ta for a like-for-like check), SDP-DDPM100, SDP-ODE6,
 consistency 1/2/4-step (single-segment student), segmented k = 4/2/1 (progressive 8 → 4 → 2 → 1), and
 streaming + consistency (SDP-CM). The demo hook :func:`accelerate_and_compare` builds the fast subset.
+
+Scoring is also exposed per (task, method, seed) — :func:`score_method_seed` and
+:func:`merge_seed_results` — so ``run_suite(..., ray_config=...)`` can fan it out as Ray tasks
+(``fastpolicy.dist.ray_runner``) and still produce the local run's score fields; timing stays here.
 """
 
 from __future__ import annotations

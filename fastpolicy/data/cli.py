@@ -1,6 +1,7 @@
 """``fastpolicy data ...``: make, import, inspect and export datasets.
 
     fastpolicy data make NAME [--out STORE] [--size N] [--seed S] [--overwrite]
+                         [--ray-address ADDR [--shards K]]
     fastpolicy data import PATH [--format d4rl|minari] --out STORE [--overwrite]
     fastpolicy data info STORE [--png PATH] [--json]
     fastpolicy data export STORE --format d4rl --out FILE.hdf5 [--overwrite]
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from fastpolicy.dist import add_ray_arguments, ray_config_from_args
 
 DEFAULT_STORE_ROOT = Path("datasets") / "store"
 
@@ -31,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--shards", type=int, default=None,
+                   help="with --ray-address: split the recipe into K seed-sharded Ray tasks (default: one "
+                        "per 50k steps; the dataset depends on K, never on the cluster; K = 1 equals the "
+                        "local build)")
+    add_ray_arguments(p)
     p.set_defaults(func=_make)
 
     p = sub.add_parser("import", help="convert a D4RL HDF5 file or a Minari dataset into a store")
@@ -76,8 +84,17 @@ def _make(args: argparse.Namespace) -> int:
     from fastpolicy.data.recipes import make_dataset
 
     out = args.out if args.out is not None else DEFAULT_STORE_ROOT / args.name
-    store = make_dataset(args.name, out, size=args.size, seed=args.seed, overwrite=args.overwrite,
-                         progress=args.progress)
+    ray_config = ray_config_from_args(args, progress=args.progress)
+    if ray_config is not None:
+        from fastpolicy.dist.ray_runner import make_dataset_on_ray
+
+        store = make_dataset_on_ray(args.name, out, ray_config, size=args.size, seed=args.seed,
+                                    overwrite=args.overwrite, shards=args.shards)
+    elif args.shards is not None:
+        raise ValueError("--shards splits a build into Ray tasks: it needs --ray-address")
+    else:
+        store = make_dataset(args.name, out, size=args.size, seed=args.seed, overwrite=args.overwrite,
+                             progress=args.progress)
     summary = f": {store.n_episodes} episodes, {store.n_steps} steps" if store is not None else ""
     print(f"wrote {out}{summary}")
     return 0

@@ -12,6 +12,9 @@ POLICY_TYPES: dict[str, str] = {
     "bc": "fastpolicy.policies.bc:BCPolicy",
     "streaming": "fastpolicy.policies.streaming:StreamingPolicy",
     "consistency": "fastpolicy.policies.consistency:ConsistencyPolicy",
+    "diffuser": "fastpolicy.policies.planners:DiffuserPlanner",
+    "decision-diffuser": "fastpolicy.policies.planners:DecisionDiffuserPlanner",
+    "trajectory-diffuser": "fastpolicy.policies.planners:TrajectoryDiffuser",
 }
 
 
