@@ -11,7 +11,8 @@ Workflow, top to bottom:
 4. write the rows to ``bench/results/agv_teacher.json``.
 
 The budget (steps, batch, episodes) is sized for a shared 2-core CPU (~5-10 min when it is idle,
-~20 under load) and recorded in every row, so the numbers are read as "what this budget buys", not as the method's ceiling.
+~20 under load) and recorded in every row, so the numbers are read as "what this budget buys", not as
+the method's ceiling.
 
     nice -n 10 env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_agv_teacher.py
 """
