@@ -17,6 +17,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 
+_SUITE_COLUMNS = [
+    ("method", "method", "{}"),
+    ("score", "score_mean", "{:.1f}"),
+    ("± std", "score_std", "{:.1f}"),
+    ("success", "success_rate", "{:.2f}"),
+    ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
+    ("NFE/step max", "nfe_per_step_max", "{}"),
+    ("p50 ms", "latency_ms_p50", "{:.3f}"),
+    ("p99 ms", "latency_ms_p99", "{:.2f}"),
+    ("worst step p99 ms", "step_latency_ms_max_p99", "{:.2f}"),
+    ("chunks/s @64", "throughput_b64", "{:.0f}"),
+    ("distill s", "distill_seconds", "{:.0f}"),
+]
 # NAME: (json file, [(column title, key, format)], optional task filter)
 TABLES: dict[str, tuple] = {
     "backbones": (
@@ -83,6 +96,18 @@ TABLES: dict[str, tuple] = {
             ("rtt p99 ms", "rtt_ms_p99", "{:.1f}"),
             ("req/s", "throughput_rps", "{:.0f}"),
             ("missed ticks", "deadline_miss_ticks", "{}"),
+        ],
+    ),
+    "quick_maze2d-umaze": ("quick_maze2d-umaze.json", _SUITE_COLUMNS),
+    "rnd_curves": (
+        "rnd_curves.json",
+        [
+            ("task", "task", "{}"),
+            ("algo", "method", "{}"),
+            ("env steps", "steps", "{:,}"),
+            ("final success (train)", "score_mean", "{:.2f}"),
+            ("± std over seeds", "score_std", "{:.2f}"),
+            ("deterministic eval success", "eval_success_mean", "{:.2f}"),
         ],
     ),
     "serve_soak": (

@@ -106,3 +106,12 @@ def test_diffusion_loss_is_finite_and_masks_unlabeled_steps():
     g = torch.Generator().manual_seed(0)
     masked = policy({**batch, "action_mask": mask}, g)["loss"]
     assert masked.item() == 0.0
+
+
+def test_session_refuses_to_emit_non_finite_actions():
+    from fastpolicy.policies.base import ChunkResult
+
+    policy = _dp().eval()
+    policy.predict_chunk = lambda *a, **k: ChunkResult(np.full((1, 8, 2), np.nan, np.float32), 1)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        policy.new_session().act(np.zeros(3, np.float32))

@@ -32,7 +32,11 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
 
 def _columns(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> list[tuple[str, str, str]]:
     cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
-    return cols + [(k, k, "{:.3g}" if isinstance(rows[0].get(k), float) else "{}") for k in extra]
+    def fmt(key: str) -> str:
+        first = next((r[key] for r in rows if r.get(key) is not None), None)
+        return "{:.3g}" if isinstance(first, float) else "{}"
+
+    return cols + [(k, k, fmt(k)) for k in extra]
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra: Sequence[str] = ()) -> None:

@@ -132,6 +132,10 @@ class Session:
         nfe = 0
         if not self._queue:
             result = self.policy.predict_chunk(self.observation_window(), self.state, self.generator)
+            if not np.all(np.isfinite(result.actions)):
+                # Never hand NaN/inf to an actuator: fail loudly so a caller's fallback takes over.
+                raise FloatingPointError(f"{getattr(self.policy, 'method', type(self.policy).__name__)} "
+                                         "produced non-finite actions")
             self.state = result.state
             nfe = result.nfe
             self._queue.extend(np.swapaxes(result.actions, 0, 1))  # queue of (B, act_dim)

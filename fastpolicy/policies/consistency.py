@@ -120,14 +120,18 @@ class ConsistencyPolicy(DiffusionPolicy):
         return grid_timesteps(self.config.num_train_timesteps, self.config.grid).to(self.device)
 
     def consistency_fn(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor,
-                       backbone: torch.nn.Module | None = None, return_raw: bool = False):
+                       backbone: torch.nn.Module | None = None, return_raw: bool = False,
+                       clip_x0: bool = False):
         """f(x_t, t, s) for per-sample (B,) or per-position (B, T) times (−1 = clean); identity where t == s.
 
         ``backbone`` substitutes another network of the same shape (the EMA target during distillation).
+        ``clip_x0`` clips the implied clean estimate to the data range before stepping to ``s``; streaming
+        inference needs it, since its buffer is stepped and rolled indefinitely and an unclipped estimate
+        error compounds until the actions overflow (seen: NaN actions after ~70 control steps).
         """
         net = backbone if backbone is not None else self.backbone
         raw = net(x, t, cond, stop_time=s)
-        f = ddim_ode_step(self.schedule, x, raw, t, s, self.config.prediction_type, clip_sample=False)
+        f = ddim_ode_step(self.schedule, x, raw, t, s, self.config.prediction_type, clip_sample=clip_x0)
         f = torch.where(broadcast_to_sample(t.to(x.device) == s.to(x.device), x), x, f)
         return (f, raw) if return_raw else f
 
@@ -206,7 +210,8 @@ class ConsistencyPolicy(DiffusionPolicy):
             active = pending[:, None] & layout.streamed().to(self.device)[None, :]
             t = timesteps_of(levels, table)
             s = torch.where(active, timesteps_of((levels - 1).clamp_min(-1), table), t)
-            stepped = self.consistency_fn(buffer[pending], t[pending], s[pending], cond[pending])
+            stepped = self.consistency_fn(buffer[pending], t[pending], s[pending], cond[pending],
+                                          clip_x0=cfg.clip_sample)
             buffer[pending] = stepped
             levels = levels - active.long()
             nfe = max(nfe, 1)  # fresh and pending rows are disjoint: one batched call each at most
