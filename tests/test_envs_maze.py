@@ -233,3 +233,18 @@ def test_cards_agree_with_code(name):
     assert recipe["env_id"] == spec.env_id and recipe["task"] == name
     assert recipe["d4rl"] == {"env_id": spec.d4rl_env_id, "ref_min": spec.ref_min, "ref_max": spec.ref_max}
     assert recipe["behavior"]["action_noise_std"] == 0.5
+
+
+def test_dwell_variant_holds_reached_goals_and_says_so(tmp_path):
+    """The goal-holding variant keeps a reached goal for `dwell` steps; D4RL's switches on arrival."""
+    from fastpolicy.data.recipes import make_dataset
+
+    plain = make_dataset("maze2d-umaze", tmp_path / "plain", size=3000, seed=1, progress=False)
+    held = make_dataset("maze2d-umaze-dwell", tmp_path / "held", size=3000, seed=1, progress=False)
+
+    def near_goal(store):
+        obs = store.array("obs")
+        return float(np.mean(np.linalg.norm(obs[:, :2] - obs[:, 4:6], axis=1) < 0.5))
+
+    assert near_goal(held) > 2 * near_goal(plain)
+    assert held.attrs["dwell"] == 50 and "not D4RL" in held.attrs["note"] and plain.attrs["dwell"] == 0

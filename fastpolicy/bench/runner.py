@@ -72,6 +72,8 @@ class SuiteConfig:
     sdp_ode_levels: int = 6
     methods: tuple[str, ...] | None = None
     """restrict to these methods (None: all)"""
+    dataset_recipe: str | None = None
+    """dataset recipe to build (None: the task card's own, e.g. D4RL-style maze2d-umaze)"""
     teacher_options: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TEACHER_OPTIONS))
     """policy options of the teacher trained when no --teacher run is given"""
     progress: bool = True
@@ -89,8 +91,11 @@ SUITES: dict[str, SuiteConfig] = {
                         latency_steps=96, latency_rounds=3, throughput_calls=5),
     # `fastpolicy demo`: an MLP-denoiser teacher (the practical CPU backbone) and its fast variants,
     # sized for ≤ 10 minutes end to end on a 2-core CPU
-    "demo": SuiteConfig("demo", dataset_size=100_000, teacher_steps=6000, bc_steps=2000, sdp_steps=1500,
-                        cm_steps=1500, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=3e-4,
+    # Data: the goal-holding maze variant (D4RL's switches goals on arrival, so imitators learn to leave
+    # the goal: BC 2.3 vs 149, MLP teacher ≈5 vs 78 normalized, measured); lr 1e-3 for the short budget.
+    "demo": SuiteConfig("demo", dataset_size=100_000, dataset_recipe="maze2d-umaze-dwell", teacher_steps=4000,
+                        bc_steps=2000, sdp_steps=800, cm_steps=800, sdp_cm_steps=800, seg_stages=(),
+                        batch_size=256, lr=1e-3,
                         episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=2,
                         teacher_options={"backbone": "mlp"},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step",
@@ -124,13 +129,13 @@ def _cost(run: Path) -> dict[str, Any]:
     return read_cost(run) or {}
 
 
-def ensure_dataset(task: str, store: Path, size: int, seed: int = 0) -> Path:
-    """Build the task's dataset recipe at ``store`` unless it is already there."""
+def ensure_dataset(task: str, store: Path, size: int, seed: int = 0, recipe: str | None = None) -> Path:
+    """Build ``recipe`` (default: the task card's dataset recipe) at ``store`` unless it is already there."""
     from fastpolicy.data.recipes import make_dataset
     from fastpolicy.envs.registry import get_task
 
     if not (store / "zarr.json").exists():
-        recipe = get_task(task).dataset or task
+        recipe = recipe or get_task(task).dataset or task
         make_dataset(recipe, store, size=size, seed=seed, overwrite=False, progress=True)
     return store
 
@@ -498,7 +503,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
     for task in tasks:
         t0 = time.perf_counter()
         work = Path(work_dir or Path("runs") / "bench" / suite.name) / task
-        store = ensure_dataset(task, work / "data", suite.dataset_size)
+        store = ensure_dataset(task, work / "data", suite.dataset_size, recipe=suite.dataset_recipe)
         if teacher is not None:
             teacher_run = Path(teacher)
         else:

@@ -259,12 +259,14 @@ def _episode_steps(name: str) -> int:
     """Shard sizes are multiples of this, so shards hold whole episodes (maze: its chunk length)."""
     from fastpolicy.envs.maze import MAZES
 
+    name = name.removesuffix("-dwell")  # the goal-holding variants chunk like their maze
     return MAZES[name].max_episode_steps if name in MAZES else 1
 
 
 def _default_size(name: str) -> int:
     from fastpolicy.envs.maze import MAZES
 
+    name = name.removesuffix("-dwell")
     if name in MAZES:
         return MAZES[name].dataset_size
     raise ValueError(f"a sharded build of {name!r} needs --size (its default is not a step count)")

@@ -56,8 +56,16 @@ def _draw_goal(env: Any, pos: np.ndarray) -> np.ndarray:
 
 
 def iter_maze_chunks(name: str, size: int, seed: int = 0, noise: float = DEFAULT_NOISE,
-                     progress: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the recipe's episodes (chunks of ``max_episode_steps``, the last one may be shorter)."""
+                     progress: bool = False, dwell: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the recipe's episodes (chunks of ``max_episode_steps``, the last one may be shorter).
+
+    ``dwell`` > 0 departs from D4RL: after the expert reaches a goal it keeps holding that goal for
+    ``dwell`` more steps before a new one is drawn. D4RL's data switches goals on arrival, so it never
+    shows staying at a goal — which is what the continuing evaluation rewards; policies imitating it
+    learn to drive away from the goal (measured: BC 2.3 → 149 normalized on maze2d-umaze with dwell 50).
+    """
+    if dwell < 0:
+        raise ValueError(f"dwell must be >= 0 steps, got {dwell}")
     from tqdm.auto import tqdm
 
     spec = MAZES[name]
@@ -73,6 +81,7 @@ def iter_maze_chunks(name: str, size: int, seed: int = 0, noise: float = DEFAULT
     env.goal = goal
     env.update_target_site_pos()
     pursuit = 0
+    held = -1  # steps spent holding a reached goal (dwell), -1 while still pursuing it
     bar = tqdm(total=size, desc=f"data make {name}", unit="step", disable=not progress, mininterval=0.5)
     try:
         done = 0
@@ -93,11 +102,15 @@ def iter_maze_chunks(name: str, size: int, seed: int = 0, noise: float = DEFAULT
                 point = obs["observation"]
                 rewards[t] = math.hypot(point[0] - goal[0], point[1] - goal[1]) <= GOAL_RADIUS
                 pursuit += 1
-                if reached or pursuit >= spec.max_episode_steps:
+                if reached and held < 0:
+                    held = 0
+                if held >= 0:
+                    held += 1
+                if held > dwell or (held < 0 and pursuit >= spec.max_episode_steps):
                     goal = _draw_goal(env, point[:2])
                     env.goal = goal
                     env.update_target_site_pos()
-                    pursuit = 0
+                    pursuit, held = 0, -1
             done += length
             bar.update(length)
             timeout = np.zeros(length, dtype=bool)
@@ -118,7 +131,7 @@ def iter_maze_chunks(name: str, size: int, seed: int = 0, noise: float = DEFAULT
         env.close()
 
 
-def recipe_attrs(name: str, size: int, seed: int, noise: float) -> dict[str, Any]:
+def recipe_attrs(name: str, size: int, seed: int, noise: float, dwell: int = 0) -> dict[str, Any]:
     """Store attributes of a maze2d dataset (what built it, and the scores it is measured against)."""
     from fastpolicy.envs.registry import get_task
 
@@ -146,11 +159,13 @@ def recipe_attrs(name: str, size: int, seed: int, noise: float) -> dict[str, Any
         "reward": f"1 if |qpos[t+1] - goal[t]| <= {GOAL_RADIUS} else 0",
         "behavior": {"controller": "d4rl-waypoint (Q-iteration + PD)", "p_gain": 10.0, "d_gain": -1.0,
                      "solve_thresh": 0.1, "action_noise_std": float(noise)},
+        "dwell": int(dwell),
+        **({"note": f"not D4RL's recipe: goals are held {dwell} steps after being reached"} if dwell else {}),
     }
 
 
 def make_maze_dataset(name: str, out: Path, size: int | None = None, seed: int = 0, overwrite: bool = False,
-                      progress: bool = True, noise: float = DEFAULT_NOISE) -> Any:
+                      progress: bool = True, noise: float = DEFAULT_NOISE, dwell: int = 0) -> Any:
     """Build the ``name`` maze2d dataset at ``out`` (atomically) and return the opened EpisodeStore."""
     from fastpolicy.data.store import EpisodeStore
 
@@ -159,10 +174,16 @@ def make_maze_dataset(name: str, out: Path, size: int | None = None, seed: int =
     size = MAZES[name].dataset_size if size is None else int(size)
     if size <= 0:
         raise ValueError(f"size must be a positive number of steps, got {size}")
-    with EpisodeStore.create(out, attrs=recipe_attrs(name, size, seed, noise), overwrite=overwrite) as writer:
-        for episode in iter_maze_chunks(name, size, seed=seed, noise=noise, progress=progress):
+    attrs = recipe_attrs(name, size, seed, noise, dwell)
+    if dwell:
+        attrs["recipe"] = f"{name}-dwell{dwell}"
+    with EpisodeStore.create(out, attrs=attrs, overwrite=overwrite) as writer:
+        for episode in iter_maze_chunks(name, size, seed=seed, noise=noise, progress=progress, dwell=dwell):
             writer.add_episode(episode)
     return writer.store
 
 
+DEMO_DWELL = 50
 RECIPES = {name: functools.partial(make_maze_dataset, name) for name in MAZES}
+# Variants that hold each reached goal (see iter_maze_chunks): what a goal-reaching imitation learner needs.
+RECIPES.update({f"{name}-dwell": functools.partial(make_maze_dataset, name, dwell=DEMO_DWELL) for name in MAZES})
