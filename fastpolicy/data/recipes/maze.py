@@ -186,4 +186,5 @@ def make_maze_dataset(name: str, out: Path, size: int | None = None, seed: int =
 DEMO_DWELL = 50
 RECIPES = {name: functools.partial(make_maze_dataset, name) for name in MAZES}
 # Variants that hold each reached goal (see iter_maze_chunks): what a goal-reaching imitation learner needs.
-RECIPES.update({f"{name}-dwell": functools.partial(make_maze_dataset, name, dwell=DEMO_DWELL) for name in MAZES})
+RECIPES.update({f"{name}-dwell": functools.partial(make_maze_dataset, name, dwell=DEMO_DWELL)
+                for name in MAZES})
