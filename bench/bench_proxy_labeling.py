@@ -157,7 +157,10 @@ def train_learner(store: Path, run: Path, learner: str, args: Args, task: str):
     return load_policy(run), seconds
 
 
-def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> list[dict[str, Any]]:
+def run_task(task_name: str, store_arg: str | None, size: int, args: Args,
+             earlier: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """All rows of one task; every finished row is written at once (with ``earlier`` rows) so a long
+    run that is stopped keeps what it measured — and a rerun reuses the finished training runs."""
     from fastpolicy.data.split import labeled_subset, split_store
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.registry import get_task
@@ -192,10 +195,15 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     idm_seconds = time.perf_counter() - t0
     model = load_inverse_dynamics(idm_dir)
     errors = idm_errors(model, split, source.array("action"))
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        rows.append(row)
+        write_results(args.out, [*(earlier or []), *rows])
+
     action_var = float(np.var(source.array("action"), axis=0).mean())
     for part, err in errors.items():
-        rows.append(make_row(task.name, "inverse-dynamics", steps=report.best_step[0], label_condition=part,
+        emit(make_row(task.name, "inverse-dynamics", steps=report.best_step[0], label_condition=part,
                              idm_action_mse=err["mse"], idm_action_nll=err["nll"],
                              idm_std_mean=err["std_mean"],
                              idm_relative_mse=err["mse"] / action_var, evaluated_steps=err["steps"],
@@ -214,6 +222,7 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     eval_kw: dict[str, Any] = {"episodes": args.eval_episodes or None, "seeds": args.eval_seeds or None,
                                "latency_steps": args.latency_steps, "progress": False}
     scores: dict[tuple[str, str], float] = {}
+    successes: dict[tuple[str, str], float] = {}
     teacher_runs: dict[str, Path] = {}
     for learner in args.learners:
         for condition in args.conditions:
@@ -227,7 +236,8 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
                            idm_model_hash=model.checkpoint_hash if condition == "proxy" else None, **common,
                            **eval_kw)
             scores[(learner, condition)] = row["score_mean"]
-            rows.append(row)
+            successes[(learner, condition)] = row["success_rate"]
+            emit(row)
             print(f"  {learner:<10} {condition:<8} score {row['score_mean']:7.2f} ± {row['score_std']:.2f} "
                   f"(train {seconds:.0f} s)")
     for row in rows:
@@ -235,16 +245,19 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
             full = scores.get((row["method"], "full"))
             # a ratio is only meaningful against a positive reference score
             row["score_vs_full"] = row["score_mean"] / full if full and full > 0 else None
+            full_success = successes.get((row["method"], "full"))
+            row["success_vs_full"] = row["success_rate"] / full_success if full_success else None
 
     # 5. the proxy-labeled teacher → one-step consistency student
     if args.distill_steps and "proxy" in teacher_runs:
-        rows.append(distill_row(task, teacher_runs["proxy"], proxy.path, work, args, common, eval_kw,
-                                scores.get(("diffusion", "full"))))
+        emit(distill_row(task, teacher_runs["proxy"], proxy.path, work, args, common, eval_kw,
+                         scores.get(("diffusion", "full")), successes.get(("diffusion", "full"))))
     return rows
 
 
 def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, common: dict[str, Any],
-                eval_kw: dict[str, Any], full_score: float | None) -> dict[str, Any]:
+                eval_kw: dict[str, Any], full_score: float | None, full_success: float | None
+                ) -> dict[str, Any]:
     from fastpolicy.evaluation import evaluate
     from fastpolicy.train.distill import distill
     from fastpolicy.train.trainer import TrainConfig
@@ -260,21 +273,24 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
                    train_store=str(store), teacher=str(teacher_run), train_steps=args.distill_steps,
                    train_seconds=round(seconds, 1), **common, **eval_kw)
     row["score_vs_full"] = row["score_mean"] / full_score if full_score and full_score > 0 else None
+    row["success_vs_full"] = row["success_rate"] / full_success if full_success else None
     print(f"  consistency-1 (from proxy teacher) score {row['score_mean']:7.2f} ± {row['score_std']:.2f}")
     return row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | learner | labels | score (mean ± std) | vs full | success | NFE/step | p50 ms "
-             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    def pct(value: float | None) -> str:
+        return f"{100 * value:.0f}%" if value is not None else "–"
+
+    lines = ["| task | learner | labels | score (mean ± std) | score vs full | success | success vs full "
+             "| NFE/step | p50 ms | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "inverse-dynamics":
             continue
-        ratio = f"{100 * r['score_vs_full']:.0f}%" if r.get("score_vs_full") is not None else "–"
         p50 = f"{r['latency_ms_p50']:.2f}" if r.get("latency_ms_p50") is not None else "–"
-        lines.append(f"| {r['task']} | {r['method']} | {r['label_condition']} | {r['score_mean']:.1f} ± "
-                     f"{r['score_std']:.1f} | {ratio} | {r['success_rate']:.2f} | "
-                     f"{r['nfe_per_step_mean']:.2f} | {p50} | "
+        lines.append(f"| {r['task']} | {r['method']} | {r['label_condition']} | {r['score_mean']:.2f} ± "
+                     f"{r['score_std']:.2f} | {pct(r.get('score_vs_full'))} | {r['success_rate']:.2f} | "
+                     f"{pct(r.get('success_vs_full'))} | {r['nfe_per_step_mean']:.2f} | {p50} | "
                      f"{r.get('train_seconds', '–')} |")
     lines += ["", "| task | inverse dynamics on | steps | action MSE | MSE / action variance | NLL "
               "| mean std |", "|---|---|---|---|---|---|---|"]
@@ -296,8 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         store = args.stores[i] if i < len(args.stores) else None
         size = args.make_size[i] if i < len(args.make_size) else 0
         print(f"[{task}]")
-        rows += run_task(task, store, size, args)
-        write_results(args.out, rows)  # after every task: a partial run still leaves its rows
+        rows += run_task(task, store, size, args, earlier=rows)
     total = time.perf_counter() - t0
     for row in rows:
         row["experiment_seconds"] = round(total, 1)

@@ -110,6 +110,35 @@ TABLES: dict[str, tuple] = {
             ("deterministic eval success", "eval_success_mean", "{:.2f}"),
         ],
     ),
+    "demo_maze2d-umaze": ("demo_maze2d-umaze.json", _SUITE_COLUMNS),
+    "planners_maze2d-umaze": (
+        "planners_maze2d-umaze.json",
+        [
+            ("method", "method", "{}"),
+            ("score", "score_mean", "{:.1f}"),
+            ("± std", "score_std", "{:.1f}"),
+            ("success", "success_rate", "{:.2f}"),
+            ("episodes", "episodes", "{}"),
+            ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
+            ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
+            ("plan p50 ms", "step_latency_ms_p50", "{:.1f}"),
+            ("plan p99 ms", "step_latency_ms_max_p99", "{:.1f}"),
+            ("train s", "train_seconds", "{:.0f}"),
+        ],
+    ),
+    "agv_teacher": (
+        "agv_teacher.json",
+        [
+            ("task", "task", "{}"),
+            ("method", "method", "{}"),
+            ("success", "success_rate", "{:.2f}"),
+            ("episodes", "episodes", "{}"),
+            ("train steps", "train_steps", "{}"),
+            ("backbone", "backbone", "{}"),
+            ("NFE/step max", "nfe_per_step_max", "{}"),
+            ("p99 ms", "latency_ms_p99", "{:.1f}"),
+        ],
+    ),
     "serve_soak": (
         "serve_soak.json",
         [

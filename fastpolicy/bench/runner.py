@@ -72,8 +72,8 @@ class SuiteConfig:
     sdp_ode_levels: int = 6
     methods: tuple[str, ...] | None = None
     """restrict to these methods (None: all)"""
-    dataset_recipe: str | None = None
-    """dataset recipe to build (None: the task card's own, e.g. D4RL-style maze2d-umaze)"""
+    dataset_recipes: dict[str, str] = field(default_factory=dict)
+    """task → dataset recipe to build instead of the task card's own (e.g. a goal-holding maze variant)"""
     teacher_options: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TEACHER_OPTIONS))
     """policy options of the teacher trained when no --teacher run is given"""
     progress: bool = True
@@ -93,7 +93,8 @@ SUITES: dict[str, SuiteConfig] = {
     # sized for ≤ 10 minutes end to end on a 2-core CPU
     # Data: the goal-holding maze variant (D4RL's switches goals on arrival, so imitators learn to leave
     # the goal: BC 2.3 vs 149, MLP teacher ≈5 vs 78 normalized, measured); lr 1e-3 for the short budget.
-    "demo": SuiteConfig("demo", dataset_size=100_000, dataset_recipe="maze2d-umaze-dwell", teacher_steps=4000,
+    "demo": SuiteConfig("demo", dataset_size=100_000, dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
+                        teacher_steps=4000,
                         bc_steps=2000, sdp_steps=800, cm_steps=800, sdp_cm_steps=800, seg_stages=(),
                         batch_size=256, lr=1e-3,
                         episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=2,
@@ -503,7 +504,8 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
     for task in tasks:
         t0 = time.perf_counter()
         work = Path(work_dir or Path("runs") / "bench" / suite.name) / task
-        store = ensure_dataset(task, work / "data", suite.dataset_size, recipe=suite.dataset_recipe)
+        recipe = suite.dataset_recipes.get(task)
+        store = ensure_dataset(task, work / "data", suite.dataset_size, recipe=recipe)
         if teacher is not None:
             teacher_run = Path(teacher)
         else:
