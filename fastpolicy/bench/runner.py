@@ -64,6 +64,8 @@ class SuiteConfig:
     """ODE grid of the single-segment and streaming students (coarser: fewer hops to propagate)"""
     batch_size: int = 64
     lr: float = 1e-4
+    distill_lr: float | None = None
+    """consistency distillation's learning rate (None: ``lr``); distillation diverged at lr 1e-3"""
     episodes: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
     latency_steps: int = 48
@@ -96,7 +98,7 @@ SUITES: dict[str, SuiteConfig] = {
     "demo": SuiteConfig("demo", dataset_size=100_000, dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
                         teacher_steps=4000,
                         bc_steps=2000, sdp_steps=800, cm_steps=800, sdp_cm_steps=800, seg_stages=(),
-                        batch_size=256, lr=1e-3,
+                        batch_size=256, lr=1e-3, distill_lr=1e-4,
                         episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=2,
                         teacher_options={"backbone": "mlp"},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step",
@@ -116,10 +118,11 @@ class Method:
 
 # --- building blocks ------------------------------------------------------------------------------
 
-def _train_config(steps: int, suite: SuiteConfig, seed: int = 0):
+def _train_config(steps: int, suite: SuiteConfig, seed: int = 0, distill: bool = False):
     from fastpolicy.train.trainer import TrainConfig
 
-    return TrainConfig(steps=steps, batch_size=suite.batch_size, lr=suite.lr,
+    lr = suite.distill_lr if distill and suite.distill_lr is not None else suite.lr
+    return TrainConfig(steps=steps, batch_size=suite.batch_size, lr=lr,
                        warmup_steps=max(10, min(500, steps // 10)), checkpoint_every=max(50, steps // 4),
                        seed=seed, progress=suite.progress, tensorboard=False)
 
@@ -423,7 +426,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
     if _wanted(suite, "cm-1step", "cm-2step", "cm-4step"):
         log(f"[bench] consistency student, 1 segment ({suite.cm_steps} steps)")
         cm_run = work / "cm1"
-        cm = distill(teacher_run, store, cm_run, (1,), _train_config(suite.cm_steps, suite), resume=True,
+        cm = distill(teacher_run, store, cm_run, (1,), _train_config(suite.cm_steps, suite, distill=True), resume=True,
                      distill_config=dataclasses.replace(dcfg, grid=suite.cm_grid))
         cm_extra = {**teacher_extra, "train_seconds": None,
                     "distill_seconds": _cost(cm_run).get("total_seconds")}
@@ -433,7 +436,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
     if suite.seg_stages and _wanted(suite, "cm-seg4", "cm-seg2", "cm-seg1"):
         log(f"[bench] segmented students {list(suite.seg_stages)} ({suite.seg_steps} steps per stage)")
         seg_run = work / "cmseg"
-        distill(teacher_run, store, seg_run, suite.seg_stages, _train_config(suite.seg_steps, suite),
+        distill(teacher_run, store, seg_run, suite.seg_stages, _train_config(suite.seg_steps, suite, distill=True),
                 resume=True, distill_config=dcfg)
         for k in suite.seg_stages:
             name = f"cm-seg{k}"
@@ -448,7 +451,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         h = sdp.layout.chunks if hasattr(sdp, "layout") else 3
         scm_run = work / "sdpcm"
         grid = suite.cm_grid - suite.cm_grid % h
-        scm = distill(work / "sdp", store, scm_run, (h,), _train_config(suite.sdp_cm_steps, suite),
+        scm = distill(work / "sdp", store, scm_run, (h,), _train_config(suite.sdp_cm_steps, suite, distill=True),
                       resume=True,
                       distill_config=dataclasses.replace(dcfg, grid=grid, segments=h, streaming=True))
         methods.append(Method("sdp-cm", scm, extra={
