@@ -26,8 +26,6 @@ Writes bench/results/agv_throughput.json (rows via fastpolicy.bench.schema) and 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -36,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fastpolicy.utils.args import parse_dataclass_args
 
 # numba's OpenMP layer spin-waits at the end of every parallel region by default; on a shared,
 # oversubscribed machine a preempted thread then stalls the whole region (we saw 2 threads run 30x
@@ -68,18 +68,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=f.name)
-        elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", type=type(default[0]), default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass_args(Args, __doc__)
     if args.quick:
         args.num_envs, args.async_procs, args.repeats, args.min_seconds = [1, 64], [1, 2], 2, 0.05
     return args

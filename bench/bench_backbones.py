@@ -10,8 +10,6 @@ comparable on a noisy shared machine. Writes bench/results/backbones.json.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from fastpolicy.bench.schema import make_row, write_results
 from fastpolicy.nets import count_parameters, make_backbone
+from fastpolicy.utils.args import parse_dataclass_args
 
 
 @dataclass
@@ -54,18 +53,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=f.name)
-        elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", type=type(default[0]), default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass_args(Args, __doc__)
     if args.quick:
         args.backbones = [b for b in args.backbones if b != "unet-base"]
         args.batch_sizes, args.runs, args.warmup = [1, 4], 5, 1

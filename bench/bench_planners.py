@@ -17,7 +17,6 @@ complete, so an interrupted benchmark resumes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from fastpolicy.utils.args import parse_dataclass_args
 
 
 @dataclass
@@ -58,17 +59,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, list):
-            p.add_argument(flag, type=int, nargs="+", default=default)
-        else:
-            p.add_argument(flag, type=type(default) if default is not None else str, default=default)
-    return Args(**vars(p.parse_args()))
+    return parse_dataclass_args(Args, __doc__.split("\n")[0])
 
 
 def train_config(steps: int, args: Args):

@@ -14,8 +14,6 @@ Writes bench/results/sampling_overhead.json.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from fastpolicy.bench.schema import make_row, write_results
 from fastpolicy.diffusion import SamplerSpec, make_sampler, make_schedule
 from fastpolicy.nets import make_backbone
+from fastpolicy.utils.args import parse_dataclass_args
 
 
 @dataclass
@@ -61,18 +60,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=f.name)
-        elif isinstance(default, list):
-            parser.add_argument(flag, nargs="+", type=type(default[0]), default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse_dataclass_args(Args, __doc__)
     if args.quick:
         args.backbones, args.samplers = ["mlp"], ["ddim:10", "dpm:5"]
         args.loop_runs, args.step_runs, args.step_batch_sizes, args.max_seconds = 3, 200, [1], 2.0

@@ -9,8 +9,6 @@ the same --out resumes training from its last checkpoint.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +37,9 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        kind = int if f.type in ("int", "int | None") else str
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
-    return Args(**vars(parser.parse_args()))
+    from fastpolicy.utils.args import parse_dataclass_args
+
+    return parse_dataclass_args(Args, __doc__.splitlines()[0])
 
 
 def main(args: Args) -> None:

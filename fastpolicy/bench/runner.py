@@ -426,8 +426,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
     if _wanted(suite, "cm-1step", "cm-2step", "cm-4step"):
         log(f"[bench] consistency student, 1 segment ({suite.cm_steps} steps)")
         cm_run = work / "cm1"
-        cm = distill(teacher_run, store, cm_run, (1,), _train_config(suite.cm_steps, suite, distill=True), resume=True,
-                     distill_config=dataclasses.replace(dcfg, grid=suite.cm_grid))
+        cm = distill(teacher_run, store, cm_run, (1,), _train_config(suite.cm_steps, suite, distill=True),
+                     resume=True, distill_config=dataclasses.replace(dcfg, grid=suite.cm_grid))
         cm_extra = {**teacher_extra, "train_seconds": None,
                     "distill_seconds": _cost(cm_run).get("total_seconds")}
         for k in (1, 2, 4):
@@ -436,8 +436,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
     if suite.seg_stages and _wanted(suite, "cm-seg4", "cm-seg2", "cm-seg1"):
         log(f"[bench] segmented students {list(suite.seg_stages)} ({suite.seg_steps} steps per stage)")
         seg_run = work / "cmseg"
-        distill(teacher_run, store, seg_run, suite.seg_stages, _train_config(suite.seg_steps, suite, distill=True),
-                resume=True, distill_config=dcfg)
+        seg_cfg = _train_config(suite.seg_steps, suite, distill=True)
+        distill(teacher_run, store, seg_run, suite.seg_stages, seg_cfg, resume=True, distill_config=dcfg)
         for k in suite.seg_stages:
             name = f"cm-seg{k}"
             if not _wanted(suite, name):
@@ -451,8 +451,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         h = sdp.layout.chunks if hasattr(sdp, "layout") else 3
         scm_run = work / "sdpcm"
         grid = suite.cm_grid - suite.cm_grid % h
-        scm = distill(work / "sdp", store, scm_run, (h,), _train_config(suite.sdp_cm_steps, suite, distill=True),
-                      resume=True,
+        scm_cfg = _train_config(suite.sdp_cm_steps, suite, distill=True)
+        scm = distill(work / "sdp", store, scm_run, (h,), scm_cfg, resume=True,
                       distill_config=dataclasses.replace(dcfg, grid=grid, segments=h, streaming=True))
         methods.append(Method("sdp-cm", scm, extra={
             **teacher_extra, "train_seconds": None,
