@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from fastpolicy.bench.report import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -167,24 +169,13 @@ _SCORE_COLUMNS = [
 ]
 
 
-def _fmt(value, fmt: str) -> str:
-    if value is None:
-        return "–"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
 def render(name: str) -> str:
     file, columns, *task = TABLES[name] if name in TABLES else (f"{name}.json", _SCORE_COLUMNS)
     path = ROOT / "bench" / "results" / file
     if not path.exists():
         return f"_(no results yet: bench/results/{file})_"
     rows = [r for r in json.loads(path.read_text()) if not task or r.get("task") == task[0]]
-    columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
-    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    lines = [markdown_table(rows, columns=columns)]
     commits = sorted({r.get("commit", "?") for r in rows})
     lines.append(f"\n<sub>source: `bench/results/{file}` · commit {', '.join(commits)}</sub>")
     return "\n".join(lines)

@@ -30,8 +30,14 @@ def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
         return str(v)
 
 
-def _columns(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> list[tuple[str, str, str]]:
-    cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+Column = tuple[str, str, str]  # (title, row key, format)
+
+
+def _columns(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (),
+             columns: Sequence[Column] = COLUMNS) -> list[Column]:
+    """The given columns that some row fills, then ``extra`` keys with a format guessed from their values."""
+    cols = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
+
     def fmt(key: str) -> str:
         first = next((r[key] for r in rows if r.get(key) is not None), None)
         return "{:.3g}" if isinstance(first, float) else "{}"
@@ -53,8 +59,9 @@ def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra:
     Console(width=160).print(table)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
-    cols = _columns(rows, extra)
+def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (),
+                   columns: Sequence[Column] = COLUMNS) -> str:
+    cols = _columns(rows, extra, columns)
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r, key, fmt) for _, key, fmt in cols) + " |" for r in rows]
     return "\n".join(lines)
