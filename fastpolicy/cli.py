@@ -32,7 +32,8 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastpolicy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fastpolicy", description="Fast diffusion policies and planners for real-time robot control.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

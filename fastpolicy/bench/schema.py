@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fastpolicy.utils.atomic import atomic_file
 from fastpolicy.utils.misc import git_commit
 
@@ -37,6 +35,8 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 def environment_fields() -> dict[str, Any]:
     """What every row records about where it was measured (the machine is shared and noisy)."""
+    import torch  # lazily: the CLI imports this module just to register commands
+
     return {
         "torch_threads": torch.get_num_threads(),
         "device": _device_name(),
@@ -47,6 +47,8 @@ def environment_fields() -> dict[str, Any]:
 
 
 def _device_name() -> str:
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()})"
