@@ -29,7 +29,6 @@ store whose task card names a recipe is built with ``fastpolicy data make`` (``-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from fastpolicy.bench.schema import make_row, write_results
+from fastpolicy.utils.args import parse_dataclass_args
 
 CONDITIONS = ("labeled", "proxy", "full")
 
@@ -97,29 +97,23 @@ class Args:
     """splits, stores, checkpoints and the markdown table go here"""
     out: str = "bench/results/proxy_labeling.json"
     """where the JSON rows go"""
+    quick: bool = False
+    """tiny run for smoke testing (first task, a few hundred steps)"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        name = f"--{f.name.replace('_', '-')}"
-        if isinstance(default, list):
-            kind = int if f.name in ("make_size", "eval_seeds") else str
-            parser.add_argument(name, type=kind, nargs="*", default=default, help=f.__doc__)
-        else:
-            parser.add_argument(name, type=type(default), default=default)
-    parser.add_argument("--quick", action="store_true", help="tiny run for smoke testing")
-    ns = parser.parse_args(argv)
-    args = Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(Args)})
-    if ns.quick:
-        args = dataclasses.replace(args, tasks=args.tasks[:1], make_size=[30_000], idm_steps=300,
-                                   train_steps=200, distill_steps=50, eval_episodes=3, eval_seeds=[0],
-                                   latency_steps=4, work_dir=args.work_dir + "_quick",
-                                   out="bench/results/proxy_labeling_quick.json")
+    args = parse_dataclass_args(Args, __doc__, argv)
+    if args.quick:
+        defaults = Args()
+        args = dataclasses.replace(
+            args, tasks=args.tasks[:1], make_size=[30_000], idm_steps=300, train_steps=200,
+            distill_steps=min(args.distill_steps, 50), eval_episodes=3, eval_seeds=[0], latency_steps=4,
+            # a smoke run never overwrites the real results unless told to
+            work_dir=args.work_dir + "_quick" if args.work_dir == defaults.work_dir else args.work_dir,
+            out="bench/results/proxy_labeling_quick.json" if args.out == defaults.out else args.out)
     unknown = set(args.conditions) - set(CONDITIONS)
     if unknown:
-        parser.error(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
+        raise SystemExit(f"unknown conditions {sorted(unknown)}; valid: {CONDITIONS}")
     return args
 
 

@@ -36,6 +36,17 @@ def _check_dims(policy: Policy, space) -> None:
         )
 
 
+def _step_success(info: dict, n: int) -> np.ndarray:
+    """Per-env success of this step. With same-step autoreset the info of an env that just finished
+    is in ``final_info`` (the top level already belongs to its next episode), so read both."""
+    success = np.asarray(info.get("success", np.zeros(n)), bool)
+    final = info.get("final_info")
+    if isinstance(final, dict) and "success" in final:
+        ended = np.asarray(info.get("_final_info", np.ones(n, bool)), bool)
+        success = np.where(ended, np.asarray(final["success"], bool), success)
+    return success
+
+
 def rollout(
     policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False
 ) -> RolloutResult:
@@ -60,8 +71,7 @@ def rollout(
             alive = ~done
             returns += np.where(alive, reward, 0.0)
             lengths += alive
-            if "success" in info:
-                success |= alive & np.asarray(info["success"], bool)
+            success |= alive & _step_success(info, episodes)
             done |= terminated | truncated
             if done.all():
                 break

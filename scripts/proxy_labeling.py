@@ -21,8 +21,6 @@ For the labeled-only / proxy / fully-labeled comparison see ``bench/bench_proxy_
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from fastpolicy.nets.inverse_dynamics import IDMTrainConfig, load_inverse_dynami
 from fastpolicy.train.label import idm_errors, label_store, train_idm_on_store
 from fastpolicy.train.offline import train_offline
 from fastpolicy.train.trainer import TrainConfig
+from fastpolicy.utils.args import parse_dataclass_args
 
 
 @dataclass
@@ -77,17 +76,9 @@ class Args:
 
 
 def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        name = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            parser.add_argument(name, action="store_true")
-        else:
-            parser.add_argument(name, type=type(f.default), default=f.default)
-    ns = parser.parse_args()
-    args = Args(**vars(ns))
+    args = parse_dataclass_args(Args, __doc__)
     if not args.store:
-        parser.error("--store is required")
+        raise SystemExit("--store is required")
     return args
 
 

@@ -96,3 +96,13 @@ def test_lockstep_rollouts_are_reproducible(maze_teacher):
     a = evaluate(policy, "maze2d-umaze", episodes=2, seeds=[3], latency_steps=0, progress=False)
     b = evaluate(policy, "maze2d-umaze", episodes=2, seeds=[3], latency_steps=0, progress=False)
     assert a["return_mean"] == b["return_mean"] and np.isfinite(a["score_mean"])
+
+
+def test_success_of_an_episode_that_ends_is_read_from_final_info():
+    """Same-step autoreset: the finished env's top-level info is already its next episode's."""
+    from fastpolicy.evaluation import _step_success
+
+    info = {"success": np.array([False, False]), "final_info": {"success": np.array([True, False])},
+            "_final_info": np.array([True, False])}
+    assert _step_success(info, 2).tolist() == [True, False]
+    assert _step_success({}, 3).tolist() == [False, False, False]
