@@ -141,6 +141,19 @@ TABLES: dict[str, tuple] = {
             ("p99 ms", "latency_ms_p99", "{:.1f}"),
         ],
     ),
+    "proxy_labeling": (
+        "proxy_labeling.json",
+        [
+            ("task", "task", "{}"),
+            ("learner", "method", "{}"),
+            ("labels", "label_condition", "{}"),
+            ("score", "score_mean", "{:.2f}"),
+            ("± std", "score_std", "{:.2f}"),
+            ("episodes", "episodes", "{}"),
+            ("IDM action MSE", "idm_action_mse", "{:.4f}"),
+            ("IDM NLL", "idm_action_nll", "{:.2f}"),
+        ],
+    ),
     "serve_soak": (
         "serve_soak.json",
         [
