@@ -10,7 +10,8 @@ from fastpolicy.dist import add_ray_arguments, ray_config_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark every acceleration of a teacher side by side "
                                      "(score, NFE, latency)")
-    p.add_argument("--suite", default="quick", choices=["quick", "full"], help="budgets (quick: minutes)")
+    p.add_argument("--suite", default="quick", choices=["quick", "full", "demo"],
+                   help="budgets (quick: minutes; demo: the `fastpolicy demo` suite, MLP teacher)")
     p.add_argument("--task", nargs="+", default=["maze2d-umaze"], help="task card name(s)")
     p.add_argument("--teacher", default=None,
                    help="reuse this teacher run/checkpoint (default: train one)")
