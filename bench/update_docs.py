@@ -113,6 +113,7 @@ TABLES: dict[str, tuple] = {
         ],
     ),
     "demo_maze2d-umaze": ("demo_maze2d-umaze.json", _SUITE_COLUMNS),
+    "demo_agv-simple-static": ("demo_agv-simple-static.json", _SUITE_COLUMNS),
     "planners_maze2d-umaze": (
         "planners_maze2d-umaze.json",
         [
