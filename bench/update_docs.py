@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from fastpolicy.bench.report import markdown_table
+from fastpolicy.bench.report import COLUMNS, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -169,18 +169,8 @@ TABLES: dict[str, tuple] = {
     ),
 }
 
-_SCORE_COLUMNS = [
-    ("task", "task", "{}"),
-    ("method", "method", "{}"),
-    ("score", "score_mean", "{:.1f}"),
-    ("± std", "score_std", "{:.1f}"),
-    ("success", "success_rate", "{:.2f}"),
-    ("episodes", "episodes", "{}"),
-    ("NFE/step mean", "nfe_per_step_mean", "{:.2f}"),
-    ("NFE/step max", "nfe_per_step_max", "{}"),
-    ("p50 ms", "latency_ms_p50", "{:.2f}"),
-    ("p99 ms", "latency_ms_p99", "{:.2f}"),
-]
+# The report's default columns, with the episode count after success.
+_SCORE_COLUMNS = COLUMNS[:5] + [("episodes", "episodes", "{}")] + COLUMNS[5:]
 
 
 def render(name: str) -> str:

@@ -74,12 +74,8 @@ class _Backoff:
         return delay
 
 
-class PolicyClient:
-    """Blocking client: ``PolicyClient(url, token).infer(obs) -> ActionsReply``.
-
-    ``obs`` is (obs_dim,) or (k, obs_dim) with k ≤ the model's obs horizon (oldest first). ``client_time``
-    defaults to ``time.monotonic()``; the reply's ``target_times`` are on that clock.
-    """
+class _ClientBase:
+    """Connection settings and per-session bookkeeping shared by the sync and async clients."""
 
     def __init__(
         self,
@@ -103,12 +99,27 @@ class PolicyClient:
         self._ws: Any = None
         self._metadata: P.Metadata | None = None
         self._next_id = 0
-        self.connect()
 
     @property
     def metadata(self) -> P.Metadata:
         assert self._metadata is not None
         return self._metadata
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+
+class PolicyClient(_ClientBase):
+    """Blocking client: ``PolicyClient(url, token).infer(obs) -> ActionsReply``.
+
+    ``obs`` is (obs_dim,) or (k, obs_dim) with k ≤ the model's obs horizon (oldest first). ``client_time``
+    defaults to ``time.monotonic()``; the reply's ``target_times`` are on that clock.
+    """
+
+    def __init__(self, url: str, token: str | None = None, **options: Any) -> None:
+        super().__init__(url, token, **options)
+        self.connect()
 
     def _connect_once(self) -> None:
         from websockets.exceptions import InvalidStatus
@@ -189,10 +200,6 @@ class PolicyClient:
                 self._reconnect()
         raise AssertionError("unreachable")
 
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
     def infer(self, obs: np.ndarray, client_time: float | None = None) -> P.ActionsReply:
         rid = self._new_id()
         t = time.monotonic() if client_time is None else client_time
@@ -218,34 +225,14 @@ class PolicyClient:
         self.close()
 
 
-class AsyncPolicyClient:
+class AsyncPolicyClient(_ClientBase):
     """asyncio client: ``client = await AsyncPolicyClient.open(url, token)``; ``await client.infer(obs)``.
 
     Requests on one client are serialised (one in flight per session, as the server expects).
     """
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None = None,
-        *,
-        connect_timeout_s: float = 5.0,
-        reply_timeout_s: float = 10.0,
-        reconnect: bool = True,
-        backoff_initial_s: float = 0.05,
-        backoff_max_s: float = 2.0,
-        reconnect_timeout_s: float = 30.0,
-        max_frame_bytes: int = 64 * P.DEFAULT_MAX_FRAME_BYTES,
-    ) -> None:
-        self.url, self.token = url, token
-        self.connect_timeout_s, self.reply_timeout_s = connect_timeout_s, reply_timeout_s
-        self.reconnect_enabled = reconnect
-        self.backoff = (backoff_initial_s, backoff_max_s, reconnect_timeout_s)
-        self.max_frame_bytes = max_frame_bytes
-        self.reconnects = 0
-        self._ws: Any = None
-        self._metadata: P.Metadata | None = None
-        self._next_id = 0
+    def __init__(self, url: str, token: str | None = None, **options: Any) -> None:
+        super().__init__(url, token, **options)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -253,11 +240,6 @@ class AsyncPolicyClient:
         client = cls(url, token, **kwargs)
         await client.connect()
         return client
-
-    @property
-    def metadata(self) -> P.Metadata:
-        assert self._metadata is not None
-        return self._metadata
 
     async def _connect_once(self) -> None:
         from websockets.asyncio.client import connect
@@ -335,10 +317,6 @@ class AsyncPolicyClient:
                     self.reconnects += 1
                     await self.connect()
         raise AssertionError("unreachable")
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     async def infer(self, obs: np.ndarray, client_time: float | None = None) -> P.ActionsReply:
         rid = self._new_id()
