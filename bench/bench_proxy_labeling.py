@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, write_results
+from fastpolicy.bench.schema import make_row, read_results, write_results
 from fastpolicy.utils.args import parse_dataclass_args
 
 CONDITIONS = ("labeled", "proxy", "full")
@@ -301,16 +301,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    # rows of tasks not rerun this time stay in the results file (runs add tasks one at a time)
+    earlier = read_results(args.out) if Path(args.out).exists() else []
+    kept = [r for r in earlier if r["task"] not in args.tasks]
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(args.tasks):
         store = args.stores[i] if i < len(args.stores) else None
         size = args.make_size[i] if i < len(args.make_size) else 0
         print(f"[{task}]")
-        rows += run_task(task, store, size, args, earlier=rows)
+        rows += run_task(task, store, size, args, earlier=kept + rows)
     total = time.perf_counter() - t0
     for row in rows:
         row["experiment_seconds"] = round(total, 1)
-    path = write_results(args.out, rows)
+    path = write_results(args.out, kept + rows)
     table = markdown(rows)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.work_dir) / "proxy_labeling.md").write_text(table + "\n")

@@ -155,6 +155,21 @@ TABLES: dict[str, tuple] = {
             ("IDM NLL", "idm_action_nll", "{:.2f}"),
         ],
     ),
+    "d4rl": (
+        "d4rl.json",
+        [
+            ("task", "task", "{}"),
+            ("method", "method", "{}"),
+            ("score", "score_mean", "{:.1f}"),
+            ("± std", "score_std", "{:.1f}"),
+            ("episodes", "episodes", "{}"),
+            ("train steps", "steps", "{}"),
+            ("NFE/step max", "nfe_per_step_max", "{}"),
+            ("p50 ms", "latency_ms_p50", "{:.2f}"),
+            ("p99 ms", "latency_ms_p99", "{:.2f}"),
+            ("train s", "train_seconds", "{:.0f}"),
+        ],
+    ),
     "serve_soak": (
         "serve_soak.json",
         [

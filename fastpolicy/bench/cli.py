@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from fastpolicy.bench.runner import SUITES  # light: it imports torch and the rest inside its functions
 from fastpolicy.dist import add_ray_arguments, ray_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark every acceleration of a teacher side by side "
                                      "(score, NFE, latency)")
-    p.add_argument("--suite", default="quick", choices=["quick", "full", "demo"],
-                   help="budgets (quick: minutes; demo: the `fastpolicy demo` suite, MLP teacher)")
+    p.add_argument("--suite", default="quick", choices=list(SUITES),
+                   help="budgets (quick: minutes; demo: the `fastpolicy demo` suite, MLP teacher; d4rl: BC + "
+                        "teacher on the MuJoCo tasks' full-size stores, 3 seeds; planners: Diffuser, "
+                        "Decision Diffuser and Trajectory Diffuser)")
     p.add_argument("--task", nargs="+", default=["maze2d-umaze"], help="task card name(s)")
     p.add_argument("--teacher", default=None,
                    help="reuse this teacher run/checkpoint (default: train one)")
@@ -43,16 +46,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from fastpolicy.bench.runner import ALL_METHODS, SUITES, run_suite
+    from fastpolicy.bench.planners import PLANNER_METHODS
+    from fastpolicy.bench.runner import ALL_METHODS, run_suite
 
     ray_config = ray_config_from_args(args)  # before any work: a missing extra is one line
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = SUITES[args.suite]
     if args.methods:
-        unknown = sorted(set(args.methods) - set(ALL_METHODS))
+        known = PLANNER_METHODS if suite.planners else ALL_METHODS
+        unknown = sorted(set(args.methods) - set(known))
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
+            raise ValueError(f"unknown methods {unknown} for suite {suite.name}; known: {', '.join(known)}")
         suite = dataclasses.replace(suite, methods=tuple(args.methods))
     run_suite(suite, args.task, work_dir=args.work_dir, teacher=args.teacher, results_dir=args.results_dir,
               plot_dir=args.plot_dir, budget_ms=args.budget_ms, write=not args.no_write,

@@ -20,6 +20,9 @@ DP (ddim:10, and the teacher at the SDP's Ta for a like-for-like check), SDP-DDP
 consistency 1/2/4-step (single-segment student), segmented k = 4/2/1 (progressive 8 → 4 → 2 → 1), and
 streaming + consistency (SDP-CM). The demo hook :func:`accelerate_and_compare` builds the fast subset.
 
+The ``planners`` suite swaps the teacher and its accelerations for the diffusion planners (Diffuser,
+Decision Diffuser, Trajectory Diffuser; ``fastpolicy.bench.planners``), scored and timed the same way.
+
 Scoring is also exposed per (task, method, seed) — :func:`score_method_seed` and
 :func:`merge_seed_results` — so ``run_suite(..., ray_config=...)`` can fan it out as Ray tasks
 (``fastpolicy.dist.ray_runner``) and still produce the local run's score fields; timing stays here.
@@ -35,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
     from fastpolicy.dist.ray_runner import RayConfig
@@ -48,7 +50,11 @@ class SuiteConfig:
     """Budgets of one suite (steps are optimizer steps; seconds depend on the machine)."""
 
     name: str
-    dataset_size: int = 100_000
+    dataset_size: int | None = 100_000
+    """transitions to build (None: the recipe's default, e.g. D4RL's 1M for the MuJoCo bands)"""
+    store_root: str | None = None
+    """build/reuse datasets at ``<store_root>/<recipe>`` (shared with other benchmarks, e.g. the d3rlpy
+    peers and ``fastpolicy data make``) instead of inside the suite's work directory"""
     teacher_steps: int = 2000
     bc_steps: int = 2000
     sdp_steps: int = 300
@@ -80,6 +86,15 @@ class SuiteConfig:
     """policy options of the teacher trained when no --teacher run is given"""
     progress: bool = True
     """progress bars while training"""
+    planners: bool = False
+    """build the diffusion planners (``fastpolicy.bench.planners``) instead of a teacher and its
+    accelerations; ``teacher_steps`` then trains the Trajectory Diffuser (whose networks the Decision
+    Diffuser reuses) and ``diffuser_steps`` the Diffuser"""
+    diffuser_steps: int = 2000
+    planner_candidates: int = 8
+    """Trajectory Diffuser candidates per plan (the critic picks one)"""
+    planner_options: dict[str, Any] = field(default_factory=dict)
+    """options shared by the three planners (default: H = 16, replan every control step)"""
 
 
 ALL_METHODS: tuple[str, ...] = (
@@ -103,6 +118,19 @@ SUITES: dict[str, SuiteConfig] = {
                         teacher_options={"backbone": "mlp"},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step",
                                  "cm-2step", "sdp-cm")),
+    # D4RL-style MuJoCo tasks: the scores side by side with the published numbers and the d3rlpy peers
+    # (bench/bench_d4rl_peers.py). CPU-sized: MLP denoiser teacher, 20k optimizer steps at batch 256 for
+    # teacher and BC; the recipe's full-size datasets at datasets/store/<recipe> (`fastpolicy data make`).
+    "d4rl": SuiteConfig("d4rl", dataset_size=None, store_root="datasets/store", teacher_steps=20_000,
+                        bc_steps=20_000, batch_size=256, lr=1e-3, episodes=10, seeds=[0, 1, 2],
+                        latency_steps=64, latency_rounds=2, throughput_calls=2,
+                        teacher_options={"backbone": "mlp"},
+                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10")),
+    # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
+    # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
+    # runs the same methods plus the KV-cache and refinement ablations
+    "planners": SuiteConfig("planners", teacher_steps=1000, diffuser_steps=1500, batch_size=128, lr=1e-3,
+                            episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=1),
 }
 
 
@@ -133,7 +161,8 @@ def _cost(run: Path) -> dict[str, Any]:
     return read_cost(run) or {}
 
 
-def ensure_dataset(task: str, store: Path, size: int, seed: int = 0, recipe: str | None = None) -> Path:
+def ensure_dataset(task: str, store: Path, size: int | None, seed: int = 0, recipe: str | None = None
+                   ) -> Path:
     """Build ``recipe`` (default: the task card's dataset recipe) at ``store`` unless it is already there."""
     from fastpolicy.data.recipes import make_dataset
     from fastpolicy.envs.registry import get_task
@@ -174,6 +203,8 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 def backbone_forward_ms(policy: Any, calls: int = 100) -> dict[str, float]:
     """p50/p99 of one bare batch-1 backbone forward (no sampler, no session, no normalisation)."""
+    import torch
+
     cfg = policy.config
     x = torch.randn(1, cfg.pred_horizon, cfg.action_dim, device=policy.device)
     t = torch.full((1,), cfg.num_train_timesteps - 1, device=policy.device)
@@ -191,6 +222,8 @@ def backbone_forward_ms(policy: Any, calls: int = 100) -> dict[str, float]:
 
 def measure_throughput(policy: Any, obs_windows: np.ndarray, calls: int) -> float:
     """Chunks per second at batch ``len(obs_windows)`` (streaming state carried, warm-up call untimed)."""
+    import torch
+
     gen = torch.Generator().manual_seed(0)
     state = policy.init_state(len(obs_windows))
     state = policy.predict_chunk(obs_windows, state, gen).state
@@ -202,6 +235,8 @@ def measure_throughput(policy: Any, obs_windows: np.ndarray, calls: int) -> floa
 
 def first_step_ms(policy: Any, obs_window: np.ndarray, repeats: int = 2) -> float:
     """Latency of the first call of an episode (fresh state) at batch 1, best of ``repeats``."""
+    import torch
+
     best = float("inf")
     for r in range(repeats):
         gen = torch.Generator().manual_seed(r)
@@ -462,6 +497,18 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
     return methods
 
 
+def _planner_methods(suite: SuiteConfig, task: str, store: Path, work: Path, progress: bool) -> list[Method]:
+    from fastpolicy.bench.planners import build_planner_methods, planner_train_config
+
+    def make_config(steps: int):
+        return planner_train_config(steps, suite.batch_size, suite.lr, progress=suite.progress)
+
+    methods, _ = build_planner_methods(store, work, task, suite.teacher_steps, suite.diffuser_steps,
+                                       make_config, suite.planner_options, suite.planner_candidates,
+                                       suite.methods, log=print if progress else (lambda msg: None))
+    return methods
+
+
 def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-ddpm100") -> dict[str, Any]:
     """The issue's targets, computed from the rows (nothing hidden: misses are reported as such)."""
     by = {r["method"]: r for r in rows}
@@ -508,19 +555,29 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         t0 = time.perf_counter()
         work = Path(work_dir or Path("runs") / "bench" / suite.name) / task
         recipe = suite.dataset_recipes.get(task)
-        store = ensure_dataset(task, work / "data", suite.dataset_size, recipe=recipe)
-        if teacher is not None:
-            teacher_run = Path(teacher)
+        if suite.store_root is not None:
+            from fastpolicy.envs.registry import get_task
+
+            store_dir = Path(suite.store_root) / (recipe or get_task(task).dataset or task)
         else:
-            if progress:
-                print(f"[bench] teacher ({suite.teacher_steps} steps)", flush=True)
-            teacher_run = ensure_trained(store, work / "teacher", "diffusion", suite.teacher_options,
-                                         suite.teacher_steps, suite, task)
-        methods = build_methods(suite, task, store, work, teacher_run, progress)
+            store_dir = work / "data"
+        store = ensure_dataset(task, store_dir, suite.dataset_size, recipe=recipe)
+        teacher_run: Path | None = None
+        if suite.planners:
+            methods = _planner_methods(suite, task, store, work, progress)
+        else:
+            if teacher is not None:
+                teacher_run = Path(teacher)
+            else:
+                if progress:
+                    print(f"[bench] teacher ({suite.teacher_steps} steps)", flush=True)
+                teacher_run = ensure_trained(store, work / "teacher", "diffusion", suite.teacher_options,
+                                             suite.teacher_steps, suite, task)
+            methods = build_methods(suite, task, store, work, teacher_run, progress)
         obs = obs_windows_from_store(store, methods[0].policy.obs_horizon)
         if progress:
             print(f"[bench] evaluating {len(methods)} methods on {task}", flush=True)
-        if ray_config is None:
+        if ray_config is None or teacher_run is None:  # Ray workers rebuild methods from a teacher run
             rows = evaluate_methods(methods, task, suite, obs, progress)
         else:
             from fastpolicy.dist.ray_runner import score_methods_on_ray
@@ -534,7 +591,12 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         extra = ["step_latency_ms_max_p99", "throughput_b64", "distill_seconds"]
         title = f"{task} — suite {suite.name} ({time.perf_counter() - t0:.0f} s)"
         print_table(rows, title=title, extra=extra)
-        targets = summarize_targets(rows)
+        if suite.planners:
+            from fastpolicy.bench.planners import summarize_planner_targets
+
+            targets = summarize_planner_targets(rows)
+        else:
+            targets = summarize_targets(rows)
         if progress and targets:
             print("targets:", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in targets.items()})
         if budget_ms is not None:
