@@ -1,6 +1,7 @@
 """Bench runner rows (shared schema + bench fields), budget selection and the report command."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,16 @@ def test_measurements_on_a_real_task(tmp_path):
     assert row["episodes"] == 2 and row["nfe_per_step_max"] == 1
     assert row["step_latency_ms_max_p99"] > 0 and row["throughput_b64"] > 0
     json.dumps(row)
+
+
+def test_suite_store_path_shares_full_size_stores_only_when_asked(tmp_path):
+    from fastpolicy.bench.runner import SUITES, SuiteConfig, suite_store_path
+
+    work = tmp_path / "work"
+    assert suite_store_path(SuiteConfig("t"), "hopper-medium", work) == work / "data"
+    assert suite_store_path(SUITES["d4rl"], "hopper-medium-replay", work) == \
+        Path("datasets/store/hopper-medium-replay")
+    demo = SUITES["demo"]
+    shared = SuiteConfig("t", store_root=str(tmp_path), dataset_recipes=demo.dataset_recipes)
+    assert suite_store_path(shared, "maze2d-umaze", work) == tmp_path / "maze2d-umaze-dwell"
+    assert SUITES["d4rl"].dataset_size is None  # the recipe's D4RL size (1M) unless told otherwise

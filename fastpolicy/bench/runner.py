@@ -173,6 +173,16 @@ def ensure_dataset(task: str, store: Path, size: int | None, seed: int = 0, reci
     return store
 
 
+def suite_store_path(suite: SuiteConfig, task: str, work: Path) -> Path:
+    """Where a suite keeps ``task``'s dataset: ``<store_root>/<recipe>`` when shared, else in its work dir."""
+    if suite.store_root is None:
+        return work / "data"
+    from fastpolicy.envs.registry import get_task
+
+    recipe = suite.dataset_recipes.get(task) or get_task(task).dataset or task
+    return Path(suite.store_root) / recipe
+
+
 def ensure_trained(store: Path, run: Path, policy_type: str, options: dict[str, Any], steps: int,
                    suite: SuiteConfig, task: str) -> Path:
     """Train (or finish training) ``policy_type`` into ``run``; record its wall time in ``cost.json``."""
@@ -555,13 +565,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         t0 = time.perf_counter()
         work = Path(work_dir or Path("runs") / "bench" / suite.name) / task
         recipe = suite.dataset_recipes.get(task)
-        if suite.store_root is not None:
-            from fastpolicy.envs.registry import get_task
-
-            store_dir = Path(suite.store_root) / (recipe or get_task(task).dataset or task)
-        else:
-            store_dir = work / "data"
-        store = ensure_dataset(task, store_dir, suite.dataset_size, recipe=recipe)
+        store = ensure_dataset(task, suite_store_path(suite, task, work), suite.dataset_size, recipe=recipe)
         teacher_run: Path | None = None
         if suite.planners:
             methods = _planner_methods(suite, task, store, work, progress)
