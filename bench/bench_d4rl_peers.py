@@ -187,10 +187,14 @@ def peer_row(task: Any, results: Sequence[dict[str, Any]], sources: Sequence[str
     return make_row(task.name, METHODS[fields["algo"]], **fields)
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("task"), row.get("method"), row.get("label_condition")
+
+
 def merge_rows(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``existing`` whose method is not in ``new``, then ``new`` (a rerun replaces its method)."""
-    replaced = {r["method"] for r in new}
-    return [r for r in existing if r.get("method") not in replaced] + list(new)
+    """Rows of ``existing`` not replaced by ``new`` (same task, method and label condition), then ``new``."""
+    replaced = {_row_key(r) for r in new}
+    return [r for r in existing if _row_key(r) not in replaced] + list(new)
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
@@ -258,9 +262,19 @@ def _cached(path: Path, store: Path, args: argparse.Namespace, env_id: str) -> d
     return result
 
 
+def _own_store(task: Any, args: argparse.Namespace) -> bool:
+    """Whether this run trains on the task's own store (its cached results are shared across conditions)."""
+    return args.store is None or args.store.resolve() == (STORE_ROOT / (task.dataset or task.name)).resolve()
+
+
+def _cache_dir(task: Any, args: argparse.Namespace) -> Path:
+    """``runs/peers/<task>`` (``.../<task>/<condition>`` for another store given with --store)."""
+    return CACHE_ROOT / task.name if _own_store(task, args) else CACHE_ROOT / task.name / args.condition
+
+
 def run_peer(task: Any, algo: str, steps: int, seed: int, hdf5: Path, store: Path,
              args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    out = CACHE_ROOT / task.name / f"{algo}-s{seed}-{steps}.json"
+    out = _cache_dir(task, args) / f"{algo}-s{seed}-{steps}.json"
     cached = None if args.rerun else _cached(out, store, args, task.env_id)
     if cached is not None:
         print(f"==> {task.name} {algo} seed {seed} {steps} steps: cached {out.relative_to(ROOT)}", flush=True)
@@ -307,7 +321,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rerun", action="store_true", help="ignore cached peer results")
     p.add_argument("--force-venv", action="store_true", help="rebuild bench/peers/.venv")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--store", type=Path, default=None,
+                   help="train on this store instead of datasets/store/<task> (one task; needs --condition)")
+    p.add_argument("--condition", default=None,
+                   help="label condition of --store (e.g. labeled, proxy, full: the proxy-labeling study); "
+                        "recorded as the rows' label_condition")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results file (default <out-dir>/d4rl_peers_<task>.json); rows are merged in")
     args = p.parse_args(argv)
+    if args.store is not None and (len(args.tasks) != 1 or not args.condition):
+        p.error("--store trains one task's peers on another store: give one --tasks and a --condition")
     for item in args.algo_steps or []:
         name, sep, n = item.partition("=")
         if not sep or name not in METHODS or not n.isdigit():
@@ -324,14 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     ensure_peer_venv(args.force_venv)
     for task in tasks:
         args.max_episode_steps_resolved = args.max_episode_steps or task.max_episode_steps
-        store = ensure_store(task, args.build)
-        hdf5 = ensure_hdf5(store, CACHE_ROOT / f"{task.name}.hdf5")
+        store = args.store if args.store is not None else ensure_store(task, args.build)
+        if not (store / "zarr.json").exists():
+            raise SystemExit(f"no dataset store at {store}")
+        suffix = "" if _own_store(task, args) else f"-{args.condition}"
+        hdf5 = ensure_hdf5(store, CACHE_ROOT / f"{task.name}{suffix}.hdf5")
         rows = []
         for algo in args.algos:
             steps = _steps_for(algo, args)
             runs = [run_peer(task, algo, steps, seed, hdf5, store, args) for seed in args.train_seeds]
-            rows.append(peer_row(task, [r for r, _ in runs], [s for _, s in runs]))
-        out = args.out_dir / f"d4rl_peers_{task.name}.json"
+            row = peer_row(task, [r for r, _ in runs], [s for _, s in runs])
+            if args.condition:
+                row.update(label_condition=args.condition, train_store=str(store))
+            rows.append(row)
+        out = args.out or args.out_dir / f"d4rl_peers_{task.name}.json"
         existing = read_results(out) if out.exists() else []
         write_results(out, merge_rows(existing, rows))
         print(f"==> wrote {out}", flush=True)
