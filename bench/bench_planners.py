@@ -1,24 +1,23 @@
 """Diffusion planners side by side: Diffuser, Decision Diffuser and Trajectory Diffuser on one task.
 
-Top to bottom (CleanRL style): build or reuse the task's dataset; train the Trajectory Diffuser (state
-denoiser + inverse dynamics + critic + causal transformer, jointly, one Trainer run) and the Diffuser
-(joint state-action denoiser + critic); derive the Decision Diffuser from the Trajectory Diffuser's
-networks (same denoiser, inverse dynamics and critic, so the two differ only in how they plan); score
-every planner closed loop and time it at batch 1, interleaved (``fastpolicy.bench.runner``); measure the
-KV-cache gain of the draft; ablate the refinement (k steps, starting noise level); time both state
-planners with the U-Net backbone as well (random weights: latency does not depend on them); write
-``bench/results/planners_<task>.json`` (shared schema) and ``docs/planners_<task>.png``.
+Top to bottom (CleanRL style): build or reuse the task's dataset; train / reuse the planners exactly as
+the ``planners`` suite of ``fastpolicy bench`` does (``fastpolicy.bench.planners``: Trajectory Diffuser,
+Diffuser, and the Decision Diffuser derived from the Trajectory Diffuser's networks at DDPM-200 — the
+reference setting — and DDPM-50); score every planner closed loop and time it at batch 1, interleaved
+(``fastpolicy.bench.runner``). The extras only this script runs: the KV-cache gain of the draft; the
+refinement ablation (k steps, starting noise level); both state planners timed with the U-Net backbone
+(random weights: latency does not depend on them). Writes ``bench/results/planners_<task>.json``
+(shared schema) and ``docs/planners_<task>.png``.
 
 Any task card works (``--task hopper-medium`` once its dataset recipe exists); runs are reused when
 complete, so an interrupted benchmark resumes.
 
-    nice -n 5 python bench/bench_planners.py --task maze2d-umaze
+    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task maze2d-umaze
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +34,14 @@ class Args:
     task: str = "maze2d-umaze"
     """task card name"""
     store: str | None = None
-    """dataset store (default: runs/bench/quick/<task>/data if present, else built under --work)"""
+    """dataset store (default: <work>/<task>/data, built there when missing)"""
     dataset_size: int = 100_000
     work: str = "runs/bench/planners"
-    td_steps: int = 1500
+    td_steps: int = 1000
     """Trajectory Diffuser optimizer steps (denoiser, IDM, critic and transformer together)"""
-    diffuser_steps: int = 2000
+    diffuser_steps: int = 1500
     batch_size: int = 128
-    lr: float = 3e-4
+    lr: float = 1e-3
     horizon: int = 16
     action_horizon: int = 1
     candidates: int = 8
@@ -50,6 +49,7 @@ class Args:
     episodes: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
     latency_steps: int = 32
+    latency_rounds: int = 2
     ablation_episodes: int = 5
     ablate: bool = True
     unet_timing: bool = True
@@ -62,42 +62,35 @@ def parse_args() -> Args:
     return parse_dataclass_args(Args, __doc__.split("\n")[0])
 
 
-def train_config(steps: int, args: Args):
-    from fastpolicy.train.trainer import TrainConfig
-
-    return TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
-                       warmup_steps=min(200, steps // 10), checkpoint_every=max(100, steps // 4),
-                       progress=True, tensorboard=False)
-
-
-def ensure_planner(store: Path, run: Path, policy_type: str, options: dict[str, Any], steps: int, args: Args,
-                   task: str):
-    """Train ``policy_type`` into ``run`` (resuming), or load it when the run is complete."""
-    from fastpolicy.policies.planners import train_planner
-    from fastpolicy.train.checkpoint import load_policy, read_config
-
-    cost_file = run / "cost.json"
-    if (run / "latest").exists() and read_config(run)["step"] >= steps and cost_file.exists():
-        return load_policy(run), json.loads(cost_file.read_text())["seconds"]
-    t0 = time.perf_counter()
-    train_planner(store, run, policy_type, options, train_config(steps, args), resume=True, task=task)
-    seconds = time.perf_counter() - t0
-    cost_file.write_text(json.dumps({"seconds": seconds, "steps": steps}))
-    return load_policy(run), seconds
+def fill_plan_latency(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Planners replan every control step (Ta = 1), so every step is a planning step — also at k = 0, where
+    only the transformer runs and the runner (which spots planning steps by denoiser calls) sees none."""
+    for r in rows:
+        if r.get("step_latency_ms_p50") is None and r.get("action_horizon") == 1:
+            r["step_latency_ms_p50"], r["step_latency_ms_max_p99"] = r["latency_ms_p50"], r["latency_ms_p99"]
+    return rows
 
 
 def kv_cache_gain(td, obs_n: torch.Tensor, repeats: int = 5) -> dict[str, float]:
-    """Draft time with and without the KV cache (median of ``repeats``) and the largest difference."""
-    times: dict[bool, list[float]] = {True: [], False: []}
+    """Draft time (batch 1, as a plan runs it) with and without the KV cache, and with the cache but one
+    draft per candidate (what the planner did before it shared the deterministic draft); medians of
+    ``repeats``, interleaved, and the largest cached-vs-recomputed difference."""
+    c = td.config.num_candidates
+    variants = {"kv_cache": (obs_n, True), "recompute": (obs_n, False),
+                "per_candidate": (obs_n.repeat_interleave(c, dim=0), True)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         drafts = {c: td.draft(obs_n, use_cache=c)[0] for c in (True, False)}
         for _ in range(repeats):
-            for cached in (True, False):
+            for name, (x, cached) in variants.items():
                 t0 = time.perf_counter()
-                td.draft(obs_n, use_cache=cached)
-                times[cached].append((time.perf_counter() - t0) * 1e3)
-    cached, full = float(np.median(times[True])), float(np.median(times[False]))
-    return {"draft_ms_kv_cache": cached, "draft_ms_recompute": full, "kv_cache_speedup": full / cached,
+                td.draft(x, use_cache=cached)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    ms = {k: float(np.median(v)) for k, v in times.items()}
+    return {"draft_ms_kv_cache": ms["kv_cache"], "draft_ms_recompute": ms["recompute"],
+            "kv_cache_speedup": ms["recompute"] / ms["kv_cache"],
+            "draft_ms_per_candidate": ms["per_candidate"],
+            "shared_draft_speedup": ms["per_candidate"] / ms["kv_cache"],
             "kv_cache_max_abs_diff": float((drafts[True] - drafts[False]).abs().max()),
             "draft_batch": int(obs_n.shape[0])}
 
@@ -130,6 +123,12 @@ def unet_timing(td, dd, obs_window: np.ndarray) -> list[dict[str, Any]]:
 
 
 def main(args: Args) -> None:
+    from fastpolicy.bench.planners import (
+        build_planner_methods,
+        planner_extra,
+        planner_train_config,
+        summarize_planner_targets,
+    )
     from fastpolicy.bench.runner import (
         Method,
         SuiteConfig,
@@ -138,45 +137,33 @@ def main(args: Args) -> None:
         obs_windows_from_store,
     )
     from fastpolicy.bench.schema import write_results
-    from fastpolicy.policies.planners import decision_diffuser_from, plan_cost, save_planner
 
     torch.set_num_threads(args.threads)
     work = Path(args.work) / args.task
-    store = Path(args.store) if args.store else Path("runs/bench/quick") / args.task / "data"
+    store = Path(args.store) if args.store else work / "data"
     if not (store / "zarr.json").exists():
-        store = ensure_dataset(args.task, work / "data", args.dataset_size)
-    common = {"pred_horizon": args.horizon, "action_horizon": args.action_horizon}
-    print(f"[planners] Trajectory Diffuser ({args.td_steps} steps)", flush=True)
-    td_options = {**common, "num_candidates": args.candidates}
-    td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser", td_options,
-                                    args.td_steps, args, args.task)
-    print(f"[planners] Diffuser ({args.diffuser_steps} steps)", flush=True)
-    diffuser, diffuser_seconds = ensure_planner(store, work / "diffuser", "diffuser", common,
-                                                args.diffuser_steps, args, args.task)
-    dd = decision_diffuser_from(td)
-    save_planner(dd, work / "decision-diffuser", step=td.checkpoint_step)  # servable like any checkpoint
+        store = ensure_dataset(args.task, store, args.dataset_size)
+    options = {"pred_horizon": args.horizon, "action_horizon": args.action_horizon}
+
+    def make_config(steps: int):
+        return planner_train_config(steps, args.batch_size, args.lr)
+
+    methods, planners = build_planner_methods(store, work, args.task, args.td_steps, args.diffuser_steps,
+                                              make_config, options, args.candidates)
+    td = planners["trajectory-diffuser"]
+    td_seconds = next(m.extra["train_seconds"] for m in methods if m.policy is td)
+    dd = planners["decision-diffuser-ddpm200"] if "decision-diffuser-ddpm200" in planners else None
 
     windows = obs_windows_from_store(store, td.obs_horizon, batch=8)
     suite = SuiteConfig("planners", episodes=args.episodes, seeds=list(args.seeds),
-                        latency_steps=args.latency_steps, latency_rounds=1, throughput_calls=1,
-                        progress=False)
-
-    def extra(policy, seconds: float) -> dict[str, Any]:
-        cost = plan_cost(policy)
-        return {"train_seconds": seconds, "denoiser_calls_per_plan": cost["denoiser_calls"],
-                "transformer_calls_per_plan": cost["transformer_calls"],
-                "candidates": policy.config.num_candidates, "horizon": policy.config.pred_horizon,
-                "backbone": policy.config.backbone}
-
-    methods = [Method(diffuser.method, diffuser, extra=extra(diffuser, diffuser_seconds)),
-               Method(dd.method, dd, extra={**extra(dd, td_seconds), "shares_networks_with": td.method}),
-               Method(td.method, td, extra={**extra(td, td_seconds),
-                                            "refine_start": td.config.refine_start})]
+                        latency_steps=args.latency_steps, latency_rounds=args.latency_rounds,
+                        throughput_calls=1, progress=False)
     print(f"[planners] evaluating {[m.name for m in methods]} on {args.task}", flush=True)
-    rows = evaluate_methods(methods, args.task, suite, windows, progress=True)
+    rows = fill_plan_latency(evaluate_methods(methods, args.task, suite, windows, progress=True))
     first = td.normalize_obs(torch.as_tensor(windows[:1]))
-    kv = kv_cache_gain(td, first.repeat(td.config.num_candidates, 1, 1))
-    rows[-1].update(kv)
+    kv = kv_cache_gain(td, first)
+    td_row = next(r for r in rows if r["method"] == td.method)
+    td_row.update(kv)
     print(f"[planners] KV cache: {kv}", flush=True)
     for r in rows:
         r["suite"] = "planners"
@@ -184,12 +171,10 @@ def main(args: Args) -> None:
     write_results(path, rows)
     print(f"wrote {path}", flush=True)
 
-    if args.unet_timing:
+    if args.unet_timing and dd is not None:
         timing = unet_timing(td, dd, windows[:1])
         print(f"[planners] U-Net timing (random weights): {timing}", flush=True)
-        for r in rows:
-            if r["method"] == td.method:
-                r["unet_timing"] = timing
+        td_row["unet_timing"] = timing
         write_results(path, rows)
 
     if args.ablate:
@@ -201,10 +186,11 @@ def main(args: Args) -> None:
                 td.set_refinement(k, start)
             name = f"trajectory-diffuser-k{k}-start{start:g}"
             ab_methods.append(Method(name, td, configure,
-                                     extra={**extra(td, td_seconds), "refine_steps": k, "refine_start": start,
-                                            "denoiser_calls_per_plan": k, "ablation": True}))
+                                     extra={**planner_extra(td, td_seconds), "refine_steps": k,
+                                            "refine_start": start, "denoiser_calls_per_plan": k,
+                                            "ablation": True}))
         ab_suite = dataclasses.replace(suite, episodes=args.ablation_episodes)
-        ab_rows = evaluate_methods(ab_methods, args.task, ab_suite, windows, progress=True)
+        ab_rows = fill_plan_latency(evaluate_methods(ab_methods, args.task, ab_suite, windows, progress=True))
         td.set_refinement(base_k, base_start)
         for r in ab_rows:
             r["suite"] = "planners-ablation"
@@ -212,6 +198,8 @@ def main(args: Args) -> None:
         write_results(path, rows)
     plot(rows, Path(args.plot_dir) / f"planners_{args.task}.png", args.task)
     print_table(rows)
+    targets = summarize_planner_targets(rows)
+    print("targets:", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in targets.items()})
 
 
 def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:

@@ -32,6 +32,18 @@ _SUITE_COLUMNS = [
     ("chunks/s @64", "throughput_b64", "{:.0f}"),
     ("distill s", "distill_seconds", "{:.0f}"),
 ]
+_PLANNER_COLUMNS = [
+    ("method", "method", "{}"),
+    ("score", "score_mean", "{:.1f}"),
+    ("± std", "score_std", "{:.1f}"),
+    ("success", "success_rate", "{:.2f}"),
+    ("episodes", "episodes", "{}"),
+    ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
+    ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
+    ("plan p50 ms", "step_latency_ms_p50", "{:.1f}"),
+    ("plan p99 ms", "step_latency_ms_max_p99", "{:.1f}"),
+    ("train s", "train_seconds", "{:.0f}"),
+]
 # NAME: (json file, [(column title, key, format)], optional task filter)
 TABLES: dict[str, tuple] = {
     "backbones": (
@@ -114,19 +126,18 @@ TABLES: dict[str, tuple] = {
     ),
     "demo_maze2d-umaze": ("demo_maze2d-umaze.json", _SUITE_COLUMNS),
     "demo_agv-simple-static": ("demo_agv-simple-static.json", _SUITE_COLUMNS),
-    "planners_maze2d-umaze": (
-        "planners_maze2d-umaze.json",
+    "planners_maze2d-umaze": ("planners_maze2d-umaze.json", _PLANNER_COLUMNS),
+    "planners_maze2d-medium": ("planners_maze2d-medium.json", _PLANNER_COLUMNS),
+    "planners_maze2d-large": ("planners_maze2d-large.json", _PLANNER_COLUMNS),
+    "planners_timing_idle_cpu": (
+        "planners_timing_idle_cpu.json",
         [
-            ("method", "method", "{}"),
-            ("score", "score_mean", "{:.1f}"),
-            ("± std", "score_std", "{:.1f}"),
-            ("success", "success_rate", "{:.2f}"),
-            ("episodes", "episodes", "{}"),
-            ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
-            ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
-            ("plan p50 ms", "step_latency_ms_p50", "{:.1f}"),
-            ("plan p99 ms", "step_latency_ms_max_p99", "{:.1f}"),
-            ("train s", "train_seconds", "{:.0f}"),
+            ("code", "code", "{}"),
+            ("round", "round", "{}"),
+            ("what", "method", "{}"),
+            ("denoiser", "backbone", "{}"),
+            ("p50 ms", "latency_ms_p50", "{:.1f}"),
+            ("p99 ms", "latency_ms_p99", "{:.1f}"),
         ],
     ),
     "agv_teacher": (

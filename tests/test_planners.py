@@ -205,3 +205,95 @@ def test_decision_diffuser_shares_the_trajectory_diffusers_networks(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(dd.guided_eps(x, t, state), td.guided_eps(x, t, state))
     assert isinstance(_policy("diffuser"), DiffuserPlanner) and isinstance(td, TrajectoryDiffuser)
+
+
+def test_candidates_share_one_draft_per_observation():
+    """The draft is deterministic: drafting once per window equals drafting every candidate's copy."""
+    td = _policy("trajectory-diffuser", refine_steps=0)
+    obs = torch.randn(2, 1, OBS)
+    obs_n = td.normalize_obs(obs)
+    with torch.inference_mode():
+        once, _ = td.draft(obs_n)
+        per_candidate, _ = td.draft(obs_n.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(once.repeat_interleave(3, dim=0), per_candidate, atol=1e-6, rtol=0)
+    plans = td.plan_states(obs, _gen())                    # k = 0: the candidates are the draft itself
+    assert plans.shape == (6, H, OBS)
+    torch.testing.assert_close(plans, per_candidate, atol=1e-6, rtol=0)
+    td.set_refinement(steps=2, start=0.5)                  # refinement noise makes them differ
+    plans = td.plan_states(obs, _gen())
+    assert not torch.equal(plans[0], plans[1])
+
+
+def test_fastpolicy_train_trains_a_planner_from_store_rewards(linear_store, tmp_path):
+    """`fastpolicy train --policy trajectory-diffuser`: rewards → discounted returns-to-go, one Trainer run,
+    a checkpoint that loads through the server's path and answers predict_chunk / Session.act."""
+    from fastpolicy.cli import main
+    from fastpolicy.serve.cli import load_policy_spec
+
+    run = tmp_path / "td"
+    opts = ["--option", "d_model=32", "--option", "n_layers=1", "--option", "d_ff=32", "--option",
+            "idm_hidden=16", "--option", "critic_hidden=16", "--option", 'backbone_kwargs={"hidden": 32}',
+            "--option", "num_train_timesteps=10", "--option", 'sampler="ddpm:10"', "--option",
+            "num_candidates=2", "--option", "pred_horizon=6"]
+    code = main(["train", "--store", str(linear_store), "--out", str(run), "--policy", "trajectory-diffuser",
+                 "--steps", "3", "--batch-size", "8", "--warmup-steps", "1", "--checkpoint-every", "3",
+                 "--no-progress", *opts])
+    assert code == 0
+    policy, model_id, _ = load_policy_spec(str(run))
+    assert isinstance(policy, TrajectoryDiffuser) and model_id == "td" and policy.checkpoint_step == 3
+    # return_scale is fitted from the store's rewards (all negative here → the neutral 1.0)
+    assert policy.config.return_scale == 1.0 and policy.config.pred_horizon == 6
+    obs = np.zeros((3, 1, 2), np.float32)
+    result = policy.predict_chunk(obs, None, _gen())
+    assert result.actions.shape == (3, 1, 1) and np.isfinite(result.actions).all()
+    session = policy.new_session(batch_size=1, seed=0)
+    assert session.act(obs[0, 0]).shape == (1,)
+    # resuming finds the planner from its checkpoint, whatever --policy says
+    code = main(["train", "--store", str(linear_store), "--out", str(run), "--steps", "4",
+                 "--batch-size", "8", "--warmup-steps", "1", "--checkpoint-every", "4", "--no-progress",
+                 "--resume"])
+    assert code == 0 and load_policy_spec(str(run))[0].checkpoint_step == 4
+
+
+def test_planners_suite_is_selectable_and_targets_are_summarised():
+    from fastpolicy.bench.planners import PLANNER_METHODS, summarize_planner_targets
+    from fastpolicy.bench.runner import SUITES
+    from fastpolicy.cli import main
+
+    assert SUITES["planners"].planners and "trajectory-diffuser-k3" in PLANNER_METHODS
+    assert main(["bench", "--suite", "planners", "--methods", "dp-ddpm100", "--no-write"]) == 2
+    rows = [{"method": "decision-diffuser-ddpm200", "score_mean": 10.0, "step_latency_ms_p50": 60.0},
+            {"method": "diffuser-ddpm20", "score_mean": 12.0, "step_latency_ms_p50": 5.0},
+            {"method": "trajectory-diffuser-k3", "score_mean": 11.0, "step_latency_ms_p50": 10.0},
+            {"method": "trajectory-diffuser-k1-start0.3", "score_mean": 99.0, "step_latency_ms_p50": 1.0,
+             "ablation": True}]
+    t = summarize_planner_targets(rows)
+    assert t["td_speedup_vs_dd200"] == 6.0 and t["target_5x_vs_dd_at_its_score"] is True
+    assert t["td_score_minus_diffuser"] == -1.0 and t["target_score_ge_diffuser"] is False
+
+
+@pytest.mark.slow
+def test_planners_suite_runs_end_to_end(tmp_path):
+    """`fastpolicy bench --suite planners` at toy size: train, derive, score, time, write schema rows
+    (a 300-step episode per method: ~20 s on a quiet 2-core machine, minutes under load)."""
+    from fastpolicy.bench.runner import SuiteConfig, run_suite
+    from fastpolicy.bench.schema import read_results
+
+    tiny = {"backbone_kwargs": {"hidden": 32, "depth": 1}, "critic_hidden": 16, "num_train_timesteps": 10,
+            "pred_horizon": 4}
+    suite = SuiteConfig("planners-test", planners=True, dataset_size=2000, teacher_steps=2, diffuser_steps=2,
+                        batch_size=8, episodes=1, latency_steps=2, latency_rounds=1, throughput_calls=1,
+                        progress=False, planner_candidates=2,
+                        methods=("diffuser-ddpm20", "decision-diffuser-ddpm200", "trajectory-diffuser-k3"),
+                        planner_options={"*": tiny, "diffuser": {"sampler": "ddpm:10"},
+                                         "trajectory-diffuser": {"sampler": "ddpm:10", "d_model": 16,
+                                                                 "d_ff": 16, "n_layers": 1,
+                                                                 "idm_hidden": 16}})
+    rows = run_suite(suite, ["maze2d-umaze"], work_dir=tmp_path / "work", results_dir=tmp_path,
+                     plot_dir=tmp_path, progress=False)
+    names = [r["method"] for r in rows]
+    assert names == ["diffuser-ddpm10", "decision-diffuser-ddpm10", "trajectory-diffuser-k3"]
+    assert all(r["step_latency_ms_p50"] > 0 and r["suite"] == "planners-test" for r in rows)
+    assert rows[2]["transformer_calls_per_plan"] == 3 and rows[1]["shares_networks_with"] == rows[2]["method"]
+    assert len(read_results(tmp_path / "planners-test_maze2d-umaze.json")) == 3
+    assert (tmp_path / "work" / "maze2d-umaze" / "decision-diffuser-ddpm10" / "config.json").exists()

@@ -93,8 +93,9 @@ class SuiteConfig:
     diffuser_steps: int = 2000
     planner_candidates: int = 8
     """Trajectory Diffuser candidates per plan (the critic picks one)"""
-    planner_options: dict[str, Any] = field(default_factory=dict)
-    """options shared by the three planners (default: H = 16, replan every control step)"""
+    planner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """per planner type (``"*"``: both; ``"diffuser"``; ``"trajectory-diffuser"``, whose networks the
+    Decision Diffuser reuses) options on top of H = 16, replanning every control step"""
 
 
 ALL_METHODS: tuple[str, ...] = (
@@ -129,8 +130,9 @@ SUITES: dict[str, SuiteConfig] = {
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
     # runs the same methods plus the KV-cache and refinement ablations
-    "planners": SuiteConfig("planners", teacher_steps=1000, diffuser_steps=1500, batch_size=128, lr=1e-3,
-                            episodes=10, seeds=[0], latency_steps=32, latency_rounds=1, throughput_calls=1),
+    "planners": SuiteConfig("planners", planners=True, teacher_steps=1000, diffuser_steps=1500,
+                            batch_size=128, lr=1e-3, episodes=10, seeds=[0], latency_steps=32,
+                            latency_rounds=2, throughput_calls=1),
 }
 
 
@@ -513,9 +515,10 @@ def _planner_methods(suite: SuiteConfig, task: str, store: Path, work: Path, pro
     def make_config(steps: int):
         return planner_train_config(steps, suite.batch_size, suite.lr, progress=suite.progress)
 
+    options = suite.planner_options
     methods, _ = build_planner_methods(store, work, task, suite.teacher_steps, suite.diffuser_steps,
-                                       make_config, suite.planner_options, suite.planner_candidates,
-                                       suite.methods, log=print if progress else (lambda msg: None))
+                                       make_config, options.get("*"), suite.planner_candidates, suite.methods,
+                                       log=print if progress else (lambda msg: None), options_by_type=options)
     return methods
 
 

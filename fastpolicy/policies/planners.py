@@ -22,10 +22,12 @@ The three planners:
 ``DiffuserPlanner``          joint state-action trajectories (action first, then state, per position),
                              unconditional, ``sampler`` steps (Diffuser uses 20) from pure noise.
 ``DecisionDiffuserPlanner``  state trajectories, guidance, inverse dynamics, the full DDPM chain
-                             (``ddpm:N``: Decision Diffuser samples every training step).
+                             (``ddpm:200`` over 200 training levels, the reference setting; any
+                             ``sampler`` works, e.g. the strided ``ddpm:50``).
 ``TrajectoryDiffuser``       a causal transformer (``fastpolicy.nets.transformer``) drafts H−1 future
-                             states and returns-to-go autoregressively with a KV cache for a batch of
-                             candidates; the draft is noised to level ``refine_start·N`` and refined by
+                             states and returns-to-go autoregressively with a KV cache (once per
+                             observation: the draft is deterministic, so all candidates share it); each
+                             candidate's copy is noised to level ``refine_start·N`` and refined by
                              ``refine_steps`` deterministic DDIM steps of the same state denoiser
                              (inpainting + guidance); inverse dynamics gives the actions, the critic picks.
 
@@ -116,8 +118,9 @@ class DiffuserConfig(PlannerConfig):
 class StatePlannerConfig(PlannerConfig):
     """State-trajectory planners with return guidance and inverse dynamics (Decision Diffuser)."""
 
-    num_train_timesteps: int = 50
-    sampler: str = "ddpm:50"
+    num_train_timesteps: int = 200
+    """Decision Diffuser's reference setting (Ajay et al.: 200 levels, sampled in full)"""
+    sampler: str = "ddpm:200"
     guidance_weight: float = 1.2
     cond_dropout: float = 0.25
     target_return: float = 0.7
@@ -222,7 +225,10 @@ class _Planner(TorchPolicy):
     # --- inpainting ----------------------------------------------------------------------------------
     def inpaint(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Write the current normalised state (N, obs_dim) into position 0 of plans ``x`` (N, H, D)."""
-        x = x.clone()
+        return self._inpaint_(x.clone(), state)
+
+    def _inpaint_(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """:meth:`inpaint` in place, for sampling loops that own ``x`` (no copy per denoising step)."""
         lo = self.plan_dim_offset
         x[:, 0, lo:lo + self.config.obs_dim] = state
         return x
@@ -268,17 +274,18 @@ class _Planner(TorchPolicy):
                            eps_fn, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Run ``self.sampler`` from pure noise with inpainting after every step; returns (x0, calls)."""
         sampler = self.sampler
-        x = self.inpaint(self._noise(shape, generator), state)
+        x = self._inpaint_(self._noise(shape, generator), state)
         for i in range(sampler.num_steps):
             t = sampler.timesteps[i].expand(shape[0])
             out = eps_fn(x, t, cond)
             noise = sampler.draw_noise(x, generator) if sampler.needs_noise[i] else None
             x, _ = sampler.step(i, x, out, noise=noise)
-            x = self.inpaint(x, state)
+            x = self._inpaint_(x, state)
         return x, sampler.num_steps
 
-    def _plan(self, obs_n: torch.Tensor, generator: torch.Generator | None) -> PlanOutput:
-        """Candidate plans for normalised windows ``obs_n`` (N, To, obs_dim) → (plans, call counts)."""
+    def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
+        """``candidates`` plans per normalised window ``obs_n`` (B, To, obs_dim), candidate-major within
+        each window → (plans (B·candidates, H, D), call counts)."""
         raise NotImplementedError
 
     def _plan_actions(self, plans: torch.Tensor) -> torch.Tensor:
@@ -295,7 +302,7 @@ class _Planner(TorchPolicy):
         cfg = self.config
         obs_n = self.encode_obs(obs_window).view(-1, cfg.obs_horizon, cfg.obs_dim)
         batch, c = obs_n.shape[0], cfg.num_candidates
-        plans, stats = self._plan(obs_n.repeat_interleave(c, dim=0), generator)
+        plans, stats = self._plan(obs_n, c, generator)
         actions = self._plan_actions(plans)                                   # (B·C, Ta, A) raw
         if c > 1:
             s0 = obs_n[:, -1].repeat_interleave(c, dim=0)
@@ -311,7 +318,7 @@ class _Planner(TorchPolicy):
         """The candidate plans (B·C, H, D) in normalised units, for inspection and tests."""
         obs_n = self.encode_obs(obs_window).view(-1, self.config.obs_horizon, self.config.obs_dim)
         with torch.inference_mode():
-            return self._plan(obs_n.repeat_interleave(self.config.num_candidates, dim=0), generator)[0]
+            return self._plan(obs_n, self.config.num_candidates, generator)[0]
 
 
 # --- Diffuser ----------------------------------------------------------------------------------------
@@ -339,10 +346,10 @@ class DiffuserPlanner(_Planner):
         critic = self._critic_loss(obs_n, act_n, returns)
         return {"loss": diffusion + critic, "diffusion_loss": diffusion, "critic_loss": critic}
 
-    def _plan(self, obs_n: torch.Tensor, generator: torch.Generator | None) -> PlanOutput:
-        state = obs_n[:, -1]
+    def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
+        state = obs_n[:, -1].repeat_interleave(candidates, dim=0)
         cond = state if self.config.obs_cond else None
-        shape = (obs_n.shape[0], self.config.pred_horizon, self.plan_dim)
+        shape = (state.shape[0], self.config.pred_horizon, self.plan_dim)
         plans, calls = self._sample_from_noise(shape, state, cond, self.denoiser, generator)
         return plans, {"denoiser_calls": calls, "transformer_calls": 0}
 
@@ -388,15 +395,21 @@ class _StatePlanner(_Planner):
     def _cond(self, state: torch.Tensor, returns: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         return torch.cat([*self._obs_cond(state), self.return_condition(returns, present)], dim=-1)
 
+    def guidance_cond(self, state: torch.Tensor) -> torch.Tensor:
+        """The (2N, cond_dim) denoiser condition of a guided call: N conditional rows at ``target_return``,
+        then N unconditional ones. Built once per plan and reused by every denoising step."""
+        n = state.shape[0]
+        target = torch.full((2 * n,), self.config.target_return, device=state.device)
+        present = torch.cat([torch.ones(n, device=state.device), torch.zeros(n, device=state.device)])
+        return self._cond(state.repeat(2, 1), target, present)
+
     def guided_eps(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
-                   weight: float | None = None) -> torch.Tensor:
-        """Classifier-free guidance at ``target_return``: ε_u + w(ε_c − ε_u), one batched call."""
-        cfg = self.config
-        w = cfg.guidance_weight if weight is None else weight
+                   weight: float | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Classifier-free guidance at ``target_return``: ε_u + w(ε_c − ε_u), one batched call
+        (``cond``: :meth:`guidance_cond` of ``state``, when the caller has it already)."""
+        w = self.config.guidance_weight if weight is None else weight
         n = x.shape[0]
-        target = torch.full((n,), cfg.target_return, device=x.device)
-        cond = self._cond(state.repeat(2, 1), target.repeat(2),
-                          torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)]))
+        cond = self.guidance_cond(state) if cond is None else cond
         eps = self.denoiser(x.repeat(2, 1, 1), t.repeat(2), cond)
         eps_c, eps_u = eps[:n], eps[n:]
         return eps_u + w * (eps_c - eps_u)
@@ -439,11 +452,12 @@ class DecisionDiffuserPlanner(_StatePlanner):
     policy_type = "decision-diffuser"
     config_cls = StatePlannerConfig
 
-    def _plan(self, obs_n: torch.Tensor, generator: torch.Generator | None) -> PlanOutput:
-        state = obs_n[:, -1]
-        shape = (obs_n.shape[0], self.config.pred_horizon, self.config.obs_dim)
-        plans, calls = self._sample_from_noise(shape, state, None,
-                                               lambda x, t, _: self.guided_eps(x, t, state), generator)
+    def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
+        state = obs_n[:, -1].repeat_interleave(candidates, dim=0)
+        shape = (state.shape[0], self.config.pred_horizon, self.config.obs_dim)
+        cond = self.guidance_cond(state)
+        plans, calls = self._sample_from_noise(
+            shape, state, cond, lambda x, t, c: self.guided_eps(x, t, state, cond=c), generator)
         return plans, {"denoiser_calls": calls, "transformer_calls": 0}
 
 
@@ -546,20 +560,23 @@ class TrajectoryDiffuser(_StatePlanner):
             return draft, 0
         state = draft[:, 0]
         n = draft.shape[0]
+        cond = self.guidance_cond(state)
         t0 = torch.full((n,), levels[0], dtype=torch.long, device=draft.device)
         noisy = add_noise(self.schedule, draft, self._noise(tuple(draft.shape), generator), t0)
-        x = self.inpaint(noisy, state)
+        x = self._inpaint_(noisy, state)
         for t_from, t_to in zip(levels[:-1], levels[1:]):
             tf = torch.full((n,), t_from, dtype=torch.long, device=draft.device)
             tt = torch.full((n,), t_to, dtype=torch.long, device=draft.device)
-            eps = self.guided_eps(x, tf, state)
+            eps = self.guided_eps(x, tf, state, cond=cond)
             x = ddim_ode_step(self.schedule, x, eps, tf, tt, clip_sample=self.config.clip_sample)
-            x = self.inpaint(x, state)
+            x = self._inpaint_(x, state)
         return x, len(levels) - 1
 
-    def _plan(self, obs_n: torch.Tensor, generator: torch.Generator | None) -> PlanOutput:
+    def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
+        # the draft is a deterministic function of the context: draft once per window, not per candidate
+        # (candidates differ by the refinement's noise), which divides the transformer's work by C
         draft, t_calls = self.draft(obs_n)
-        plans, d_calls = self.refine(draft, generator)
+        plans, d_calls = self.refine(draft.repeat_interleave(candidates, dim=0), generator)
         return plans, {"denoiser_calls": d_calls, "transformer_calls": t_calls}
 
 
@@ -659,6 +676,13 @@ def save_planner(policy: _Planner, path: str | os.PathLike, step: int = 0, overw
                            step=step, overwrite=overwrite)
 
 
+def is_planner_type(policy_type: str) -> bool:
+    """Whether a registered policy type is one of these planners (they train on returns-to-go)."""
+    from fastpolicy.policies.registry import policy_class
+
+    return issubclass(policy_class(policy_type), _Planner)
+
+
 def plan_cost(policy: _Planner) -> dict[str, int]:
     """Network calls per plan implied by the config (denoiser, transformer), for result rows."""
     cfg = policy.config
@@ -670,4 +694,5 @@ def plan_cost(policy: _Planner) -> dict[str, int]:
 
 __all__ = ["DecisionDiffuserPlanner", "DiffuserConfig", "DiffuserPlanner", "PlannerConfig", "RTG_KEY",
            "StatePlannerConfig", "TrajectoryDiffuser", "TrajectoryDiffuserConfig", "decision_diffuser_from",
-           "discounted_returns", "plan_cost", "planner_dataset", "save_planner", "train_planner"]
+           "discounted_returns", "is_planner_type", "plan_cost", "planner_dataset", "save_planner",
+           "train_planner"]

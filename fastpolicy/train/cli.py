@@ -11,7 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, help="EpisodeStore path (see `fastpolicy data make/import`)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, TensorBoard)")
     p.add_argument(
-        "--policy", default="diffusion", choices=["diffusion", "bc", "streaming"], help="policy type"
+        "--policy",
+        default="diffusion",
+        choices=["diffusion", "bc", "streaming", "diffuser", "decision-diffuser", "trajectory-diffuser"],
+        help="policy type (the planners train on discounted returns-to-go computed from the store's rewards)",
     )
     p.add_argument("--backbone", default=None, help="diffusion backbone: unet-small | unet-base | mlp")
     p.add_argument("--task", default=None, help="task card whose horizons to use (default To=2, Tp=16, Ta=8)")

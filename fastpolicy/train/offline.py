@@ -37,7 +37,18 @@ def train_offline(
     task: str | None = None,
 ):
     """Train ``policy_type`` on the store; returns (policy, fit stats). ``policy_options`` override the
-    config (e.g. backbone, horizons); obs/action dims come from the store."""
+    config (e.g. backbone, horizons); obs/action dims come from the store.
+
+    The diffusion planners (``diffuser``, ``decision-diffuser``, ``trajectory-diffuser``) learn from
+    return-to-go targets as well: they train through
+    :func:`fastpolicy.policies.planners.train_planner`, which turns the store's rewards into per-episode
+    discounted returns (their own horizons; the task card's are for action-chunk policies).
+    """
+    if _is_planner(run_dir, policy_type, resume):
+        from fastpolicy.policies.planners import train_planner
+
+        return train_planner(store_path, run_dir, policy_type, policy_options, train_config, resume=resume,
+                             task=task)
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.policies.registry import build_policy
@@ -78,6 +89,17 @@ def train_offline(
     trainer = Trainer(policy, dataset, train_config, run_dir, resume=resume, extra_config=extra)
     stats = trainer.fit()
     return policy, stats
+
+
+def _is_planner(run_dir: str | os.PathLike, policy_type: str, resume: bool) -> bool:
+    """Whether this run trains a return-conditioned planner (a resumed run: whatever its checkpoint is)."""
+    from fastpolicy.policies.planners import is_planner_type
+
+    if resume and (Path(run_dir) / "latest").exists():
+        from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+
+        policy_type = read_config(resolve_checkpoint(run_dir))["policy_type"]
+    return is_planner_type(policy_type)
 
 
 def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,155 @@
+"""The diffusion planners as benchmark methods: train (or reuse) them on a store and wrap them as Methods.
+
+Shared by the ``planners`` suite of ``fastpolicy bench`` (``fastpolicy.bench.runner``) and by
+``bench/bench_planners.py`` (which adds the KV-cache, refinement-ablation and U-Net timing extras).
+
+Three runs per task: the Trajectory Diffuser (state denoiser + inverse dynamics + critic + causal
+transformer, trained jointly), the Diffuser (joint state-action denoiser + critic), and the Decision
+Diffuser *derived* from the Trajectory Diffuser's networks (``decision_diffuser_from``: same denoiser,
+inverse dynamics and critic), so the two state planners differ only in how they plan. The Decision
+Diffuser's reference setting samples the full DDPM chain of its 200 training levels (``ddpm200``, as Ajay
+et al.); ``decision-diffuser-ddpm50`` (every 4th level) is a cheaper variant for context.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+PLANNER_METHODS: tuple[str, ...] = ("diffuser-ddpm20", "decision-diffuser-ddpm200",
+                                    "decision-diffuser-ddpm50", "trajectory-diffuser-k3")
+"""method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with k = 3)"""
+
+DEFAULT_PLANNER_OPTIONS: dict[str, Any] = {"pred_horizon": 16, "action_horizon": 1}
+"""options every planner of the suite shares (H = 16 planned steps, replan every control step)"""
+
+
+def planner_train_config(steps: int, batch_size: int, lr: float, seed: int = 0, progress: bool = True):
+    """The TrainConfig the planner benchmarks use (warm-up 10% up to 200 steps, 4 checkpoints)."""
+    from fastpolicy.train.trainer import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(200, steps // 10),
+                       checkpoint_every=max(50, steps // 4), seed=seed, progress=progress, tensorboard=False)
+
+
+def ensure_planner(store: str | Path, run: str | Path, policy_type: str, options: dict[str, Any],
+                   train_config: Any, task: str | None = None) -> tuple[Any, float]:
+    """Train ``policy_type`` into ``run`` (resuming), or load it when complete → (policy, train seconds).
+
+    The wall time of the training lands in ``run/cost.json`` (a resumed run counts this session only).
+    """
+    from fastpolicy.policies.planners import train_planner
+    from fastpolicy.train.checkpoint import load_policy, read_config
+
+    run = Path(run)
+    cost_file = run / "cost.json"
+    if (run / "latest").exists() and read_config(run)["step"] >= train_config.steps and cost_file.exists():
+        return load_policy(run), float(json.loads(cost_file.read_text())["seconds"])
+    t0 = time.perf_counter()
+    train_planner(store, run, policy_type, options, train_config, resume=True, task=task)
+    seconds = time.perf_counter() - t0
+    cost_file.write_text(json.dumps({"seconds": seconds, "steps": train_config.steps}))
+    return load_policy(run), seconds
+
+
+def planner_extra(policy: Any, train_seconds: float | None) -> dict[str, Any]:
+    """The planner-specific fields of a result row (network calls per plan, candidates, sizes)."""
+    from fastpolicy.policies.planners import plan_cost
+
+    cost = plan_cost(policy)
+    cfg = policy.config
+    out = {"train_seconds": train_seconds, "denoiser_calls_per_plan": cost["denoiser_calls"],
+           "transformer_calls_per_plan": cost["transformer_calls"], "candidates": cfg.num_candidates,
+           "horizon": cfg.pred_horizon, "backbone": cfg.backbone,
+           "num_train_timesteps": cfg.num_train_timesteps}
+    if hasattr(cfg, "refine_steps"):
+        out.update(refine_steps=cfg.refine_steps, refine_start=cfg.refine_start)
+    return out
+
+
+def build_planner_methods(store: str | Path, work: str | Path, task: str, td_steps: int, diffuser_steps: int,
+                          make_train_config: Callable[[int], Any], options: dict[str, Any] | None = None,
+                          candidates: int = 8, methods: Sequence[str] | None = None,
+                          log: Callable[[str], None] = print,
+                          options_by_type: dict[str, dict[str, Any]] | None = None
+                          ) -> tuple[list[Any], dict[str, Any]]:
+    """Train / reuse the planners under ``work`` and return (Methods, the trained planners by type).
+
+    ``options`` go to both trained planners (on top of :data:`DEFAULT_PLANNER_OPTIONS`),
+    ``options_by_type["diffuser" | "trajectory-diffuser"]`` to one of them (the Decision Diffuser reuses
+    the Trajectory Diffuser's). ``methods`` restricts to some of :data:`PLANNER_METHODS` (None: all). The
+    Decision Diffusers are saved as checkpoints under ``work/decision-diffuser-<sampler>`` so they are
+    servable like any policy.
+    """
+    from fastpolicy.bench.runner import Method
+    from fastpolicy.policies.planners import decision_diffuser_from, save_planner
+
+    wanted = set(PLANNER_METHODS if methods is None else methods)
+    unknown = sorted(wanted - set(PLANNER_METHODS))
+    if unknown:
+        raise ValueError(f"unknown planner methods {unknown}; known: {', '.join(PLANNER_METHODS)}")
+    work = Path(work)
+    common = {**DEFAULT_PLANNER_OPTIONS, **(options or {})}
+    by_type = options_by_type or {}
+    out: list[Any] = []
+    planners: dict[str, Any] = {}
+    if wanted & {"diffuser-ddpm20"}:
+        log(f"[planners] Diffuser ({diffuser_steps} steps)")
+        diffuser, seconds = ensure_planner(store, work / "diffuser", "diffuser",
+                                           {**common, **by_type.get("diffuser", {})},
+                                           make_train_config(diffuser_steps), task)
+        planners["diffuser"] = diffuser
+        out.append(Method(diffuser.method, diffuser, extra=planner_extra(diffuser, seconds)))
+    if any(m.startswith(("decision-diffuser", "trajectory-diffuser")) for m in wanted):
+        log(f"[planners] Trajectory Diffuser ({td_steps} steps; the Decision Diffuser reuses its networks)")
+        td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser",
+                                        {**common, "num_candidates": candidates,
+                                         **by_type.get("trajectory-diffuser", {})},
+                                        make_train_config(td_steps), task)
+        planners["trajectory-diffuser"] = td
+        for name, sampler in (("decision-diffuser-ddpm200", None), ("decision-diffuser-ddpm50", "ddpm:50")):
+            if name not in wanted:
+                continue
+            dd = decision_diffuser_from(td, **({"sampler": sampler} if sampler else {}))
+            save_planner(dd, work / dd.method, step=td.checkpoint_step)
+            planners[dd.method] = dd
+            out.append(Method(dd.method, dd, extra={**planner_extra(dd, td_seconds),
+                                                    "shares_networks_with": td.method}))
+        if any(m.startswith("trajectory-diffuser") for m in wanted):
+            out.append(Method(td.method, td, extra=planner_extra(td, td_seconds)))
+    return out, planners
+
+
+
+
+def summarize_planner_targets(rows: Sequence[dict[str, Any]],
+                              latency_key: str = "step_latency_ms_p50") -> dict[str, Any]:
+    """The issue's targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
+    ≥ its score, and ≥ the Diffuser's score. Misses are reported as such; ablation rows are ignored."""
+    main = [r for r in rows if not r.get("ablation")]
+    by = {r["method"]: r for r in main}
+    td = next((r for r in main if r["method"].startswith("trajectory-diffuser")), None)
+    if td is None or td.get(latency_key) is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name, key in (("decision-diffuser-ddpm200", "dd200"), ("decision-diffuser-ddpm50", "dd50"),
+                      ("diffuser-ddpm20", "diffuser")):
+        ref = by.get(name)
+        if ref is None or ref.get(latency_key) is None:
+            continue
+        out[f"td_speedup_vs_{key}"] = ref[latency_key] / td[latency_key]
+        if ref.get("score_mean") is not None and td.get("score_mean") is not None:
+            out[f"td_score_minus_{key}"] = td["score_mean"] - ref["score_mean"]
+    if "td_speedup_vs_dd200" in out and "td_score_minus_dd200" in out:
+        out["target_5x_vs_dd_at_its_score"] = bool(out["td_speedup_vs_dd200"] >= 5
+                                                   and out["td_score_minus_dd200"] >= 0)
+    if "td_score_minus_diffuser" in out:
+        out["target_score_ge_diffuser"] = bool(out["td_score_minus_diffuser"] >= 0)
+    return out
+
+
+__all__ = ["DEFAULT_PLANNER_OPTIONS", "PLANNER_METHODS", "build_planner_methods", "ensure_planner",
+           "planner_extra", "planner_train_config", "summarize_planner_targets"]
