@@ -181,6 +181,19 @@ TABLES: dict[str, tuple] = {
             ("train s", "train_seconds", "{:.0f}"),
         ],
     ),
+    "proxy_labeling_peers": (
+        "proxy_labeling_peers.json",
+        [
+            ("task", "task", "{}"),
+            ("learner", "method", "{}"),
+            ("labels", "label_condition", "{}"),
+            ("score", "score_mean", "{:.1f}"),
+            ("± std", "score_std", "{:.1f}"),
+            ("episodes", "episodes", "{}"),
+            ("train steps", "steps", "{}"),
+            ("train s", "train_seconds", "{:.0f}"),
+        ],
+    ),
     "serve_soak": (
         "serve_soak.json",
         [
