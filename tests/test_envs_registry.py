@@ -117,3 +117,11 @@ def test_make_vector_env():
     obs, reward, terminated, truncated, info = envs.step(np.zeros((2, 2), dtype=np.float32))
     assert obs.shape == (2, 6) and reward.shape == (2,) and "success" in info
     envs.close()
+
+
+def test_card_normalization_is_validated_and_defaults_filled(tasks_dir):
+    (tasks_dir / "eps.yaml").write_text(CARD.format(name="eps") + "normalization: {obs: gaussian}\n")
+    assert get_task("eps").normalization == {"obs": "gaussian", "action": "limits"}
+    (tasks_dir / "zeta.yaml").write_text(CARD.format(name="zeta") + "normalization: {obs: zscore}\n")
+    with pytest.raises(ValueError, match="zscore"):
+        get_task("zeta")

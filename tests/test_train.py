@@ -214,3 +214,14 @@ def test_torchrun_two_processes_train_on_cpu(linear_store, tmp_path):
     ckpt = resolve_checkpoint(run)
     meta = json.loads((ckpt / "train_state.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 6
+
+
+def test_obs_normalization_option_picks_the_fitted_normalizer(linear_store, tmp_path):
+    """``obs_normalization`` decides how the obs normalizer is fitted; it is saved with the checkpoint."""
+    from fastpolicy.data.normalize import MODES
+
+    gaussian = {"hidden": 16, "depth": 1, "obs_normalization": "gaussian"}
+    train_offline(linear_store, tmp_path / "g", "bc", gaussian, _cfg(steps=2))
+    train_offline(linear_store, tmp_path / "l", "bc", {"hidden": 16, "depth": 1}, _cfg(steps=2))
+    modes = {name: int(load_policy(tmp_path / name).normalizer_state()["obs.mode"]) for name in ("g", "l")}
+    assert modes == {"g": MODES.index("gaussian"), "l": MODES.index("limits")}

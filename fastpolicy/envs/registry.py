@@ -35,6 +35,7 @@ _ALLOWED_KEYS = {
     "max_episode_steps",
     "dataset",
     "horizons",
+    "normalization",
     "score",
     "eval",
     "description",
@@ -58,6 +59,8 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     wrapper: str | None = None
     horizons: dict[str, int] = field(default_factory=lambda: {"obs": 2, "pred": 16, "action": 8})
+    normalization: dict[str, str] = field(default_factory=lambda: {"obs": "limits", "action": "limits"})
+    """how training fits the obs / action normalizers (``fastpolicy.data.normalize.MODES``)"""
     score: dict[str, Any] = field(default_factory=lambda: {"kind": "return"})
     eval: dict[str, Any] = field(default_factory=lambda: {"episodes": 10, "seeds": [0]})
     description: str = ""
@@ -84,6 +87,16 @@ def load_task_card(path: str | os.PathLike) -> TaskSpec:
     for key in ("name", "env_id", "max_episode_steps"):
         if key not in data:
             raise ValueError(f"task card {path}: missing required key {key!r}")
+    norm = data.get("normalization")
+    if norm is not None:
+        from fastpolicy.data.normalize import MODES
+
+        bad = {k: v for k, v in norm.items() if k not in ("obs", "action") or v not in MODES} \
+            if isinstance(norm, dict) else norm
+        if bad:
+            raise ValueError(f"task card {path}: normalization must map obs/action to one of {MODES}, "
+                             f"got {bad!r}")
+        data["normalization"] = {"obs": "limits", "action": "limits", **norm}
     score = data.get("score", {"kind": "return"})
     if not isinstance(score, dict):
         raise ValueError(f"task card {path}: score must be a mapping, got {score!r}")

@@ -71,17 +71,23 @@ def train_offline(
         )
     else:
         options = dict(policy_options or {})
+        modes = {"obs": "limits", "action": "limits"}
         if task is not None:
             from fastpolicy.envs.registry import get_task
 
-            h = get_task(task).horizons
+            spec = get_task(task)
+            h = spec.horizons
             options.setdefault("obs_horizon", h["obs"])
             options.setdefault("pred_horizon", h["pred"])
             options.setdefault("action_horizon", h["action"])
+            modes.update(spec.normalization)
+        # not a network option: it decides how the normalizers are fitted (saved with the checkpoint)
+        if "obs_normalization" in options:
+            modes["obs"] = options.pop("obs_normalization")
         first = store.episode(0)
         obs_dim, act_dim = int(first["obs"].shape[-1]), int(first["action"].shape[-1])
         options.update(obs_dim=obs_dim, action_dim=act_dim)
-        normalizer = NormalizerSet.fit_from_store(store, modes={"obs": "limits", "action": "limits"})
+        normalizer = NormalizerSet.fit_from_store(store, modes=modes)
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
     c = policy.config
     dataset = build_dataset(store, c.obs_horizon, c.pred_horizon, c.action_horizon)
