@@ -20,6 +20,7 @@ Steps 1–2 resume from whatever is on disk; ``--merge-only`` just redoes step 3
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -50,8 +51,8 @@ class Args:
     """task cards to run"""
     peers: bool = True
     """also run the d3rlpy peers (bench/bench_d4rl_peers.py)"""
-    peer_args: list[str] = field(default_factory=list)
-    """extra arguments passed to bench_d4rl_peers.py (e.g. --steps 20000)"""
+    peer_args: str = ""
+    """extra arguments for bench_d4rl_peers.py, one quoted string (e.g. "--algos bc --steps 45000")"""
     merge_only: bool = False
     """skip training/evaluation; merge the per-task JSON files already under bench/results/"""
     threads: int = 1
@@ -65,7 +66,8 @@ def run_task(task: str, args: Args) -> None:
     subprocess.run([exe, "-m", "fastpolicy.cli", "bench", "--suite", "d4rl", "--task", task,
                     "--threads", str(args.threads)], check=True, cwd=ROOT)
     if args.peers:
-        subprocess.run([exe, str(ROOT / "bench" / "bench_d4rl_peers.py"), "--tasks", task, *args.peer_args],
+        subprocess.run([exe, str(ROOT / "bench" / "bench_d4rl_peers.py"), "--tasks", task,
+                        *shlex.split(args.peer_args)],
                        check=True, cwd=ROOT)
 
 
