@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 MODES = ("limits", "gaussian")
+DEFAULT_MODES: dict[str, str] = {"obs": "limits", "action": "limits"}
+"""what training fits when neither the task card nor the caller says otherwise"""
 _STAT_NAMES = ("scale", "offset", "min", "max", "mean", "std")
 
 
@@ -164,7 +166,7 @@ class NormalizerSet(MutableMapping):
     @classmethod
     def fit_from_store(cls, store: Any, modes: Mapping[str, str] | None = None) -> NormalizerSet:
         """Fit one normalizer per key of an EpisodeStore; actions only on labeled steps (action_mask)."""
-        modes = dict(modes or {"obs": "limits", "action": "limits"})
+        modes = dict(modes or DEFAULT_MODES)
         out = cls()
         for key, mode in modes.items():
             data = store.array(key)

@@ -49,6 +49,12 @@ def tasks_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
 
 
+def _default_normalization() -> dict[str, str]:
+    from fastpolicy.data.normalize import DEFAULT_MODES  # imported on use: it pulls in torch
+
+    return dict(DEFAULT_MODES)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -59,7 +65,7 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     wrapper: str | None = None
     horizons: dict[str, int] = field(default_factory=lambda: {"obs": 2, "pred": 16, "action": 8})
-    normalization: dict[str, str] = field(default_factory=lambda: {"obs": "limits", "action": "limits"})
+    normalization: dict[str, str] = field(default_factory=_default_normalization)
     """how training fits the obs / action normalizers (``fastpolicy.data.normalize.MODES``)"""
     score: dict[str, Any] = field(default_factory=lambda: {"kind": "return"})
     eval: dict[str, Any] = field(default_factory=lambda: {"episodes": 10, "seeds": [0]})
@@ -89,14 +95,14 @@ def load_task_card(path: str | os.PathLike) -> TaskSpec:
             raise ValueError(f"task card {path}: missing required key {key!r}")
     norm = data.get("normalization")
     if norm is not None:
-        from fastpolicy.data.normalize import MODES
+        from fastpolicy.data.normalize import DEFAULT_MODES, MODES
 
         bad = {k: v for k, v in norm.items() if k not in ("obs", "action") or v not in MODES} \
             if isinstance(norm, dict) else norm
         if bad:
             raise ValueError(f"task card {path}: normalization must map obs/action to one of {MODES}, "
                              f"got {bad!r}")
-        data["normalization"] = {"obs": "limits", "action": "limits", **norm}
+        data["normalization"] = {**DEFAULT_MODES, **norm}
     score = data.get("score", {"kind": "return"})
     if not isinstance(score, dict):
         raise ValueError(f"task card {path}: score must be a mapping, got {score!r}")

@@ -49,7 +49,7 @@ def train_offline(
 
         return train_planner(store_path, run_dir, policy_type, policy_options, train_config, resume=resume,
                              task=task)
-    from fastpolicy.data.normalize import NormalizerSet
+    from fastpolicy.data.normalize import DEFAULT_MODES, NormalizerSet
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.policies.registry import build_policy
     from fastpolicy.train.checkpoint import load_tensors, read_config, resolve_checkpoint
@@ -71,7 +71,7 @@ def train_offline(
         )
     else:
         options = dict(policy_options or {})
-        modes = {"obs": "limits", "action": "limits"}
+        modes = dict(DEFAULT_MODES)
         if task is not None:
             from fastpolicy.envs.registry import get_task
 
