@@ -125,21 +125,18 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def main(args: Args) -> None:
     from fastpolicy.bench.report import print_table
-    from fastpolicy.bench.schema import write_results
+    from fastpolicy.bench.schema import read_results, update_results
 
     if not args.merge_only:
         for task in args.tasks:
             run_task(task, args)
     results_dir = ROOT / args.results_dir
     out = results_dir / "d4rl.json"
-    # keep rows of tasks not run this time, so the combined file grows task by task
-    from fastpolicy.bench.schema import read_results
-
-    kept = [r for r in read_results(out) if r["task"] not in args.tasks] if out.exists() else []
-    rows = kept + merge(args.tasks, results_dir)
-    if not rows:
+    new = merge(args.tasks, results_dir)
+    if not new:
         raise SystemExit("no D4RL rows to merge")
-    write_results(out, rows)
+    update_results(out, new, key=lambda r: r["task"])  # rows of tasks not run this time stay
+    rows = read_results(out)
     print_table(rows, title="D4RL-style MuJoCo", extra=["train_seconds"])
     print(f"wrote {out}, {plot_scores(rows, ROOT / args.plot)}")
 

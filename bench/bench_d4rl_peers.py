@@ -187,14 +187,11 @@ def peer_row(task: Any, results: Sequence[dict[str, Any]], sources: Sequence[str
     return make_row(task.name, METHODS[fields["algo"]], **fields)
 
 
-def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A peer row is replaced by a rerun of the same task, method and label condition."""
     return row.get("task"), row.get("method"), row.get("label_condition")
 
 
-def merge_rows(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``existing`` not replaced by ``new`` (same task, method and label condition), then ``new``."""
-    replaced = {_row_key(r) for r in new}
-    return [r for r in existing if _row_key(r) not in replaced] + list(new)
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
@@ -213,9 +210,14 @@ def _mtime(path: Path) -> float:
     return max(p.stat().st_mtime for p in candidates if p.exists())
 
 
+def task_store(task: Any) -> Path:
+    """The task's own store, ``datasets/store/<its dataset recipe>``."""
+    return STORE_ROOT / (task.dataset or task.name)
+
+
 def ensure_store(task: Any, build: bool) -> Path:
     name = task.dataset or task.name
-    store = STORE_ROOT / name
+    store = task_store(task)
     if (store / "zarr.json").exists():
         return store
     cmd = [str(Path(sys.executable).parent / "fastpolicy"), "data", "make", name, "--out", str(store)]
@@ -264,7 +266,7 @@ def _cached(path: Path, store: Path, args: argparse.Namespace, env_id: str) -> d
 
 def _own_store(task: Any, args: argparse.Namespace) -> bool:
     """Whether this run trains on the task's own store (its cached results are shared across conditions)."""
-    return args.store is None or args.store.resolve() == (STORE_ROOT / (task.dataset or task.name)).resolve()
+    return args.store is None or args.store.resolve() == task_store(task).resolve()
 
 
 def _cache_dir(task: Any, args: argparse.Namespace) -> Path:
@@ -339,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastpolicy.bench.schema import read_results, write_results
+    from fastpolicy.bench.schema import update_results
     from fastpolicy.envs.registry import get_task
 
     args = parse_args(argv)
@@ -361,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(label_condition=args.condition, train_store=str(store))
             rows.append(row)
         out = args.out or args.out_dir / f"d4rl_peers_{task.name}.json"
-        existing = read_results(out) if out.exists() else []
-        write_results(out, merge_rows(existing, rows))
+        update_results(out, rows, key=row_key)
         print(f"==> wrote {out}", flush=True)
         for r in rows:
             print(f"    {r['task']:24s} {r['method']:14s} steps {r['steps']:6d}  score "

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, read_results, write_results
+from fastpolicy.bench.schema import make_row, update_results
 from fastpolicy.utils.args import parse_dataclass_args
 
 CONDITIONS = ("labeled", "proxy", "full")
@@ -151,10 +151,10 @@ def train_learner(store: Path, run: Path, learner: str, args: Args, task: str):
     return load_policy(run), seconds
 
 
-def run_task(task_name: str, store_arg: str | None, size: int, args: Args,
-             earlier: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """All rows of one task; every finished row is written at once (with ``earlier`` rows) so a long
-    run that is stopped keeps what it measured — and a rerun reuses the finished training runs."""
+def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> list[dict[str, Any]]:
+    """All rows of one task; every finished row is written at once (replacing the task's earlier rows,
+    keeping other tasks') so a long run that is stopped keeps what it measured — and a rerun reuses the
+    finished training runs."""
     from fastpolicy.data.split import labeled_subset, split_store
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.registry import get_task
@@ -193,7 +193,7 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args,
 
     def emit(row: dict[str, Any]) -> None:
         rows.append(row)
-        write_results(args.out, [*(earlier or []), *rows])
+        update_results(args.out, rows, key=lambda r: r["task"])
 
     action_var = float(np.var(source.array("action"), axis=0).mean())
     for part, err in errors.items():
@@ -301,19 +301,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    # rows of tasks not rerun this time stay in the results file (runs add tasks one at a time)
-    earlier = read_results(args.out) if Path(args.out).exists() else []
-    kept = [r for r in earlier if r["task"] not in args.tasks]
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(args.tasks):
         store = args.stores[i] if i < len(args.stores) else None
         size = args.make_size[i] if i < len(args.make_size) else 0
         print(f"[{task}]")
-        rows += run_task(task, store, size, args, earlier=kept + rows)
+        rows += run_task(task, store, size, args)
     total = time.perf_counter() - t0
     for row in rows:
         row["experiment_seconds"] = round(total, 1)
-    path = write_results(args.out, kept + rows)
+    path = update_results(args.out, rows, key=lambda r: r["task"])
     table = markdown(rows)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.work_dir) / "proxy_labeling.md").write_text(table + "\n")

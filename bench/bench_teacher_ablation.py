@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fastpolicy.bench.schema import read_results, write_results
+    from fastpolicy.bench.schema import update_results
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
     from fastpolicy.train.checkpoint import load_policy, read_config
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(args.task)
     store = Path("datasets/store") / (task.dataset or task.name)
     out = Path("bench/results") / f"teacher_ablation_{args.task}.json"
-    rows = [r for r in read_results(out) if r.get("variant") not in args.variants] if out.exists() else []
+    rows: list[dict[str, Any]] = []
     for name in args.variants:
         run = Path(args.work) / args.task / name
         t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             score = f"{row['score_mean']:6.1f} ± {row['score_std']:5.1f}"
             print(f"{args.task} {name:12s} {spec:9s} score {score}", flush=True)
-        write_results(out, rows)
+        update_results(out, rows, key=lambda r: r.get("variant"))
     print(f"wrote {out}")
     return 0
 

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +104,18 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     for r in rows:
         validate_row(r)
     return rows
+
+
+def merge_rows(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+               key: Callable[[dict[str, Any]], Hashable]) -> list[dict[str, Any]]:
+    """Rows of ``existing`` whose ``key`` no new row has, then ``new`` (a rerun replaces its own rows)."""
+    replaced = {key(r) for r in new}
+    return [r for r in existing if key(r) not in replaced] + list(new)
+
+
+def update_results(path: str | os.PathLike, rows: Iterable[dict[str, Any]],
+                   key: Callable[[dict[str, Any]], Hashable]) -> Path:
+    """Write ``rows`` into the results file at ``path``, keeping earlier rows that they do not replace
+    (by ``key``), so a benchmark run part by part (task, variant, label condition) grows one file."""
+    existing = read_results(path) if Path(path).exists() else []
+    return write_results(path, merge_rows(existing, list(rows), key))
