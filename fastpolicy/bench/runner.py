@@ -129,10 +129,13 @@ SUITES: dict[str, SuiteConfig] = {
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
-    # runs the same methods plus the KV-cache and refinement ablations
-    "planners": SuiteConfig("planners", planners=True, teacher_steps=1000, diffuser_steps=1500,
+    # runs the same methods plus the KV-cache and refinement ablations. Mazes use the goal-holding data
+    # (as the demo; every planner sat at the random floor on D4RL's goal-switching data at H = 16).
+    "planners": SuiteConfig("planners", planners=True, teacher_steps=8000, diffuser_steps=8000,
                             batch_size=128, lr=1e-3, episodes=10, seeds=[0], latency_steps=32,
-                            latency_rounds=2, throughput_calls=1),
+                            latency_rounds=2, throughput_calls=1,
+                            dataset_recipes={f"maze2d-{m}": f"maze2d-{m}-dwell"
+                                             for m in ("umaze", "medium", "large")}),
 }
 
 
