@@ -155,7 +155,7 @@ def main(args: Args) -> None:
         return planner_train_config(steps, args.batch_size, args.lr)
 
     if args.train_only is not None:
-        only = {"diffuser": ["diffuser-ddpm20"], "trajectory-diffuser": ["trajectory-diffuser-k3"]}
+        only = {"diffuser": ["diffuser-ddpm20"], "trajectory-diffuser": ["trajectory-diffuser-k1"]}
         if args.train_only not in only:
             raise SystemExit(f"--train-only must be one of {sorted(only)}, got {args.train_only!r}")
         build_planner_methods(store, work, args.task, args.td_steps, args.diffuser_steps, make_config,
@@ -194,8 +194,9 @@ def main(args: Args) -> None:
 
     if args.ablate:
         base_k, base_start = td.config.refine_steps, td.config.refine_start
-        # (5, 0.05): the reference's setting (its draft enters a 100-level chain at level 5, 5 reverse steps)
-        grid = [(1, base_start), (5, base_start), (0, base_start), (base_k, 0.1), (base_k, 0.6), (5, 0.05)]
+        # k = 0 is the draft alone; (5, 0.05) is the reference's setting (its draft enters a 100-level chain
+        # at level 5 and takes 5 reverse steps); the others go deeper in steps or in starting level
+        grid = [(0, base_start), (1, 0.05), (2, 0.05), (3, 0.1), (3, 0.3), (5, 0.05)]
         ab_methods = []
         for k, start in grid:
             def configure(k=k, start=start) -> None:

@@ -163,6 +163,36 @@ def test_config_validation():
         build_policy("decision-diffuser", {**SMALL, "cond_dropout": 1.0})
     with pytest.raises(KeyError, match="rtg"):
         _policy("diffuser")({"obs": torch.zeros(2, H, OBS), "action": torch.zeros(2, H, ACT)})
+    with pytest.raises(ValueError, match="noise_scale"):
+        build_policy("decision-diffuser", {**SMALL, "noise_scale": 0.0})
+
+
+@pytest.mark.parametrize("kind", ["diffuser", "decision-diffuser"])
+def test_noise_scale_is_the_sampling_temperature(kind):
+    """The plan the denoiser first sees is the inpainted starting noise × noise_scale (the Decision Diffuser
+    samples at 0.5 by default, the Diffuser at 1)."""
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def first_call(x, t, cond):
+        seen["x"] = x.clone()
+        raise Seen
+
+    def start(scale: float) -> torch.Tensor:
+        policy = _policy(kind, noise_scale=scale)
+        state = torch.full((2, OBS), 0.3)
+        with pytest.raises(Seen):
+            policy._sample_from_noise((2, H, policy.plan_dim), state, None, first_call, _gen(5))
+        return seen["x"]
+
+    assert _policy("decision-diffuser").config.noise_scale == 0.5
+    assert _policy("diffuser").config.noise_scale == 1.0
+    cold, hot = start(0.5), start(1.0)
+    lo = _policy(kind).plan_dim_offset
+    torch.testing.assert_close(cold[:, 1:], 0.5 * hot[:, 1:])
+    torch.testing.assert_close(cold[:, 0, lo:lo + OBS], torch.full((2, OBS), 0.3))   # inpainted, not scaled
 
 
 def test_trainer_checkpoint_load_policy_gives_identical_plans(tmp_path):
@@ -260,7 +290,7 @@ def test_planners_suite_is_selectable_and_targets_are_summarised():
     from fastpolicy.bench.runner import SUITES
     from fastpolicy.cli import main
 
-    assert SUITES["planners"].planners and "trajectory-diffuser-k3" in PLANNER_METHODS
+    assert SUITES["planners"].planners and "trajectory-diffuser-k1" in PLANNER_METHODS
     assert main(["bench", "--suite", "planners", "--methods", "dp-ddpm100", "--no-write"]) == 2
     rows = [{"method": "decision-diffuser-ddpm200", "score_mean": 10.0, "step_latency_ms_p50": 60.0},
             {"method": "diffuser-ddpm20", "score_mean": 12.0, "step_latency_ms_p50": 5.0},
@@ -284,7 +314,7 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     suite = SuiteConfig("planners-test", planners=True, dataset_size=2000, teacher_steps=2, diffuser_steps=2,
                         batch_size=8, episodes=1, latency_steps=2, latency_rounds=1, throughput_calls=1,
                         progress=False, planner_candidates=2,
-                        methods=("diffuser-ddpm20", "decision-diffuser-ddpm200", "trajectory-diffuser-k3"),
+                        methods=("diffuser-ddpm20", "decision-diffuser-ddpm200", "trajectory-diffuser-k1"),
                         planner_options={"*": tiny, "diffuser": {"sampler": "ddpm:10"},
                                          "trajectory-diffuser": {"sampler": "ddpm:10", "d_model": 16,
                                                                  "d_ff": 16, "n_layers": 1,
@@ -292,7 +322,7 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     rows = run_suite(suite, ["maze2d-umaze"], work_dir=tmp_path / "work", results_dir=tmp_path,
                      plot_dir=tmp_path, progress=False)
     names = [r["method"] for r in rows]
-    assert names == ["diffuser-ddpm10", "decision-diffuser-ddpm10", "trajectory-diffuser-k3"]
+    assert names == ["diffuser-ddpm10", "decision-diffuser-ddpm10", "trajectory-diffuser-k1"]
     assert all(r["step_latency_ms_p50"] > 0 and r["suite"] == "planners-test" for r in rows)
     assert rows[2]["transformer_calls_per_plan"] == 3 and rows[1]["shares_networks_with"] == rows[2]["method"]
     assert len(read_results(tmp_path / "planners-test_maze2d-umaze.json")) == 3

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 PLANNER_METHODS: tuple[str, ...] = ("diffuser-ddpm20", "decision-diffuser-ddpm200",
-                                    "decision-diffuser-ddpm50", "trajectory-diffuser-k3")
-"""method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with k = 3)"""
+                                    "decision-diffuser-ddpm50", "trajectory-diffuser-k1")
+"""method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with its default
+refinement, k = 1)"""
 
 DEFAULT_PLANNER_OPTIONS: dict[str, Any] = {"pred_horizon": 16, "action_horizon": 1}
 """options every planner of the suite shares (H = 16 planned steps, replan every control step)"""
@@ -85,7 +86,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
     servable like any policy.
     """
     from fastpolicy.bench.runner import Method
-    from fastpolicy.policies.planners import decision_diffuser_from, save_planner
+    from fastpolicy.policies.planners import TrajectoryDiffuserConfig, decision_diffuser_from, save_planner
 
     wanted = set(PLANNER_METHODS if methods is None else methods)
     unknown = sorted(wanted - set(PLANNER_METHODS))
@@ -105,10 +106,13 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
         out.append(Method(diffuser.method, diffuser, extra=planner_extra(diffuser, seconds)))
     if any(m.startswith(("decision-diffuser", "trajectory-diffuser")) for m in wanted):
         log(f"[planners] Trajectory Diffuser ({td_steps} steps; the Decision Diffuser reuses its networks)")
+        td_options = {**common, "num_candidates": candidates, **by_type.get("trajectory-diffuser", {})}
         td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser",
-                                        {**common, "num_candidates": candidates,
-                                         **by_type.get("trajectory-diffuser", {})},
-                                        make_train_config(td_steps), task)
+                                        td_options, make_train_config(td_steps), task)
+        # refinement is an inference-time choice: a reused run gets the current (or the given) k and level
+        # rather than the ones it was trained under
+        td.set_refinement(td_options.get("refine_steps", TrajectoryDiffuserConfig.refine_steps),
+                          td_options.get("refine_start", TrajectoryDiffuserConfig.refine_start))
         planners["trajectory-diffuser"] = td
         for name, sampler in (("decision-diffuser-ddpm200", None), ("decision-diffuser-ddpm50", "ddpm:50")):
             if name not in wanted:

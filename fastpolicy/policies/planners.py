@@ -86,6 +86,9 @@ class PlannerConfig(PolicyConfig):
     """FiLM-condition the denoiser on the current normalised state (in addition to inpainting)"""
     num_candidates: int = 1
     """plans sampled per control step; the critic picks one when > 1"""
+    noise_scale: float = 1.0
+    """sampling temperature: the starting noise and every ancestral step's noise are scaled by it (the
+    Decision Diffuser samples at 0.5, Diffuser at 1)"""
     discount: float = 0.99
     return_scale: float = 1.0
     """normalised return = discounted return-to-go × return_scale (set from the data by train_planner)"""
@@ -101,6 +104,8 @@ class PlannerConfig(PolicyConfig):
                              f"states, more than pred_horizon {self.pred_horizon}")
         if self.num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+        if not 0.0 < self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in (0, 1], got {self.noise_scale}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         spec = SamplerSpec.parse(self.sampler)
@@ -121,6 +126,9 @@ class StatePlannerConfig(PlannerConfig):
     num_train_timesteps: int = 200
     """Decision Diffuser's reference setting (Ajay et al.: 200 levels, sampled in full)"""
     sampler: str = "ddpm:200"
+    noise_scale: float = 0.5
+    """low-temperature sampling, as in the Decision Diffuser's reference code (x_T and each step's noise
+    × 0.5)"""
     guidance_weight: float = 1.2
     cond_dropout: float = 0.25
     target_return: float = 0.7
@@ -145,10 +153,14 @@ class TrajectoryDiffuserConfig(StatePlannerConfig):
     d_ff: int = 512
     transformer_batch: int = 32
     """rows of each training batch the transformer trains on (it costs most per row)"""
-    refine_steps: int = 3
+    refine_steps: int = 1
     """k: DDIM steps of the refinement (0: use the draft as it is)"""
-    refine_start: float = 0.3
-    """noise level the draft is lifted to, as a fraction of num_train_timesteps"""
+    refine_start: float = 0.02
+    """noise level the draft is lifted to, as a fraction of num_train_timesteps. The defaults (k = 1 from
+    level 3 of 200) come from the maze2d-umaze ablation at CPU training budgets (bench/bench_planners.py):
+    the draft, which predicts state increments, is more precise step to step than the MLP denoiser, and
+    deeper refinement (k ≥ 2 or higher levels) cost most of the score; the reference refines from level 5
+    of a 100-level chain."""
     kv_cache: bool = True
 
     def validate(self) -> None:
@@ -273,12 +285,12 @@ class _Planner(TorchPolicy):
     def _sample_from_noise(self, shape: tuple[int, ...], state: torch.Tensor, cond: torch.Tensor | None,
                            eps_fn, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Run ``self.sampler`` from pure noise with inpainting after every step; returns (x0, calls)."""
-        sampler = self.sampler
-        x = self._inpaint_(self._noise(shape, generator), state)
+        sampler, scale = self.sampler, self.config.noise_scale
+        x = self._inpaint_(self._noise(shape, generator) * scale, state)
         for i in range(sampler.num_steps):
             t = sampler.timesteps[i].expand(shape[0])
             out = eps_fn(x, t, cond)
-            noise = sampler.draw_noise(x, generator) if sampler.needs_noise[i] else None
+            noise = sampler.draw_noise(x, generator) * scale if sampler.needs_noise[i] else None
             x, _ = sampler.step(i, x, out, noise=noise)
             x = self._inpaint_(x, state)
         return x, sampler.num_steps
@@ -554,7 +566,8 @@ class TrajectoryDiffuser(_StatePlanner):
 
     def refine(self, draft: torch.Tensor,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-        """Noise the draft to the first level and run the deterministic guided DDIM steps, inpainting."""
+        """Noise the draft to the first level (at the sampling temperature ``noise_scale``) and run the
+        deterministic guided DDIM steps, inpainting."""
         levels = self.refine_levels()
         if not levels:
             return draft, 0
@@ -562,7 +575,8 @@ class TrajectoryDiffuser(_StatePlanner):
         n = draft.shape[0]
         cond = self.guidance_cond(state)
         t0 = torch.full((n,), levels[0], dtype=torch.long, device=draft.device)
-        noisy = add_noise(self.schedule, draft, self._noise(tuple(draft.shape), generator), t0)
+        noise = self._noise(tuple(draft.shape), generator) * self.config.noise_scale
+        noisy = add_noise(self.schedule, draft, noise, t0)
         x = self._inpaint_(noisy, state)
         for t_from, t_to in zip(levels[:-1], levels[1:]):
             tf = torch.full((n,), t_from, dtype=torch.long, device=draft.device)
