@@ -48,6 +48,7 @@ class Args:
     """also time the state planners rebuilt with the U-Net denoiser (random weights)"""
     threads: int = 1
     out: str = "bench/results/planners_timing.json"
+    plot: str = "docs/planners_summary.png"
     summary: str = "bench/results/planners_summary.json"
     """scores (from bench_planners.py's ``planners_<task>.json``) beside these quiet latencies, one row per
     task × planner, with the issue's targets checked on the Trajectory Diffuser's row"""
@@ -137,7 +138,7 @@ def time_task(task: str, args: Args) -> list[dict[str, Any]]:
                    transformer_calls_per_plan=cost.get("transformer_calls"),
                    candidates=getattr(policy.config, "num_candidates", None) if policy is not None else None,
                    timed_calls=len(ts), rounds=args.rounds, latency_batch=1,
-                   weights="trained" if trained else "random (latency does not depend on them)",
+                   weights="trained" if trained else "random",
                    loadavg_1min_before=round(load_before[0], 2), loadavg_1min_after=round(load_after[0], 2))
         rows.append(row)
     add_speedups(rows)
@@ -190,8 +191,45 @@ def summarize(timing: list[dict[str, Any]], results_dir: Path) -> list[dict[str,
     return out
 
 
+def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
+    """Score and quiet planning latency per task and planner, side by side (bars; latency on a log axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    width = 0.8 / max(1, len(methods))
+    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for j, method in enumerate(methods):
+        xs, score, err, lat = [], [], [], []
+        for i, task in enumerate(tasks):
+            r = next((o for o in rows if o["task"] == task and o["method"] == method), None)
+            if r is None:
+                continue
+            xs.append(i + (j - (len(methods) - 1) / 2) * width)
+            score.append(r["score_mean"])
+            err.append(r["score_std"] or 0.0)
+            lat.append(r["latency_ms_p50"])
+        ax_s.bar(xs, score, width, yerr=err, capsize=2, label=method)
+        ax_t.bar(xs, lat, width, label=method)
+    for ax, title in ((ax_s, "normalised score (± std over episodes)"),
+                      (ax_t, "planning latency p50, ms (batch 1, quiet CPU, 1 thread)")):
+        ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    ax_t.set_yscale("log")
+    ax_s.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
 def main(args: Args) -> None:
-    from fastpolicy.bench.schema import update_results
+    from fastpolicy.bench.schema import read_results, update_results
 
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
@@ -201,7 +239,8 @@ def main(args: Args) -> None:
     print(f"wrote {path}")
     summary = summarize(rows, Path(args.out).parent)
     if summary:
-        print(f"wrote {update_results(args.summary, summary, key=lambda r: (r['task'], r['method']))}")
+        path = update_results(args.summary, summary, key=lambda r: (r["task"], r["method"]))
+        print(f"wrote {path} and {plot_summary(read_results(path), Path(args.plot))}")
         for r in summary:
             prefixes = ("target_", "td_speedup_vs", "td_score_minus")
             checks = {k: v for k, v in r.items() if k.startswith(prefixes)}

@@ -72,3 +72,4 @@ def test_timing_rows_speedups_and_summary(trained_work, tmp_path):
     assert summary["trajectory-diffuser-k1"]["closed_loop_latency_ms_p50"] == 999.0
     # the Diffuser scored higher than TD here, so that target is reported as missed
     assert summary["trajectory-diffuser-k1"]["target_score_ge_diffuser"] is False
+    assert timing.plot_summary(list(summary.values()), tmp_path / "summary.png").stat().st_size > 0
