@@ -26,7 +26,8 @@ timing = _load_driver()
 
 TINY = {"backbone_kwargs": {"hidden": 32, "depth": 1}, "critic_hidden": 16, "pred_horizon": 4}
 """tiny networks, each planner's default sampler (so the method names are the benchmark's)"""
-TD_TINY = {"d_model": 16, "d_ff": 16, "n_layers": 1, "idm_hidden": 16}
+TD_TINY = {"d_model": 16, "d_ff": 16, "n_layers": 1, "idm_hidden": 16, "refine_steps": 2}
+"""trained with k = 2: the timing must still time the current default refinement (k = 1)"""
 
 
 @pytest.fixture(scope="module")

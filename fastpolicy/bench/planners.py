@@ -56,6 +56,17 @@ def ensure_planner(store: str | Path, run: str | Path, policy_type: str, options
     return load_policy(run), seconds
 
 
+def set_default_refinement(td: Any, options: dict[str, Any] | None = None) -> Any:
+    """Give a loaded Trajectory Diffuser the current default refinement (k, starting level), or the one in
+    ``options``. Refinement is an inference-time choice, so a run reused from disk is benchmarked with the
+    setting of today's code rather than the one it was trained under."""
+    from fastpolicy.policies.planners import TrajectoryDiffuserConfig
+
+    options = options or {}
+    return td.set_refinement(options.get("refine_steps", TrajectoryDiffuserConfig.refine_steps),
+                             options.get("refine_start", TrajectoryDiffuserConfig.refine_start))
+
+
 def planner_extra(policy: Any, train_seconds: float | None) -> dict[str, Any]:
     """The planner-specific fields of a result row (network calls per plan, candidates, sizes)."""
     from fastpolicy.policies.planners import plan_cost
@@ -86,7 +97,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
     servable like any policy.
     """
     from fastpolicy.bench.runner import Method
-    from fastpolicy.policies.planners import TrajectoryDiffuserConfig, decision_diffuser_from, save_planner
+    from fastpolicy.policies.planners import decision_diffuser_from, save_planner
 
     wanted = set(PLANNER_METHODS if methods is None else methods)
     unknown = sorted(wanted - set(PLANNER_METHODS))
@@ -109,10 +120,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
         td_options = {**common, "num_candidates": candidates, **by_type.get("trajectory-diffuser", {})}
         td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser",
                                         td_options, make_train_config(td_steps), task)
-        # refinement is an inference-time choice: a reused run gets the current (or the given) k and level
-        # rather than the ones it was trained under
-        td.set_refinement(td_options.get("refine_steps", TrajectoryDiffuserConfig.refine_steps),
-                          td_options.get("refine_start", TrajectoryDiffuserConfig.refine_start))
+        set_default_refinement(td, td_options)
         planners["trajectory-diffuser"] = td
         for name, sampler in (("decision-diffuser-ddpm200", None), ("decision-diffuser-ddpm50", "ddpm:50")):
             if name not in wanted:
@@ -156,4 +164,4 @@ def summarize_planner_targets(rows: Sequence[dict[str, Any]],
 
 
 __all__ = ["DEFAULT_PLANNER_OPTIONS", "PLANNER_METHODS", "build_planner_methods", "ensure_planner",
-           "planner_extra", "planner_train_config", "summarize_planner_targets"]
+           "planner_extra", "planner_train_config", "set_default_refinement", "summarize_planner_targets"]
