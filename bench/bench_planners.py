@@ -128,6 +128,7 @@ def unet_timing(td, dd, obs_window: np.ndarray) -> list[dict[str, Any]]:
 
 def main(args: Args) -> None:
     from fastpolicy.bench.planners import (
+        PLANNER_METHODS,
         build_planner_methods,
         planner_extra,
         planner_train_config,
@@ -155,7 +156,8 @@ def main(args: Args) -> None:
         return planner_train_config(steps, args.batch_size, args.lr)
 
     if args.train_only is not None:
-        only = {"diffuser": ["diffuser-ddpm20"], "trajectory-diffuser": ["trajectory-diffuser-k1"]}
+        only = {kind: [m for m in PLANNER_METHODS if m.startswith(f"{kind}-")]
+                for kind in ("diffuser", "trajectory-diffuser")}
         if args.train_only not in only:
             raise SystemExit(f"--train-only must be one of {sorted(only)}, got {args.train_only!r}")
         build_planner_methods(store, work, args.task, args.td_steps, args.diffuser_steps, make_config,
