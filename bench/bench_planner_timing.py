@@ -77,20 +77,16 @@ def planner_variants(work: Path, task: str, unet: bool) -> dict[tuple[str, str],
     from fastpolicy.train.checkpoint import load_policy
 
     td = set_default_refinement(load_policy(work / task / "trajectory-diffuser").eval())
-    out: dict[tuple[str, str], Any] = {}
+    planners = []
     diffuser_run = work / task / "diffuser"
     if (diffuser_run / "latest").exists():
-        out[("diffuser-ddpm20", td.config.backbone)] = load_policy(diffuser_run).eval()
-    out[("decision-diffuser-ddpm200", td.config.backbone)] = decision_diffuser_from(td)
-    out[("decision-diffuser-ddpm50", td.config.backbone)] = decision_diffuser_from(td, sampler="ddpm:50")
-    out[(td.method, td.config.backbone)] = td
+        planners.append(load_policy(diffuser_run).eval())
+    planners += [decision_diffuser_from(td), decision_diffuser_from(td, sampler="ddpm:50"), td]
     if unet:
         cfg = {**td.config_dict(), "backbone": "unet-small", "backbone_kwargs": {}}
         td_u = build_policy("trajectory-diffuser", cfg, td.normalizer_state()).eval()
-        out[("decision-diffuser-ddpm200", "unet-small")] = decision_diffuser_from(td_u)
-        out[("decision-diffuser-ddpm50", "unet-small")] = decision_diffuser_from(td_u, sampler="ddpm:50")
-        out[(td_u.method, "unet-small")] = td_u
-    return out
+        planners += [decision_diffuser_from(td_u), decision_diffuser_from(td_u, sampler="ddpm:50"), td_u]
+    return {(p.method, p.config.backbone): p for p in planners}
 
 
 def time_task(task: str, args: Args) -> list[dict[str, Any]]:
