@@ -94,6 +94,8 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from fastpolicy.bench.report import save_figure
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     width = 0.8 / max(1, len(methods))
@@ -117,10 +119,7 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("D4RL-style MuJoCo (gymnasium v5, locally built data) vs published D4RL v2 numbers")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(args: Args) -> None:

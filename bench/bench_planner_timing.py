@@ -195,6 +195,8 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fastpolicy.bench.report import save_figure
+
     tasks = sorted({r["task"] for r in rows})
     methods = sorted({r["method"] for r in rows})
     width = 0.8 / max(1, len(methods))
@@ -219,10 +221,7 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
     ax_t.set_yscale("log")
     ax_s.legend(fontsize=7)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)
 
 
 def main(args: Args) -> None:

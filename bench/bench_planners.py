@@ -229,6 +229,8 @@ def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fastpolicy.bench.report import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         lat = r.get("step_latency_ms_p50")
@@ -244,11 +246,8 @@ def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
     ax.set_ylabel("normalised score")
     ax.set_title(f"{task}: diffusion planners (hollow: TD refinement ablation)")
     ax.grid(alpha=0.3)
-    png.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -134,13 +134,7 @@ TABLES: dict[str, tuple] = {
         "planners_summary.json",
         [
             ("task", "task", "{}"),
-            ("method", "method", "{}"),
-            ("score", "score_mean", "{:.1f}"),
-            ("± std", "score_std", "{:.1f}"),
-            ("success", "success_rate", "{:.2f}"),
-            ("episodes", "episodes", "{}"),
-            ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
-            ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
+            *_PLANNER_COLUMNS[:7],  # method … transformer calls/plan; then the quiet latencies
             ("plan p50 ms (quiet)", "latency_ms_p50", "{:.1f}"),
             ("plan p99 ms (quiet)", "latency_ms_p99", "{:.1f}"),
             ("× TD time", "td_speedup", "{:.2f}"),

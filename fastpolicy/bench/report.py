@@ -102,8 +102,15 @@ def pareto_plot(
     ax.set_title(title or (rows[0]["task"] if rows else ""))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib figure to ``path`` (creating its folder) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
