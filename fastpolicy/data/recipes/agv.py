@@ -4,12 +4,15 @@ Rolls the built-in A* + pure-pursuit expert (``fastpolicy.envs.agv.expert``) thr
 registered env (``gym.make`` with its step limit) and stores the successful episodes: imitation wants
 demonstrations of the task, while the success rate over every attempted episode goes into the attrs.
 Deterministic for a given seed: the env is seeded once with ``reset(seed=seed)`` and later episodes
-continue its ``np_random`` stream; the expert itself has no randomness.
+continue its ``np_random`` stream; the expert's only randomness, the side it passes the block on in
+a layout with modes (bimodal-block), is drawn from that stream too.
 
 Stored per step ``t``: ``obs`` (the env observation before the action, float32), ``action`` (the
 normalised action in [-1, 1]^2 that was applied), ``reward``, ``terminal`` (goal reached or
 collision), ``timeout``, ``infos/success`` (True on the step the goal is reached), ``infos/pose``
-(x, y, theta before the action) and ``infos/goal``.
+(x, y, theta before the action) and ``infos/goal``. On a layout with modes also ``infos/mode`` (int8,
+constant over an episode): the index into ``attrs["mode_names"]`` of the side the expert committed to;
+``attrs["mode_counts"]`` counts the stored episodes per mode.
 
 Size: with ``size=None`` the recipe keeps ``episodes`` (200) successful episodes; with ``size`` set it
 keeps episodes until ``size`` transitions, cutting the last one short (its final step marked
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_EPISODES = 200
-TIER_NAMES = ("simple-static", "simple-dynamic", "complex-static", "complex-dynamic")
+TIER_NAMES = ("simple-static", "simple-dynamic", "complex-static", "complex-dynamic", "bimodal-block")
 
 
 def recipe_name(tier: str) -> str:
@@ -64,6 +67,11 @@ def make_agv_expert_dataset(tier: str, out: Path, size: int | None = None, seed:
         "episodes_kept": "successful episodes only",
         "behavior": {"controller": "grid A* + pure pursuit + sampling avoidance", **vars(cfg)},
     }
+    mode_names = list(layout.modes.names) if layout.modes is not None else []
+    if mode_names:
+        attrs["mode_names"] = mode_names
+        attrs["behavior"]["mode"] = "side of the block drawn per episode from the env rng"
+    mode_counts = dict.fromkeys(mode_names, 0)
     target_steps = None if size is None else int(size)
     max_attempts = 3 * (episodes if target_steps is None else max(episodes, target_steps // 50)) + 10
     attempted = succeeded = 0
@@ -86,16 +94,22 @@ def make_agv_expert_dataset(tier: str, out: Path, size: int | None = None, seed:
                 timeout = ep["timeout"][:n].copy()
                 if n < len(ep["reward"]):
                     timeout[-1] = True
-                writer.add_episode({
+                episode = {
                     "obs": ep["obs"][:n], "action": ep["action"][:n], "reward": ep["reward"][:n],
                     "terminal": ep["terminal"][:n], "timeout": timeout,
                     "infos/success": ep["success"][:n],
                     "infos/pose": ep["pose"][:n].astype(np.float32),
                     "infos/goal": np.repeat(ep["goal"][None].astype(np.float32), n, axis=0),
-                })
+                }
+                if mode_names:
+                    episode["infos/mode"] = np.full(n, mode_names.index(ep["mode"]), dtype=np.int8)
+                    mode_counts[ep["mode"]] += 1
+                writer.add_episode(episode)
                 bar.update(n if target_steps else 1)
             writer.attrs.update(episodes_attempted=attempted, episodes_succeeded=succeeded,
                                 expert_success_rate=succeeded / attempted, size=writer.n_steps)
+            if mode_names:
+                writer.attrs.update(mode_counts=mode_counts)
     finally:
         bar.close()
         env.close()

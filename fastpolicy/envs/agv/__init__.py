@@ -1,4 +1,4 @@
-"""AGV warehouse environments: importing this module registers the four scene tiers with gymnasium.
+"""AGV warehouse environments: importing this module registers the scene tiers with gymnasium.
 
 Ids (layout file under ``envs/agv/``, step limit)::
 
@@ -6,6 +6,10 @@ Ids (layout file under ``envs/agv/``, step limit)::
     fastpolicy/AGV-SimpleDynamic-v0   simple-dynamic    2000
     fastpolicy/AGV-ComplexStatic-v0   complex-static    3000
     fastpolicy/AGV-ComplexDynamic-v0  complex-dynamic   4000
+    fastpolicy/AGV-BimodalBlock-v0    bimodal-block      400
+
+``bimodal-block`` is the multimodal tier: a block in the middle of the route that the expert passes
+north or south at random (``fastpolicy.envs.agv.modes`` classifies episodes by side).
 
 ``gymnasium.make(id)`` gives the single-robot ``AGVEnv`` (wrapped in ``TimeLimit``);
 ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")`` gives the natively
@@ -18,12 +22,14 @@ from __future__ import annotations
 import gymnasium as gym
 
 # tier -> (gymnasium id, step limit). Simple tiers share the 2000-step limit; dynamic obstacles make
-# the complex scene slower to cross, hence 3000 / 4000.
+# the complex scene slower to cross, hence 3000 / 4000. bimodal-block episodes take ~140 steps; its short
+# limit keeps closed-loop evaluation of policies that stall cheap.
 TIERS: dict[str, tuple[str, int]] = {
     "simple-static": ("fastpolicy/AGV-SimpleStatic-v0", 2000),
     "simple-dynamic": ("fastpolicy/AGV-SimpleDynamic-v0", 2000),
     "complex-static": ("fastpolicy/AGV-ComplexStatic-v0", 3000),
     "complex-dynamic": ("fastpolicy/AGV-ComplexDynamic-v0", 4000),
+    "bimodal-block": ("fastpolicy/AGV-BimodalBlock-v0", 400),
 }
 
 

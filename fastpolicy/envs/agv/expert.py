@@ -15,6 +15,10 @@ and a reference success rate per tier. Pieces:
   an obstacle, pick the best of a grid of constant (v, omega) commands whose rollout stays clear,
   preferring progress towards the lookahead point (stopping and waiting is one of the candidates).
 * **replan** when the robot strays more than ``replan_distance`` from its path.
+* **modes** (layouts with ``modes``, e.g. bimodal-block): at ``reset`` the expert commits to one side
+  of the layout's block, drawn at random (or given), by closing the other side on its A* grid; plans
+  and replans are then the shortest paths within that homotopy class (see ``modes.py``). Layouts
+  without modes plan exactly as before and draw nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from fastpolicy.envs.agv.layout import Layout
+from fastpolicy.envs.agv.modes import blocked_side_cells, classify_mode, mode_fractions
 from fastpolicy.envs.agv.numpy_twin import obstacle_positions
 
 
@@ -112,9 +117,13 @@ class ExpertConfig:
 
 
 class AGVExpert:
-    """A* + pure pursuit expert for one robot on ``layout``; ``act`` returns a normalised action."""
+    """A* + pure pursuit expert for one robot on ``layout``; ``act`` returns a normalised action.
 
-    def __init__(self, layout: Layout, config: ExpertConfig | None = None) -> None:
+    ``seed`` seeds the expert's own generator, used to draw the side on layouts with modes when
+    ``reset`` is given no ``rng`` (``run_expert_episode`` passes the env's ``np_random``).
+    """
+
+    def __init__(self, layout: Layout, config: ExpertConfig | None = None, seed: int | None = None) -> None:
         self.layout = layout
         self.cfg = config or ExpertConfig()
         r = layout.robot.radius
@@ -123,9 +132,15 @@ class AGVExpert:
         self.static_dist = layout.static_distance(centres)           # (nx, ny)
         band = self.cfg.cost_band
         near = np.clip((inflate + band - self.static_dist) / band, 0.0, 1.0)
-        self.cost = np.where(self.static_dist < inflate, np.inf, 1.0 + self.cfg.cost_weight * near)
-        self._free_xy = centres[np.isfinite(self.cost)]
-        self._free_idx = np.argwhere(np.isfinite(self.cost))
+        base_cost = np.where(self.static_dist < inflate, np.inf, 1.0 + self.cfg.cost_weight * near)
+        # One planning grid per mode (None: no side closed); reset picks the episode's.
+        self._grids = {None: self._grid(base_cost, centres)}
+        for mode in (layout.modes.names if layout.modes is not None else ()):
+            blocked = np.where(blocked_side_cells(layout, mode), np.inf, base_cost)
+            self._grids[mode] = self._grid(blocked, centres)
+        self.cost, self._free_xy, self._free_idx = self._grids[None]
+        self.mode: str | None = None
+        self._rng = np.random.default_rng(seed)
         v = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
         v = layout.robot.v_min + v * (layout.robot.v_max - layout.robot.v_min)
         w = np.linspace(-1.0, 1.0, 9) * layout.robot.omega_max
@@ -134,6 +149,11 @@ class AGVExpert:
         self._idx = 0
         self._goal = np.zeros(2)
         self.replans = 0
+
+    @staticmethod
+    def _grid(cost: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        free = np.isfinite(cost)
+        return cost, centres[free], np.argwhere(free)
 
     # ------------------------------------------------------------------------------------ planning
     def _cell(self, xy: np.ndarray) -> tuple[int, int]:
@@ -156,7 +176,21 @@ class AGVExpert:
         return np.concatenate([np.asarray(start, dtype=np.float64)[None, :2], pts[1:-1],
                                np.asarray(goal, dtype=np.float64)[None]], axis=0)
 
-    def reset(self, pose: np.ndarray, goal: np.ndarray) -> None:
+    def reset(self, pose: np.ndarray, goal: np.ndarray, mode: str | None = None,
+              rng: np.random.Generator | None = None) -> None:
+        """Plan a new episode from ``pose`` to ``goal``.
+
+        On a layout with modes the expert commits to ``mode`` (a name from ``layout.modes.names``), or,
+        if None, to one drawn uniformly from ``rng`` (default: the expert's own generator). On other
+        layouts ``mode`` must be None and nothing is drawn.
+        """
+        names = self.layout.modes.names if self.layout.modes is not None else ()
+        if mode is not None and mode not in names:
+            raise ValueError(f"AGV expert: layout {self.layout.name!r} has modes {names}, got mode {mode!r}")
+        if names and mode is None:
+            mode = names[int((rng if rng is not None else self._rng).integers(len(names)))]
+        self.mode = mode
+        self.cost, self._free_xy, self._free_idx = self._grids[mode]
         self._goal = np.asarray(goal, dtype=np.float64).copy()
         self.path = self.plan(pose[:2], self._goal)
         self._idx = 0
@@ -261,12 +295,13 @@ def run_expert_episode(env: Any, expert: AGVExpert, seed: int | None = None,
 
     Returns a dict with ``obs`` (T, D), ``action`` (T, 2), ``reward`` (T,), ``terminal`` (T,),
     ``timeout`` (T,), ``success`` (T,), ``pose`` (T, 3) before each action, ``xy`` (T + 1, 2)
-    positions, ``goal`` and the
-    episode outcome ``is_success``.
+    positions, ``goal``, the episode outcome ``is_success`` and the expert's ``mode`` (None on layouts
+    without modes; otherwise drawn from the env's ``np_random`` right after the reset, so a seeded
+    env reproduces the modes too).
     """
     base = env.unwrapped
     obs, _ = env.reset(seed=seed)
-    expert.reset(base.pose, base.goal)
+    expert.reset(base.pose, base.goal, rng=base.np_random)
     rows: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminal", "timeout", "success",
                                              "pose")}
     xy = [base.pose[:2]]
@@ -295,14 +330,18 @@ def run_expert_episode(env: Any, expert: AGVExpert, seed: int | None = None,
            "timeout": np.asarray(rows["timeout"], dtype=bool),
            "success": np.asarray(rows["success"], dtype=bool),
            "pose": np.asarray(rows["pose"], dtype=np.float64)}
-    out.update(xy=np.asarray(xy), goal=base.goal, is_success=bool(out["success"][-1]), replans=expert.replans)
+    out.update(xy=np.asarray(xy), goal=base.goal, is_success=bool(out["success"][-1]), replans=expert.replans,
+               mode=expert.mode)
     return out
 
 
 def measure_expert(tier: str, episodes: int = 100, seed: int = 0) -> dict[str, Any]:
     """Expert outcome over ``episodes`` episodes of a registered tier (seeded once, then continuing).
 
-    Used for the task cards' ``reference`` block and the success check in the tests.
+    Used for the task cards' ``reference`` block and the success check in the tests. On a layout with
+    modes the result also has ``mode_fractions`` (expert's choices, per mode name), ``classified``
+    (``classify_mode`` of the trajectories, per mode name and ``"none"``) and ``classifier_agreement``
+    (fraction of episodes whose classified mode is the expert's choice).
     """
     import gymnasium as gym
 
@@ -312,12 +351,22 @@ def measure_expert(tier: str, episodes: int = 100, seed: int = 0) -> dict[str, A
     expert = AGVExpert(env.unwrapped.layout)
     outcomes = {"success": 0, "collision": 0, "timeout": 0}
     lengths = []
+    chosen, classified = [], []
     for i in range(episodes):
         ep = run_expert_episode(env, expert, seed=seed if i == 0 else None)
+        chosen.append(ep["mode"])
+        if expert.layout.modes is not None:
+            classified.append(classify_mode(expert.layout, ep["xy"]))
         kind = "success" if ep["is_success"] else ("collision" if ep["terminal"][-1] else "timeout")
         outcomes[kind] += 1
         lengths.append(len(ep["reward"]))
     env.close()
-    return {"tier": tier, "episodes": episodes, "seed": seed, "success_rate": outcomes["success"] / episodes,
-            "collisions": outcomes["collision"], "timeouts": outcomes["timeout"],
-            "mean_length": float(np.mean(lengths))}
+    result = {"tier": tier, "episodes": episodes, "seed": seed,
+              "success_rate": outcomes["success"] / episodes, "collisions": outcomes["collision"],
+              "timeouts": outcomes["timeout"], "mean_length": float(np.mean(lengths))}
+    if expert.layout.modes is not None:
+        names = expert.layout.modes.names
+        result["mode_fractions"] = {m: chosen.count(m) / episodes for m in names}
+        result["classified"] = mode_fractions(expert.layout, classified)
+        result["classifier_agreement"] = float(np.mean([a == b for a, b in zip(chosen, classified)]))
+    return result

@@ -21,6 +21,9 @@ layout otherwise shows up hours later as a policy that "cannot learn". Fields::
       - {radius: 0.35, from: [6.0, 1.0], to: [6.0, 11.0], speed: 0.5}
     start_regions: [[0.5, 0.5, 2.0, 11.5]]   # rectangles [xmin, ymin, xmax, ymax]
     goal_regions: [[14.0, 0.5, 15.5, 11.5]]
+    modes: {block: 0, axis: y}          # optional: the route passes shelf 0 on one of two sides
+                                        # (axis y: south / north, axis x: west / east); the expert
+                                        # commits to one at random per episode (see modes.py)
 
 Free space is the set of grid cells whose centres are at least ``radius + clearance`` from every
 shelf and wall and that belong to the connected component holding most start-region cells; starts and
@@ -40,7 +43,8 @@ import numpy as np
 
 _TOP_KEYS = {"name", "description", "size", "dt", "robot", "lidar", "goal_tolerance",
              "min_start_goal_distance", "clearance", "grid_resolution", "shelves", "obstacles",
-             "start_regions", "goal_regions"}
+             "start_regions", "goal_regions", "modes"}
+_MODES_KEYS = {"block", "axis"}
 _ROBOT_KEYS = {"radius", "v_min", "v_max", "omega_max"}
 _LIDAR_KEYS = {"rays", "max_range"}
 _OBSTACLE_KEYS = {"radius", "from", "to", "speed"}
@@ -59,6 +63,19 @@ class RobotSpec:
 class LidarSpec:
     rays: int = 32
     max_range: float = 8.0
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """Two ways past one block: shelf ``block`` is passed on the low or the high side of ``axis``."""
+
+    block: int
+    axis: str = "y"
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """Mode names, low side first: ("south", "north") for axis y, ("west", "east") for axis x."""
+        return ("south", "north") if self.axis == "y" else ("west", "east")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +99,7 @@ class Layout:
     clearance: float = 0.1
     grid_resolution: float = 0.2
     description: str = ""
+    modes: ModeSpec | None = None       # set when the route has two demonstrated modes
     free_space: np.ndarray = field(default=None, repr=False)   # (nx, ny) bool, set by the loader
     source: str = ""
 
@@ -268,13 +286,24 @@ def parse_layout(data: Any, source: str = "<dict>") -> Layout:
     if len(starts) == 0 or len(goals) == 0:
         raise ValueError(f"{where}: needs at least one start region and one goal region")
 
+    modes = None
+    if data.get("modes") is not None:
+        md = _check_keys(f"{where}: modes", data["modes"], _MODES_KEYS)
+        block, axis = md.get("block"), md.get("axis", "y")
+        if not (isinstance(block, int) and 0 <= block < len(shelves)):
+            raise ValueError(f"{where}: modes.block must index one of the {len(shelves)} shelves, "
+                             f"got {block!r}")
+        if axis not in ("x", "y"):
+            raise ValueError(f"{where}: modes.axis must be 'x' or 'y', got {axis!r}")
+        modes = ModeSpec(block=block, axis=axis)
+
     layout = Layout(
         name=str(data["name"]), width=width, height=height, shelves=shelves,
         obstacle_seg=np.asarray(seg, dtype=np.float64).reshape(-1, 4),
         obstacle_speed=np.asarray(speed, dtype=np.float64),
         obstacle_radius=np.asarray(radius, dtype=np.float64),
         start_regions=starts, goal_regions=goals, robot=robot, lidar=lidar, clearance=clearance,
-        description=str(data.get("description", "")), source=source, **scalars)
+        description=str(data.get("description", "")), modes=modes, source=source, **scalars)
     object.__setattr__(layout, "free_space", _free_space(layout, where))
     return layout
 
