@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("gymnasium_robotics")
 
@@ -29,7 +27,6 @@ from fastpolicy.envs.maze import (  # noqa: E402
 )
 from fastpolicy.envs.registry import get_task, make_env  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # D4RL's eval targets mapped to gymnasium-robotics coordinates (documented in fastpolicy/envs/maze.py).
 DOCUMENTED_GOALS = {"maze2d-umaze": (-0.8, 0.8), "maze2d-medium": (2.7, -2.7), "maze2d-large": (3.7, -3.2)}
 
@@ -228,11 +225,6 @@ def test_cards_agree_with_code(name):
     assert (task.env_id, task.max_episode_steps, task.dataset) == (spec.env_id, spec.max_episode_steps, name)
     assert (task.score["ref_min"], task.score["ref_max"]) == (spec.ref_min, spec.ref_max)
     assert task.wrapper == "fastpolicy.envs.maze:wrap_maze"
-    recipe = yaml.safe_load((ROOT / "datasets" / f"{name}.yaml").read_text())
-    assert recipe["size"] == spec.dataset_size and recipe["episode_steps"] == spec.max_episode_steps
-    assert recipe["env_id"] == spec.env_id and recipe["task"] == name
-    assert recipe["d4rl"] == {"env_id": spec.d4rl_env_id, "ref_min": spec.ref_min, "ref_max": spec.ref_max}
-    assert recipe["behavior"]["action_noise_std"] == 0.5
 
 
 def test_dwell_variant_holds_reached_goals_and_says_so(tmp_path):

@@ -16,14 +16,24 @@ rename it into place only when everything was written, so a crash or a kill neve
 store at the target and never damages a store already there. Every episode is validated on the way
 in (same keys, lengths, shapes and dtypes; finite observations and actions) with errors that name the
 key, the episode and what is wrong.
+
+Integrity: zarr reads a missing chunk as its fill value (zeros) without a word, so ``close`` records
+every chunk file with its size and sha256 in ``<store>/manifest.json`` (inside the temporary
+directory, so it appears atomically with the store). ``EpisodeStore.open`` checks that every recorded
+chunk is present with its recorded size (one ``stat`` per chunk: cheap), a read that fails names the
+array and the chunk, and :func:`verify_store` (``fastpolicy data verify``) hashes and decodes every
+chunk. A missing or damaged chunk raises :class:`StoreIntegrityError` naming the array and the chunk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +57,13 @@ _CHUNK_BYTES = 4 << 20          # target chunk size before compression
 _BUFFER_BYTES = 64 << 20        # flush the writer's in-memory episodes at this size at the latest
 _MAX_CHUNK_ROWS = 1 << 16
 _MIN_CHUNK_ROWS = 256
+#: The chunk inventory written with every store (see the module docstring).
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "fastpolicy-store-manifest/1"
+
+
+class StoreIntegrityError(ValueError):
+    """A chunk of a store is missing or damaged (the message names the array and the chunk)."""
 
 
 def _fastpolicy_version() -> str:
@@ -333,6 +350,8 @@ class EpisodeWriter:
                               compressors=_compressor(ends.dtype))[:] = ends
             attrs = {"fastpolicy_version": _fastpolicy_version(), **jsonable_attrs(self.attrs)}
             self._root.attrs.update(attrs)
+            arrays = ["meta/episode_ends", *(f"data/{k}" for k in _array_names(self._data))]
+            _write_manifest(self._tmp, arrays)
         except BaseException as exc:
             self.abort(type(exc), exc, exc.__traceback__)
             raise
@@ -365,11 +384,12 @@ class EpisodeStore:
     Arrays are read lazily and cached on first use of :meth:`array`.
     """
 
-    def __init__(self, path: Path, group: Any):
+    def __init__(self, path: Path, group: Any, manifest: dict[str, Any] | None = None):
         self.path = path
         self._group = group
+        self._manifest = manifest
         self._cache: dict[str, np.ndarray] = {}
-        self._ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
+        self._ends = np.asarray(self._read("meta/episode_ends", slice(None)), dtype=np.int64)
         self._keys = _ordered_keys(_array_names(group["data"]))
 
     # -- constructors ---------------------------------------------------------------------------
@@ -389,7 +409,14 @@ class EpisodeStore:
             raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no meta/episode_ends)")
         if "data" not in group:
             raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no data group)")
-        store = cls(path, group)
+        manifest = read_manifest(path)
+        if manifest is not None:
+            problems = _inventory_problems(path, manifest, _array_names(group["data"]))
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise StoreIntegrityError(f"{path}: {problems[0]}{more}; the store is damaged — rebuild it "
+                                          f"(details: fastpolicy data verify {path})")
+        store = cls(path, group, manifest)
         ends = store._ends
         if ends.ndim != 1 or (len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0))):
             raise ValueError(f"{path}: meta/episode_ends must be strictly increasing positive int64")
@@ -480,10 +507,18 @@ class EpisodeStore:
     def dtype(self, key: str) -> np.dtype:
         return np.dtype(self._zarr(key).dtype)
 
+    def _read(self, array: str, selection: Any) -> np.ndarray:
+        """``group[array][selection]``; a chunk that cannot be decoded is a StoreIntegrityError naming it."""
+        try:
+            return np.asarray(self._group[array][selection])
+        except Exception as exc:
+            raise _damage_error(self.path, self._manifest, array, exc) from None
+
     def array(self, key: str) -> np.ndarray:
         """The whole ``data/<key>`` array in memory (read once, then cached; do not modify it)."""
         if key not in self._cache:
-            self._cache[key] = np.asarray(self._zarr(key)[...])
+            self._zarr(key)  # KeyError naming the keys
+            self._cache[key] = self._read(f"data/{key}", Ellipsis)
         return self._cache[key]
 
     def _bounds(self, i: int) -> tuple[int, int]:
@@ -501,7 +536,8 @@ class EpisodeStore:
             if key in self._cache:
                 out[key] = self._cache[key][start:end]
             else:
-                out[key] = np.asarray(self._zarr(key)[start:end])
+                self._zarr(key)  # KeyError naming the keys
+                out[key] = self._read(f"data/{key}", slice(start, end))
         return out
 
     def episodes(self, keys: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -527,3 +563,157 @@ def _array_names(group: Any) -> list[str]:
         if hasattr(member, "shape") and hasattr(member, "dtype"):
             names.append(name)
     return names
+
+
+# -- integrity ----------------------------------------------------------------------------------------
+def _chunk_files(root: Path, array: str) -> dict[str, Path]:
+    """Chunk key (``c/0/0``, zarr 3's default encoding) → file, for one array of the store at ``root``."""
+    base = root / array / "c"
+    if not base.is_dir():
+        return {}
+    return {p.relative_to(root / array).as_posix(): p for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(root: Path, arrays: list[str]) -> None:
+    """Record every chunk file of ``arrays`` (size, sha256) in ``root/manifest.json``."""
+    manifest = {"format": MANIFEST_FORMAT, "arrays": {}}
+    for array in sorted(arrays):
+        manifest["arrays"][array] = {key: [p.stat().st_size, _sha256(p)]
+                                     for key, p in _chunk_files(root, array).items()}
+    with open(root / MANIFEST_NAME, "w") as f:
+        json.dump(manifest, f, indent=0, sort_keys=True)
+        f.write("\n")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The store's chunk manifest, or None for a store written before manifests existed."""
+    file = Path(path) / MANIFEST_NAME
+    if not file.exists():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreIntegrityError(f"{path}: {MANIFEST_NAME} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("arrays"), dict):
+        raise StoreIntegrityError(f"{path}: {MANIFEST_NAME} is not a {MANIFEST_FORMAT} manifest")
+    return manifest
+
+
+def _inventory_problems(path: Path, manifest: dict[str, Any], data_arrays: list[str]) -> list[str]:
+    """Cheap check (one stat per chunk): every recorded chunk present with its recorded size."""
+    problems = []
+    recorded = manifest["arrays"]
+    for name in data_arrays:
+        if f"data/{name}" not in recorded:
+            problems.append(f"array 'data/{name}' is not in {MANIFEST_NAME} "
+                            "(added after the store was written)")
+    for array, chunks in recorded.items():
+        for key, (size, _) in chunks.items():
+            file = path / array / key
+            try:
+                actual = file.stat().st_size
+            except FileNotFoundError:
+                problems.append(f"array '{array}' chunk {key} is missing (file {file})")
+                continue
+            if actual != size:
+                problems.append(f"array '{array}' chunk {key} is damaged ({actual} bytes, {size} recorded)")
+    return problems
+
+
+def _damage_error(path: Path, manifest: dict[str, Any] | None, array: str,
+                  exc: Exception) -> StoreIntegrityError:
+    """Name the chunk behind a failed read: the first one whose size or checksum is off."""
+    cause = f"{type(exc).__name__}: {exc}"
+    for key, (size, digest) in ((manifest or {}).get("arrays", {}).get(array, {})).items():
+        file = path / array / key
+        if not file.exists():
+            return StoreIntegrityError(f"{path}: array '{array}' chunk {key} is missing ({cause})")
+        if file.stat().st_size != size or _sha256(file) != digest:
+            return StoreIntegrityError(f"{path}: array '{array}' chunk {key} is damaged "
+                                       f"(checksum mismatch; {cause})")
+    return StoreIntegrityError(f"{path}: array '{array}' cannot be read ({cause}); a chunk is damaged "
+                               f"(details: fastpolicy data verify {path})")
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` checked and found."""
+
+    path: Path
+    arrays: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    has_manifest: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(path: str | os.PathLike) -> VerifyReport:
+    """Full check: every recorded chunk present, of its size and sha256, and every array decodes.
+
+    Stores without a manifest (written before it existed) are decoded only: a missing chunk of such a
+    store reads as zeros and cannot be told from real data, which the report says.
+    """
+    import zarr
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset store at {path}")
+    report = VerifyReport(path)
+    manifest = read_manifest(path)
+    report.has_manifest = manifest is not None
+    if manifest is not None:
+        for array, chunks in sorted(manifest["arrays"].items()):
+            for key, (size, digest) in chunks.items():
+                file = path / array / key
+                report.chunks += 1
+                if not file.is_file():
+                    report.problems.append(f"array '{array}' chunk {key} is missing (file {file})")
+                    continue
+                report.bytes += file.stat().st_size
+                if file.stat().st_size != size:
+                    report.problems.append(f"array '{array}' chunk {key} is damaged "
+                                           f"({file.stat().st_size} bytes, {size} recorded)")
+                elif _sha256(file) != digest:
+                    report.problems.append(f"array '{array}' chunk {key} is damaged (sha256 mismatch)")
+            extra = sorted(set(_chunk_files(path, array)) - set(chunks))
+            if extra:
+                report.problems.append(f"array '{array}' has chunk files not in {MANIFEST_NAME}: "
+                                       f"{', '.join(extra[:5])}")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        names = ["meta/episode_ends", *(f"data/{k}" for k in _array_names(group["data"]))]
+    except Exception as exc:
+        report.problems.append(f"not a readable store ({type(exc).__name__}: {exc})")
+        names = []
+    if manifest is not None:
+        for name in names:
+            if name not in manifest["arrays"]:
+                report.problems.append(f"array '{name}' is not in {MANIFEST_NAME}")
+    for name in names:
+        report.arrays += 1
+        arr = group[name]
+        step = max(1, int(arr.chunks[0]))
+        for start in range(0, max(1, arr.shape[0]), step):  # chunk by chunk: bounded memory
+            try:
+                arr[start:start + step]
+            except Exception as exc:
+                report.problems.append(f"array '{name}' rows {start}..{start + step - 1} do not decode "
+                                       f"({type(exc).__name__}: {exc})")
+                break
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,4 +1,4 @@
-"""Task cards: one YAML file per task under the repository's ``envs/`` folder.
+"""Task cards: one YAML file per task, shipped with the package (``fastpolicy.resources``).
 
 A task card names the gymnasium env, the dataset recipe, the horizons and how a return becomes a
 score. Everything that evaluates or benchmarks a task goes through ``get_task`` and ``make_env`` so
@@ -44,9 +44,10 @@ _ALLOWED_KEYS = {
 
 
 def tasks_dir() -> Path:
-    """``$FASTPOLICY_TASKS_DIR`` or the repository's ``envs/`` folder."""
-    env = os.environ.get("FASTPOLICY_TASKS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
+    """``$FASTPOLICY_TASKS_DIR``, else the cards shipped in the package (the checkout's ``envs/``)."""
+    from fastpolicy.resources import resource_dir
+
+    return resource_dir("tasks")
 
 
 def _default_normalization() -> dict[str, str]:
@@ -119,7 +120,10 @@ def list_tasks() -> list[str]:
 def get_task(name: str) -> TaskSpec:
     path = tasks_dir() / f"{name}.yaml"
     if not path.exists():
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks()) or '(none)'}")
+        from fastpolicy.resources import describe
+
+        known = ", ".join(list_tasks()) or f"(none found in {describe('tasks')})"
+        raise KeyError(f"unknown task {name!r}; known tasks: {known} (list them: fastpolicy tasks)")
     return load_task_card(path)
 
 

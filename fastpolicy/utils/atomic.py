@@ -73,3 +73,27 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def check_writable(target: str | os.PathLike, inside: bool = False) -> None:
+    """Fail fast, before long work, when ``target`` cannot be written.
+
+    ``inside=False``: ``target`` is a file or store renamed into place, so its parent directory must
+    accept new entries; ``inside=True``: ``target`` is a directory whose contents will be written. A
+    missing directory is fine when its nearest existing ancestor is writable (it will be created).
+    Raises ``PermissionError`` with one line naming the path and the reason. Tries a real file, because
+    permission bits say nothing about a read-only mount or root.
+    """
+    target = Path(target)
+    directory = target if inside else target.parent
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PermissionError(f"cannot write {target}: {probe} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".fastpolicy-write-check-", dir=probe)
+    except OSError as exc:
+        raise PermissionError(f"cannot write {target}: {probe} is not writable ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(name)

@@ -117,13 +117,17 @@ def select_expert_checkpoint(returns: Sequence[tuple[int, float]], threshold: fl
 
 # -- where things live --------------------------------------------------------------------------------
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
+    """The source checkout holding the package; the working directory for an installed package."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / "setup.cfg").is_file() else Path.cwd()
 
 
 def behavior_dir() -> Path:
-    """``$FASTPOLICY_BEHAVIOR_DIR`` or the repository's ``datasets/behavior`` (committed actors)."""
-    env = os.environ.get("FASTPOLICY_BEHAVIOR_DIR")
-    return Path(env) if env else _repo_root() / "datasets" / "behavior"
+    """``$FASTPOLICY_BEHAVIOR_DIR``, else the actors shipped in the package (the checkout's
+    ``datasets/behavior``); see :mod:`fastpolicy.resources`."""
+    from fastpolicy.resources import resource_dir
+
+    return resource_dir("behavior")
 
 
 def run_dir(name: str) -> Path:
