@@ -10,6 +10,8 @@ import argparse
 import json
 from typing import Any
 
+from fastpolicy.serve.cli import add_token_arguments
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -20,10 +22,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "checkpoint", nargs="?", default=None, help="checkpoint path for a local policy (omit with --server)"
     )
-    p.add_argument("--task", required=True, help="task card name (see envs/)")
+    p.add_argument("--task", required=True, help="task card name (list them: fastpolicy tasks)")
     p.add_argument("--hz", type=float, default=20.0, help="control rate")
     p.add_argument("--server", default=None, help="ws://host:port of a `fastpolicy serve` (instead of CKPT)")
-    p.add_argument("--token", default=None, help="server token (default: $FASTPOLICY_TOKEN)")
+    add_token_arguments(p, "server token")
+    p.add_argument("--connect-timeout-s", type=float, default=5.0,
+                   help="give up on an unreachable --server after this long")
     p.add_argument("--steps", type=int, default=400, help="control ticks to run")
     p.add_argument(
         "--fallback",
@@ -40,26 +44,65 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_control)
 
 
-def _control(args: argparse.Namespace) -> int:
-    import os
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.hz > 0:
+        raise ValueError(f"--hz must be > 0 (control ticks per second), got {args.hz}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be ≥ 1 (control ticks to run), got {args.steps}")
+    if args.low_watermark < 0 or args.blend_steps < 0:
+        raise ValueError("--low-watermark and --blend-steps must be ≥ 0")
+    if not args.connect_timeout_s > 0:
+        raise ValueError(f"--connect-timeout-s must be > 0, got {args.connect_timeout_s}")
+    if args.server is not None and not args.server.startswith(("ws://", "wss://")):
+        raise ValueError(f"--server {args.server!r}: expected a ws://HOST:PORT or wss://HOST:PORT URL")
 
+
+def _connect(url: str, token: str | None, timeout_s: float) -> Any:
+    """A PolicyClient for ``url``, or one ConnectionError line within ``timeout_s`` when it is unreachable.
+
+    The first connection is tried with a short budget (the client's own reconnect budget is meant for
+    a server that went away mid-run); afterwards the client reconnects as usual.
+    """
+    from websockets.exceptions import InvalidHandshake, WebSocketException
+
+    from fastpolicy.serve.client import AuthenticationError, PolicyClient
+
+    try:
+        client = PolicyClient(url, token, connect_timeout_s=min(timeout_s, 5.0),
+                              reconnect_timeout_s=timeout_s)
+    except AuthenticationError:
+        raise ConnectionError(f"{url} refused the token (HTTP 401); check --token-file / "
+                              "$FASTPOLICY_TOKEN") from None
+    except (OSError, InvalidHandshake, WebSocketException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectionError(f"cannot reach the policy server at {url} within {timeout_s:g} s ({reason}); "
+                              "is `fastpolicy serve` running there?") from None
+    client.backoff = (*client.backoff[:2], 30.0)  # mid-run: the client's usual reconnect budget
+    return client
+
+
+def _control(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     from fastpolicy.control.broker import ActionBroker, LocalChunkSource, RemoteChunkSource
     from fastpolicy.control.loop import ControlLoop
     from fastpolicy.envs.registry import get_task, make_env
+    from fastpolicy.serve.cli import resolve_token
 
     if (args.checkpoint is None) == (args.server is None):
         raise ValueError("give either a checkpoint (local policy) or --server URL (remote policy)")
+    _check_args(args)
+    if args.json_out:
+        from fastpolicy.utils.atomic import check_writable
+
+        check_writable(args.json_out)
     if args.threads:
         torch.set_num_threads(args.threads)
     task = get_task(args.task)
     client = None
     if args.server:
-        from fastpolicy.serve.client import PolicyClient
-
-        client = PolicyClient(args.server, args.token or os.environ.get("FASTPOLICY_TOKEN"))
+        client = _connect(args.server, resolve_token(args), args.connect_timeout_s)
         source: Any = RemoteChunkSource(client)
     else:
         from fastpolicy.serve.cli import load_policy_spec

@@ -17,11 +17,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("checkpoint", help=f"checkpoint path, or {BUILTIN!r} for the built-in test policy")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, logged at start)")
-    p.add_argument(
-        "--token",
-        default=None,
-        help="shared secret clients send as 'Authorization: Bearer …' (default: $FASTPOLICY_TOKEN)",
-    )
+    add_token_arguments(p, "shared secret clients send as 'Authorization: Bearer …'")
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch (1 disables batching)")
     p.add_argument(
         "--max-wait-ms", type=float, default=2.0, help="longest a request waits for a batch to fill"
@@ -40,6 +36,40 @@ def register(subparsers: Any) -> None:
     p.add_argument("--builtin-nfe", type=int, default=2, help=f"{BUILTIN}: MLP calls per chunk")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_serve)
+
+
+TOKEN_ENV = "FASTPOLICY_TOKEN"
+
+
+def add_token_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--token-file`` (preferred), ``$FASTPOLICY_TOKEN``, or ``--token`` (visible in the process list)."""
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help=f"{what}: read it from this file (first line). Default: ${TOKEN_ENV}")
+    p.add_argument("--token", default=None,
+                   help=f"{what} on the command line — visible to every user in the process list (ps); "
+                        f"prefer --token-file or ${TOKEN_ENV}")
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file, --token (with a warning) or $FASTPOLICY_TOKEN; None when none is set."""
+    import sys
+
+    if args.token_file is not None and args.token is not None:
+        raise ValueError("give the token once: --token-file or --token, not both")
+    if args.token_file is not None:
+        try:
+            lines = open(args.token_file, encoding="utf-8").read().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+        return token
+    if args.token is not None:
+        print(f"fastpolicy: warning: --token is visible to every user of this machine in the process list; "
+              f"use --token-file PATH or ${TOKEN_ENV} instead", file=sys.stderr)
+        return args.token or None
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def _is_loopback(host: str) -> bool:
@@ -75,11 +105,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     from fastpolicy.serve.server import ServerConfig, configure_logging, run_server
 
-    token = args.token or os.environ.get("FASTPOLICY_TOKEN") or None
+    token = resolve_token(args)
     if token is None and not _is_loopback(args.host):
-        raise ValueError(f"refusing to serve on {args.host} without a token (--token or $FASTPOLICY_TOKEN)")
+        raise ValueError(f"refusing to serve on {args.host} without a token "
+                         f"(--token-file PATH or ${TOKEN_ENV})")
     if args.max_batch < 1:
         raise ValueError("--max-batch must be ≥ 1")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    for name in ("max_wait_ms", "idle_timeout_s"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.max_frame_bytes < 1024 or args.max_sessions < 1:
+        raise ValueError("--max-frame-bytes must be ≥ 1024 and --max-sessions ≥ 1")
+    if args.hz is not None and not args.hz > 0:
+        raise ValueError(f"--hz must be > 0, got {args.hz}")
     if args.threads:
         torch.set_num_threads(args.threads)
     policy, model_id, model_hash = load_policy_spec(

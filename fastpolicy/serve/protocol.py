@@ -57,8 +57,7 @@ BAD_DTYPE = "bad_dtype"
 BAD_SHAPE = "bad_shape"
 NON_FINITE = "non_finite"
 OVERSIZED = "oversized"
-BAD_VALUE = "bad_value"  # right type, value out of range
-UNAUTHORIZED = "unauthorized"
+BAD_VALUE = "bad_value"  # right type, value out of range (e.g. a float64 obs beyond the float32 range)
 INTERNAL = "internal"
 UNAVAILABLE = "unavailable"  # server draining / shutting down
 VERSION_MISMATCH = "version_mismatch"
@@ -76,7 +75,6 @@ ERROR_CODES = frozenset(
         NON_FINITE,
         OVERSIZED,
         BAD_VALUE,
-        UNAUTHORIZED,
         INTERNAL,
         UNAVAILABLE,
         VERSION_MISMATCH,
@@ -152,6 +150,9 @@ def _decode_array(payload: bytes) -> np.ndarray:
             raise ProtocolError(
                 OVERSIZED, f"ndarray shape {shape!r} declares more than {MAX_ELEMENTS} elements"
             )
+    # An empty array may still declare an absurd dimension ([0, 2**63 - 1]): numpy cannot hold it.
+    if any(d > MAX_ELEMENTS for d in shape):
+        raise ProtocolError(BAD_ARRAY, f"ndarray shape {shape!r} has a dimension above {MAX_ELEMENTS}")
     if not isinstance(data, bytes):
         raise ProtocolError(BAD_ARRAY, f"ndarray data must be bytes, got {type(data).__name__}")
     dtype = np.dtype(dtype_str)
@@ -161,8 +162,11 @@ def _decode_array(payload: bytes) -> np.ndarray:
             f"ndarray of shape {tuple(shape)} and dtype {dtype_str} needs "
             f"{count * dtype.itemsize} bytes, frame holds {len(data)}",
         )
-    # Copy: the array must own writable memory independent of the frame buffer.
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    try:
+        # Copy: the array must own writable memory independent of the frame buffer.
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    except ValueError as exc:
+        raise ProtocolError(BAD_ARRAY, f"ndarray of shape {shape!r} cannot be built ({exc})") from None
 
 
 def _ext_hook(code: int, payload: bytes) -> Any:
@@ -286,6 +290,49 @@ def _finite(arr: np.ndarray, key: str) -> None:
         raise ProtocolError(NON_FINITE, f"{key!r} contains NaN or inf")
 
 
+def _fits(arr: np.ndarray, key: str, dtype: np.dtype) -> np.ndarray:
+    """``arr`` cast to the model's float ``dtype``; a finite value that overflows it is ``bad_value``."""
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype, copy=False)
+    if not np.all(np.isfinite(cast)):
+        i = int(np.argmin(np.isfinite(cast).reshape(-1)))
+        index = tuple(int(x) for x in np.unravel_index(i, arr.shape))
+        raise ProtocolError(
+            BAD_VALUE,
+            f"{key!r}{list(index)} = {float(arr.reshape(-1)[i]):.6g} overflows {dtype.name} "
+            f"(the model's dtype, largest {float(np.finfo(dtype).max):.6g})",
+        )
+    return cast
+
+
+def peek_request_id(frame: Any) -> int | None:
+    """The ``request_id`` of a frame that failed validation, when it can still be read.
+
+    Walks the top-level map with a streaming unpacker that skips every other value without building
+    it (arrays included), so a frame whose ``obs`` is broken, oversized or of a bad dtype still gets
+    its id echoed in the error reply. None when the frame is not a map or the id is not a valid int.
+    """
+    import msgpack
+
+    if not isinstance(frame, bytes | bytearray | memoryview) or not len(frame):
+        return None
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame),
+                                    ext_hook=lambda code, data: None)
+        unpacker.feed(frame)
+        for _ in range(min(unpacker.read_map_header(), _MAX_CONTAINER)):
+            key = unpacker.unpack()
+            if key != "request_id":
+                unpacker.skip()
+                continue
+            value = unpacker.unpack()
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_REQUEST_ID
+            return value if ok else None
+    except Exception:  # noqa: BLE001 - any damage means: no readable id
+        return None
+    return None
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -356,8 +403,16 @@ class ErrorReply:
 def decode_request(
     frame: Any, spec: ObsSpec | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> InferRequest | ResetRequest:
-    """Validate a client frame. With ``spec``, the observation must match the model's schema."""
-    message = unpack(frame, max_frame_bytes)
+    """Validate a client frame. With ``spec``, the observation must match the model's schema.
+
+    A ProtocolError carries the frame's ``request_id`` whenever it could be read, even when the rest of
+    the frame (an array, the size) is what failed.
+    """
+    try:
+        message = unpack(frame, max_frame_bytes)
+    except ProtocolError as exc:
+        exc.request_id = peek_request_id(frame)
+        raise
     rid = message.get("request_id")
     try:
         return _decode_request(message, spec)
@@ -392,7 +447,8 @@ def _decode_request(message: dict[str, Any], spec: ObsSpec | None) -> InferReque
                     f"'obs' carries {obs.shape[0]} frames, at most "
                     f"{spec.obs_horizon} (the observation horizon) allowed",
                 )
-        return InferRequest(request_id, obs.astype(np.float32, copy=False), client_time)
+        model_dtype = np.dtype(spec.dtype if spec is not None else "<f4")
+        return InferRequest(request_id, _fits(obs, "obs", model_dtype), client_time)
     if kind == "reset":
         _check_keys(message, {"request_id"}, set())
         return ResetRequest(_int(message, "request_id"))
@@ -433,6 +489,11 @@ def encode_metadata(meta: Metadata) -> bytes:
 
 
 def encode_actions(reply: ActionsReply) -> bytes:
+    """Encode an ``actions`` reply; ValueError if any number in it is not finite (none may leave)."""
+    numbers = [reply.client_time, reply.server_time, reply.queue_ms, reply.inference_ms, reply.total_ms]
+    if not (np.all(np.isfinite(reply.actions)) and np.all(np.isfinite(reply.target_times))
+            and all(math.isfinite(x) for x in numbers)):
+        raise ValueError("refusing to encode an actions reply with non-finite values")
     return pack(
         {
             "type": "actions",

@@ -9,7 +9,11 @@ the API key its client sends, and LeRobot's gRPC async inference, which ships pi
   on the event loop, in batches bounded by ``max_batch`` and ``max_wait_ms``;
 * the token is checked in the HTTP handshake (``Authorization: Bearer <token>`` or ``?token=``,
   constant-time compare) and a bad one gets HTTP 401 before any websocket exists;
-* every bad frame is answered with an ``error`` frame naming the problem, and the session lives on;
+* every bad frame is answered with an ``error`` frame naming the problem (and its ``request_id`` whenever
+  it can be read), and the session lives on;
+* no non-finite number leaves the server or enters a session: an observation that drives the policy
+  to NaN/inf (a finite but huge value) is answered with ``non_finite`` and the session's history and
+  state stay as they were before the request;
   frames beyond a hard cap (4× the protocol limit) close the connection with 1009 so memory is bounded;
 * ``/healthz`` (process alive) and ``/readyz`` (model warm, not draining) for orchestrators; idle
   sessions are closed; shutdown stops accepting, drains in-flight requests, then closes with a reason;
@@ -248,6 +252,13 @@ class ServerSession:
         for frame in frames:
             self.history.append(frame)
 
+    def snapshot(self) -> list[np.ndarray]:
+        return list(self.history)
+
+    def restore(self, frames: list[np.ndarray]) -> None:
+        """Undo :meth:`observe` of a request whose result was refused."""
+        self.history = deque(frames, maxlen=self.policy.obs_horizon)
+
     def window(self) -> np.ndarray:
         """(To, obs_dim), left-padded with the oldest frame as the training sampler pads."""
         frames = list(self.history)
@@ -479,24 +490,37 @@ class PolicyServer:
         if isinstance(request, P.ResetRequest):
             session.reset()
             return P.encode_reset_ok(request.request_id)
+        before = session.snapshot()
         session.observe(request.obs)
         assert self.batcher is not None
         self.inflight += 1
         try:
             result = await self.batcher.submit(session.window(), session.state)
         except Exception as exc:
+            session.restore(before)
             return self._error(
                 session, P.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}", request.request_id
             )
         finally:
             self.inflight -= 1
-        session.state = result.state
         n = result.actions.shape[0]
         period = self.config.control_period_s
+        target_times = request.client_time + period * np.arange(n, dtype=np.float64)
+        if not (_all_finite(result.actions) and _all_finite(result.state) and _all_finite(target_times)):
+            # Keep NaN out of the reply and out of the session: the next request sees the state from before.
+            session.restore(before)
+            return self._error(
+                session,
+                P.NON_FINITE,
+                "the policy produced non-finite actions or state for this observation (values too large "
+                "for the model?); the session's history and state are unchanged",
+                request.request_id,
+            )
+        session.state = result.state
         reply = P.ActionsReply(
             request_id=request.request_id,
             actions=result.actions,
-            target_times=request.client_time + period * np.arange(n, dtype=np.float64),
+            target_times=target_times,
             client_time=request.client_time,
             server_time=time.time(),
             queue_ms=result.queue_s * 1e3,
@@ -521,6 +545,23 @@ class PolicyServer:
             ),
         )
         return P.encode_error(code, message, request_id)
+
+
+def _all_finite(value: Any) -> bool:
+    """True when every float in ``value`` (array, tensor, or a dict / list / tuple of them) is finite."""
+    if value is None:
+        return True
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    if isinstance(value, float):
+        return bool(np.isfinite(value))
+    return True
 
 
 async def _with_timeout(awaitable: Any, timeout_s: float) -> Any:
