@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+POLICY_TYPES = ["diffusion", "bc", "streaming", "diffuser", "decision-diffuser", "trajectory-diffuser"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, TensorBoard)")
     p.add_argument(
         "--policy",
-        default="diffusion",
-        choices=["diffusion", "bc", "streaming", "diffuser", "decision-diffuser", "trajectory-diffuser"],
-        help="policy type (the planners train on discounted returns-to-go computed from the store's rewards)",
+        default=None,
+        choices=POLICY_TYPES,
+        help="policy type (default: diffusion, or the resumed run's; the planners train on discounted "
+             "returns-to-go computed from the store's rewards)",
     )
     p.add_argument("--backbone", default=None, help="diffusion backbone: unet-small | unet-base | mlp")
     p.add_argument("--task", default=None, help="task card whose horizons to use (default To=2, Tp=16, Ta=8)")
@@ -28,13 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=JSON",
         help="extra policy config, e.g. --option sampler='\"ddim:10\"' (repeatable)",
     )
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=5000, help="total optimizer steps (with --resume: the "
+                   "step to train up to)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-ema", action="store_true", help="train without EMA weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -55,12 +60,71 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
+def check_resume(run_dir: Path, policy_type: str | None, options: dict) -> None:
+    """``--resume`` continues a run as it was configured: a different policy type or option is an error
+    naming the difference (it would otherwise be ignored silently)."""
+    from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+
+    if not (run_dir / "latest").exists():
+        return  # nothing to resume: a fresh run starts
+    config = read_config(resolve_checkpoint(run_dir))
+    hint = "drop it to resume, or pass another --out for a new run"
+    if policy_type is not None and policy_type != config["policy_type"]:
+        raise ValueError(f"--resume: {run_dir} trains a {config['policy_type']!r} policy, not "
+                         f"--policy {policy_type!r} ({hint})")
+    saved = config["policy_config"]
+    for key, value in options.items():
+        flag = f"--{key.replace('_', '-')}" if key in _FLAG_OPTIONS else f"--option {key}"
+        if key not in saved:
+            raise ValueError(f"--resume: {flag} is not an option of the run's {config['policy_type']} "
+                             f"policy, so it cannot change on resume ({hint})")
+        if not _agrees(saved[key], value):
+            raise ValueError(f"--resume: {run_dir} was trained with {key}={saved[key]!r}; {flag} {value!r} "
+                             f"differs ({hint})")
+
+
+def _agrees(saved: object, given: object) -> bool:
+    """``given`` matches the saved option; for a mapping, the keys it names (the rest were defaults)."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return all(k in saved and _agrees(saved[k], v) for k, v in given.items())
+    if isinstance(saved, list | tuple) and isinstance(given, list | tuple):
+        return len(saved) == len(given) and all(_agrees(a, b) for a, b in zip(saved, given))
+    return saved == given
+
+
+_FLAG_OPTIONS = ("backbone", "obs_horizon", "pred_horizon", "action_horizon")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("steps", "batch_size", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.warmup_steps < 0:
+        raise ValueError(f"--warmup-steps must be ≥ 0, got {args.warmup_steps}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from fastpolicy.data.store import EpisodeStore
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
+    from fastpolicy.utils.atomic import check_writable
+    from fastpolicy.utils.misc import resolve_device
 
+    _check_args(args)
+    resolve_device(args.device)  # no CUDA → one line now, not a traceback later
+    if args.task is not None:
+        from fastpolicy.envs.registry import get_task
+
+        get_task(args.task)
+    EpisodeStore.open(args.store)  # missing or damaged store → one line before anything is built
+    out = Path(args.out)
+    check_writable(out, inside=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     options = parse_options(args.option)
@@ -69,6 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name in ("obs_horizon", "pred_horizon", "action_horizon"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.resume:
+        check_resume(out, args.policy, options)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -81,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     _, stats = train_offline(
-        args.store, args.out, args.policy, options, cfg, resume=args.resume, task=args.task
+        args.store, args.out, args.policy or "diffusion", options, cfg, resume=args.resume, task=args.task
     )
     print(f"trained to step {stats['step']}: loss {stats['loss']:.4f} → {args.out}")
     return 0

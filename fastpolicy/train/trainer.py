@@ -12,6 +12,9 @@ for bit).
 Under ``torchrun`` (WORLD_SIZE > 1) the loop wraps the module in DistributedDataParallel (gloo on CPU,
 nccl on CUDA); each rank draws its own batches from a rank-offset generator; rank 0 alone writes
 checkpoints and logs.
+
+Ctrl-C (SIGINT) in a single-process run finishes the current step, writes a checkpoint and raises
+:class:`TrainingInterrupted`, which says how to continue (``--resume``); a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +79,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         return cls(**d)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a completed step; a checkpoint of that step was written."""
+
+    def __init__(self, step: int, run_dir: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}. Rerun the same "
+                         "command with --resume to continue from it")
+        self.step, self.run_dir = step, run_dir
 
 
 def _dist_info() -> tuple[int, int]:
@@ -132,12 +147,24 @@ class Trainer:
             )
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step = 0
+        self._resumed_loss: float | None = None
+        self._running: float | None = None  # smoothed loss, saved with each checkpoint
+        self._stop_requested = False
         if resume:
             self._try_resume()
         elif (self.run_dir / "latest").exists() and self.rank == 0:
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
+        if self.step > config.steps:
+            raise ValueError(f"{self.run_dir} is already at step {self.step}, past --steps {config.steps}; "
+                             f"pass --steps above {self.step} to train further")
+        if config.warmup_steps >= config.steps - self.step > 0 and self.rank == 0 and self.step == 0:
+            from fastpolicy.utils import FastpolicyWarning
+
+            warnings.warn(f"--warmup-steps {config.warmup_steps} ≥ --steps {config.steps}: the learning rate "
+                          "is still warming up when training ends (it never reaches --lr nor decays)",
+                          FastpolicyWarning, stacklevel=2)
 
     def _lr_lambda(self, step: int) -> float:
         warm = max(1, self.config.warmup_steps)
@@ -165,6 +192,7 @@ class Trainer:
             "ema_optimization_step": self.ema.optimization_step if self.ema is not None else None,
             "train_config": asdict(self.config),
             "world_size": self.world,
+            "loss": self._running,
         }
         return tensors, meta
 
@@ -228,6 +256,7 @@ class Trainer:
             self.generator.set_state(gen)
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(config["step"])
+        self._resumed_loss = meta.get("loss")
 
     # --- loop -------------------------------------------------------------------------------------
     def _batch(self) -> dict[str, torch.Tensor]:
@@ -235,8 +264,26 @@ class Trainer:
         batch = self.dataset.sample_batch(idx.numpy())
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self._stop_requested = True
+
     def fit(self) -> dict[str, float]:
-        """Run until ``config.steps``; checkpoints every ``checkpoint_every`` steps and at the end."""
+        """Run until ``config.steps``; checkpoints every ``checkpoint_every`` steps and at the end.
+
+        On Ctrl-C (single process): the current step completes, a checkpoint is written and
+        :class:`TrainingInterrupted` is raised.
+        """
+        catch_sigint = self.world == 1 and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if catch_sigint else None
+        try:
+            return self._fit()
+        finally:
+            if catch_sigint:
+                signal.signal(signal.SIGINT, previous)
+
+    def _fit(self) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -257,8 +304,16 @@ class Trainer:
             dynamic_ncols=True,
         )
         logs: dict[str, float] = {}
-        running = None
+        running = self._running = None
         while self.step < cfg.steps:
+            if self._stop_requested:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+                saved = (self.run_dir / "checkpoints" / checkpoint_name(self.step)).exists()
+                if self.rank == 0 and not saved:
+                    self.save()
+                raise TrainingInterrupted(self.step, self.run_dir)
             batch = self._batch()
             out = self.model(batch, self.generator)
             loss = out["loss"]
@@ -272,7 +327,7 @@ class Trainer:
                 self.ema.step([p for _, p in self._trainable])
             self.step += 1
             value = float(loss.detach())
-            running = value if running is None else 0.98 * running + 0.02 * value
+            running = self._running = value if running is None else 0.98 * running + 0.02 * value
             logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -290,4 +345,6 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()
-        return {"loss": running if running is not None else float("nan"), "step": self.step, **logs}
+        if running is None:  # nothing left to train (a resumed run already at --steps)
+            running = self._resumed_loss if self._resumed_loss is not None else float("nan")
+        return {"loss": running, "step": self.step, **logs}

@@ -47,4 +47,15 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``auto``/None → CUDA when available, else CPU. GPU paths must always have this CPU fallback."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here (torch "
+                             f"{torch.__version__}); use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                             "device(s) exist")
+    return resolved
