@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Exploration with PPO, faithful RND-PPO (two value heads) or PPO on "
                                    "r_ext + beta * r_int. Writes checkpoints, TensorBoard logs, a success "
                                    "curve and the final actor (safetensors) under --out.")
-    p.add_argument("--task", required=True, help="task card name, e.g. agv-sparse-corridor")
+    p.add_argument("--task", required=True,
+                   help="task card with a batched vector env, e.g. agv-sparse-detour (fastpolicy tasks)")
     p.add_argument("--algo", choices=ALGOS, default="rnd-ppo")
     p.add_argument("--steps", type=int, default=1_000_000, help="total env (robot) steps")
     p.add_argument("--num-envs", type=int, default=64, help="robots stepped per call of the batched env")
@@ -43,7 +44,14 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     import torch
 
     from fastpolicy.rl.explore import ExploreConfig, explore
+    from fastpolicy.utils.atomic import check_writable
 
+    for name in ("steps", "num_envs", "n_steps", "batch_size", "n_epochs", "checkpoint_every", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    check_writable(args.out, inside=True)
+    if args.save_store is not None:
+        check_writable(args.save_store)
     torch.set_num_threads(args.threads)
     # numba's OpenMP layer shares the OpenMP runtime with torch: a numba kernel running more threads
     # than torch was told raises torch's count behind its back, so keep the two equal.

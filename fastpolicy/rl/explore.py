@@ -40,7 +40,7 @@ class ExploreConfig:
     """One exploration run (the CLI flags map onto these fields)."""
 
     task: str
-    """task card name, e.g. agv-sparse-corridor (needs a natively batched vector env)"""
+    """task card name, e.g. agv-sparse-detour (needs a natively batched vector env)"""
     algo: str = "rnd-ppo"
     """ppo | rnd-ppo (faithful RND: two value heads) | rnd-simple (PPO on r_ext + beta * r_int)"""
     steps: int = 1_000_000
@@ -362,11 +362,12 @@ def explore(run_dir: str | os.PathLike, config: ExploreConfig, resume: bool = Fa
     elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("step_*.zip")):
         raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it "
                               "or use a new --out")
+    # The env first: a task explore cannot run (no batched vector env) fails before anything is written.
+    env = make_sb3_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(run_dir / "config.json", "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
 
-    env = make_sb3_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed)
     base_env = env
     wrapper = None
     if cfg.algo == "rnd-simple":

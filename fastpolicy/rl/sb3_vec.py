@@ -170,15 +170,14 @@ def make_sb3_vec_env(task: str, num_envs: int, seed: int | None = None,
                      recorder: TransitionRecorder | None = None) -> GymnasiumVecEnv:
     """The SB3 VecEnv for a task card: its env id's natively batched vector env (N robots, one call per
     step) with the card's ``env_kwargs`` and step limit."""
-    import importlib
 
     import gymnasium as gym
 
-    from fastpolicy.envs.registry import get_task
+    from fastpolicy.envs.registry import _quiet_import, get_task
 
     spec = get_task(task)
     if spec.import_module:
-        importlib.import_module(spec.import_module)
+        _quiet_import(spec.import_module)
     env_spec = gym.spec(spec.env_id)
     if env_spec.vector_entry_point is None:
         raise ValueError(f"task {task!r} ({spec.env_id}) has no natively batched vector env; "
