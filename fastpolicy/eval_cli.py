@@ -61,7 +61,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from fastpolicy.bench.report import print_table
+    from fastpolicy.bench.report import COLUMNS, HASH_COLUMN, print_table
     from fastpolicy.bench.schema import write_results
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
@@ -98,7 +98,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 spec = SamplerSpec.parse(spec, temperature=args.temperature)
             policy.set_sampler(spec)
         rows.append(evaluate(policy, task, args.episodes, args.seeds, args.latency_steps, **extra))
-    print_table(rows)
+    print_table(rows, columns=[*COLUMNS, HASH_COLUMN])
     if out is not None:
         print(f"wrote {write_results(out, rows)}")
     return 0

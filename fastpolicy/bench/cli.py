@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fastpolicy.bench.runner import SUITES  # light: it imports torch and the rest inside its functions
 from fastpolicy.dist import add_ray_arguments, ray_config_from_args
+
+#: Where the repository keeps the committed results and plots (written only with --refresh-committed).
+COMMITTED_RESULTS, COMMITTED_PLOTS = "bench/results", "docs"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "this budget")
     p.add_argument("--methods", nargs="+", default=None, help="restrict to these methods")
     p.add_argument("--work-dir", default=None, help="runs and datasets (default runs/bench/<suite>)")
-    p.add_argument("--results-dir", default="bench/results", help="where <suite>_<task>.json/.md go")
-    p.add_argument("--plot-dir", default="docs", help="where pareto_<suite>_<task>.png goes")
+    p.add_argument("--results-dir", default=None,
+                   help="where <suite>_<task>.json/.md go (default: the work dir)")
+    p.add_argument("--plot-dir", default=None,
+                   help="where pareto_<suite>_<task>.png goes (default: the work dir)")
+    p.add_argument("--refresh-committed", action="store_true",
+                   help=f"write into the repository's committed results instead ({COMMITTED_RESULTS}/ and "
+                        f"{COMMITTED_PLOTS}/; run from the repository root)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded in every row)")
     p.add_argument("--no-write", action="store_true", help="print only")
     add_ray_arguments(p)
@@ -48,8 +57,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from fastpolicy.bench.planners import PLANNER_METHODS
     from fastpolicy.bench.runner import ALL_METHODS, run_suite
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.utils.atomic import check_writable
 
     ray_config = ray_config_from_args(args)  # before any work: a missing extra is one line
+    if args.budget_ms is not None and not args.budget_ms > 0:
+        raise ValueError(f"--budget-ms must be > 0, got {args.budget_ms}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+    for task in args.task:
+        get_task(task)
+    work_dir = Path(args.work_dir or Path("runs") / "bench" / args.suite)
+    results_dir, plot_dir = output_dirs(args, work_dir)
+    for folder in {work_dir, results_dir, plot_dir} if not args.no_write else {work_dir}:
+        check_writable(folder, inside=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = SUITES[args.suite]
@@ -59,32 +80,52 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown methods {unknown} for suite {suite.name}; known: {', '.join(known)}")
         suite = dataclasses.replace(suite, methods=tuple(args.methods))
-    run_suite(suite, args.task, work_dir=args.work_dir, teacher=args.teacher, results_dir=args.results_dir,
-              plot_dir=args.plot_dir, budget_ms=args.budget_ms, write=not args.no_write,
+    run_suite(suite, args.task, work_dir=work_dir, teacher=args.teacher, results_dir=results_dir,
+              plot_dir=plot_dir, budget_ms=args.budget_ms, write=not args.no_write,
               ray_config=ray_config)
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def output_dirs(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
+    """Results and plot folders: under the work dir unless given; the committed ones on request."""
+    if not args.refresh_committed:
+        return Path(args.results_dir or work_dir), Path(args.plot_dir or work_dir)
+    if args.results_dir or args.plot_dir:
+        raise ValueError("--refresh-committed writes to the committed folders: drop --results-dir/--plot-dir")
+    if not (Path(COMMITTED_RESULTS).is_dir() and Path(COMMITTED_PLOTS).is_dir()):
+        raise FileNotFoundError(f"--refresh-committed: no {COMMITTED_RESULTS}/ and {COMMITTED_PLOTS}/ here; "
+                                "run it from the repository root")
+    return Path(COMMITTED_RESULTS), Path(COMMITTED_PLOTS)
 
-    from fastpolicy.bench.report import markdown_table, pareto_plot, print_table
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fastpolicy.bench.report import COLUMNS, HASH_COLUMN, markdown_table, pareto_plot, print_table
     from fastpolicy.bench.schema import read_results
     from fastpolicy.bench.select import select_method
+    from fastpolicy.utils.atomic import check_writable
 
     rows = []
     for f in args.files:
         if not Path(f).exists():
             raise FileNotFoundError(f"result file not found: {f}")
         rows.extend(read_results(f))
+    if not rows:
+        raise ValueError(f"no result rows in {', '.join(args.files)}")
+    for out in (args.md, args.png):
+        if out:
+            check_writable(out)
+    if args.budget_ms is not None and not any(r.get(args.latency_key) is not None for r in rows):
+        raise ValueError(f"--budget-ms: no row has the latency column {args.latency_key!r}")
     extra = [k for k in (args.latency_key, "throughput_b64", "distill_seconds") if any(k in r for r in rows)]
-    print_table(rows, extra=extra)
+    print_table(rows, extra=extra, columns=[*COLUMNS, HASH_COLUMN])
     if args.md:
         Path(args.md).write_text(markdown_table(rows, extra=extra) + "\n")
         print(f"wrote {args.md}")
     if args.png:
         tasks = sorted({r["task"] for r in rows})
-        print(f"wrote {pareto_plot(rows, args.png, title=', '.join(tasks), latency_key=args.latency_key)}")
+        png = pareto_plot(rows, args.png, title=", ".join(tasks), latency_key=args.latency_key,
+                          budget_ms=args.budget_ms)
+        print(f"wrote {png}")
     if args.budget_ms is not None:
         for task in sorted({r["task"] for r in rows}):
             chosen = select_method(rows, args.budget_ms, task, latency_key=args.latency_key)

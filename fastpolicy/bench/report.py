@@ -18,6 +18,8 @@ COLUMNS = [
     ("p50 ms", "latency_ms_p50", "{:.2f}"),
     ("p99 ms", "latency_ms_p99", "{:.2f}"),
 ]
+#: Shown by ``fastpolicy report`` when rows carry it: which weights were measured (short form).
+HASH_COLUMN = ("checkpoint", "checkpoint_hash", "{:.19}")
 
 
 def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -45,13 +47,14 @@ def _columns(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (),
     return cols + [(k, k, fmt(k)) for k in extra]
 
 
-def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra: Sequence[str] = ()) -> None:
+def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra: Sequence[str] = (),
+                columns: Sequence[Column] = COLUMNS) -> None:
     """A rich table on the terminal (plain text when output is not a terminal)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    cols = _columns(rows, extra)
+    cols = _columns(rows, extra, columns)
     for name, _, _ in cols:
         table.add_column(name, justify="left" if name in ("task", "method") else "right")
     for r in rows:
@@ -67,13 +70,43 @@ def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (),
     return "\n".join(lines)
 
 
+#: y-axis label per ``score_kind`` of the rows (the task card's score kind).
+SCORE_LABELS = {
+    "d4rl": "normalised score (D4RL: 0 = random, 100 = expert)",
+    "success": "episode return (not normalised; success rate is its own column)",
+    "return": "episode return (not normalised)",
+}
+
+
+#: x-axis label per latency column.
+LATENCY_LABELS = {
+    "step_latency_ms_max_p99": "worst-case control step (one that replans), p99 (ms)",
+    "step_latency_ms_p50": "control-step latency, p50 (ms)",
+    "latency_ms_p99": "latency per action, p99 (ms)",
+    "latency_ms_p50": "latency per action, p50 (ms)",
+}
+
+
+def score_label(rows: Sequence[dict[str, Any]]) -> str:
+    """What the score axis shows, from the rows' ``score_kind`` (mixed kinds are said to be mixed)."""
+    kinds = sorted({r.get("score_kind") or "return" for r in rows})
+    if len(kinds) == 1:
+        return SCORE_LABELS.get(kinds[0], f"score ({kinds[0]})")
+    return f"score (mixed kinds: {', '.join(kinds)})"
+
+
 def pareto_plot(
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike,
     title: str = "",
     latency_key: str = "latency_ms_p99",
+    budget_ms: float | None = None,
 ) -> Path:
-    """Score vs per-step latency (log x), one point per method, the Pareto front drawn through them."""
+    """Score vs per-step latency (log x), one marker per method, the Pareto front drawn through them.
+
+    Methods are told apart by colour and marker in a legend beside the axes (labels written next to
+    the points overlapped wherever methods cluster); ``budget_ms`` is drawn as a vertical line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,23 +117,29 @@ def pareto_plot(
         for r in rows
         if r.get(latency_key) is not None and r.get("score_mean") is not None
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for lat, score, std, name in pts:
-        ax.errorbar(lat, score, yerr=std, fmt="o", capsize=3)
-        ax.annotate(name, (lat, score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors = plt.get_cmap("tab20").colors
+    markers = "os^Dv<>pPhX*"
+    for i, (lat, score, std, name) in enumerate(pts):
+        ax.errorbar(lat, score, yerr=std, fmt=markers[i % len(markers)], color=colors[i % len(colors)],
+                    capsize=3, ms=7, label=name)
     front, best = [], float("-inf")
     for lat, score, _, _ in sorted(pts):
         if score > best:
             front.append((lat, score))
             best = score
     if len(front) > 1:
-        ax.plot(*zip(*front), "--", color="gray", lw=1, label="Pareto front")
-        ax.legend(loc="lower right")
+        ax.plot(*zip(*front), "--", color="gray", lw=1, label="Pareto front", zorder=0)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="crimson", ls=":", lw=1.5, label=f"budget {budget_ms:g} ms")
     ax.set_xscale("log")
-    ax.set_xlabel(f"{latency_key.replace('_', ' ')} per action (batch 1)")
-    ax.set_ylabel("score")
-    ax.set_title(title or (rows[0]["task"] if rows else ""))
+    ax.set_xlabel(LATENCY_LABELS.get(latency_key, latency_key.replace("_", " ") + " (ms)")
+                  + ", batch 1, log scale")
+    ax.set_ylabel(score_label(rows))
+    ax.set_title(title or (rows[0]["task"] if rows else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    if pts or budget_ms is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
 

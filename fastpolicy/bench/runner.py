@@ -385,6 +385,8 @@ def time_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, rows:
             samples[i][1].extend(stats.latency_s)
     for i, (m, row) in enumerate(zip(methods, rows)):
         m.configure()
+        if getattr(m.policy, "checkpoint_hash", None):  # which weights the row measured
+            row["checkpoint_hash"] = f"sha256:{m.policy.checkpoint_hash}"
         row.update(timing_fields(*samples[i]))
         row["first_step_ms"] = first_step_ms(m.policy, obs_windows[:1])
         row["throughput_b64"] = measure_throughput(m.policy, obs_windows, suite.throughput_calls)
@@ -553,10 +555,14 @@ def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-
 
 
 def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Path | None = None,
-              teacher: str | Path | None = None, results_dir: str | Path = "bench/results",
-              plot_dir: str | Path = "docs", budget_ms: float | None = None, progress: bool = True,
+              teacher: str | Path | None = None, results_dir: str | Path | None = None,
+              plot_dir: str | Path | None = None, budget_ms: float | None = None, progress: bool = True,
               write: bool = True, ray_config: RayConfig | None = None) -> list[dict[str, Any]]:
     """Build, evaluate and write one suite for each task; returns all rows (and prints the tables).
+
+    Results (``<suite>_<task>.json/.md``) and the Pareto plot go to ``results_dir`` / ``plot_dir``,
+    by default the work directory (``runs/bench/<suite>``): the committed results under bench/results
+    and docs/ change only when a caller asks for them (``fastpolicy bench --refresh-committed``).
 
     With ``ray_config`` every (method, seed) score rollout runs as a Ray task
     (``fastpolicy.dist.ray_runner``); the dataset, training and the interleaved timing stay here.
@@ -567,9 +573,12 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
 
     suite = SUITES[suite] if isinstance(suite, str) else suite
     all_rows: list[dict[str, Any]] = []
+    root = Path(work_dir or Path("runs") / "bench" / suite.name)
+    results_dir = Path(results_dir) if results_dir is not None else root
+    plot_dir = Path(plot_dir) if plot_dir is not None else root
     for task in tasks:
         t0 = time.perf_counter()
-        work = Path(work_dir or Path("runs") / "bench" / suite.name) / task
+        work = root / task
         recipe = suite.dataset_recipes.get(task)
         store = ensure_dataset(task, suite_store_path(suite, task, work), suite.dataset_size, recipe=recipe)
         teacher_run: Path | None = None
@@ -620,7 +629,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
             md.write_text(markdown_table(rows, extra=extra) + "\n\n" + "\n".join(notes) + "\n")
             png = pareto_plot(rows, Path(plot_dir) / f"pareto_{suite.name}_{task}.png",
                               title=f"{task}: score vs worst-case control-step latency (batch 1)",
-                              latency_key="step_latency_ms_max_p99")
+                              latency_key="step_latency_ms_max_p99", budget_ms=budget_ms)
             print(f"wrote {path}, {md}, {png}")
         all_rows.extend(rows)
     return all_rows

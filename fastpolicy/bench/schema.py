@@ -98,11 +98,20 @@ def write_results(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Pa
 
 
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    rows = json.loads(Path(path).read_text())
+    """The rows of a results file; ValueError naming the file (and row) when it is not one."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a results file (JSON list of rows): {exc}") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of result rows")
-    for r in rows:
-        validate_row(r)
+        raise ValueError(f"{path}: expected a JSON list of result rows, got {type(rows).__name__}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: row {i} is a {type(r).__name__}, not a result row (JSON object)")
+        try:
+            validate_row(r)
+        except ValueError as exc:
+            raise ValueError(f"{path}: row {i}: {exc}") from None
     return rows
 
 
