@@ -3,6 +3,9 @@ live server on 127.0.0.1 while a well-behaved session keeps getting correct acti
 
 Every malformed frame must be answered with ProtocolError (decoder) / an error frame (server) whose
 code is the decoder's; nothing else may escape, and the server and the good session must live on.
+Every reply frame's arrays are finite, also for finite-but-extreme observations (3e38 in float32, 1e300
+in float64), which may only be answered with finite actions or ``non_finite`` / ``bad_value`` — after
+which the session answers exactly as if the refused request had never been sent.
 """
 
 from __future__ import annotations
@@ -201,6 +204,49 @@ def trailing_or_wrapped(draw: st.DrawFn) -> bytes:
     return msgpack.packb(draw(st.one_of(scalars, st.lists(scalars, max_size=3))), use_bin_type=True)
 
 
+EXTREMES = {
+    "<f2": [65504.0, -65504.0],
+    "<f4": [3e38, -3e38, float(np.finfo(np.float32).max), 1e30, -1e20],
+    "<f8": [1e300, -1e300, 1e39, 3.5e38, 3e38, 1e30, float(np.finfo(np.float64).max)],
+}
+
+
+@st.composite
+def extreme_finite_obs(draw: st.DrawFn) -> bytes:
+    """Finite on the wire, but huge: in range of float32, beyond it, or driving the policy to inf."""
+    msg = good_infer(frames=draw(st.integers(1, OBS_HORIZON)))
+    dtype = draw(st.sampled_from(sorted(EXTREMES)))
+    obs = msg["obs"].astype(dtype)
+    for _ in range(draw(st.integers(1, 3))):
+        obs.flat[draw(st.integers(0, obs.size - 1))] = draw(st.sampled_from(EXTREMES[dtype]))
+    msg["obs"] = obs
+    msg["request_id"] = draw(st.integers(0, 2**63 - 1))
+    return pack_raw(msg)
+
+
+def reply_arrays(raw: bytes) -> list[np.ndarray]:
+    """Every ndarray in a reply frame, decoded without the client's own checks (finiteness included)."""
+    found: list[np.ndarray] = []
+
+    def hook(code: int, payload: bytes) -> None:
+        dtype, shape, data = msgpack.unpackb(payload, raw=False)
+        found.append(np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape))
+
+    msgpack.unpackb(raw, raw=False, ext_hook=hook)
+    return found
+
+
+def send_raw_checked(client: PolicyClient, frame: bytes):
+    """Send a frame, assert the raw reply's arrays and numbers are finite, return the decoded reply."""
+    client._ws.send(frame)
+    raw = client._ws.recv(timeout=client.reply_timeout_s)
+    for arr in reply_arrays(raw):
+        assert arr.dtype.kind != "f" or np.isfinite(arr).all(), "a non-finite array left the server"
+    message = msgpack.unpackb(raw, raw=False, ext_hook=lambda code, data: None)
+    assert all(math.isfinite(v) for v in message.values() if isinstance(v, float)), message
+    return P.decode_reply(raw, client.max_frame_bytes)
+
+
 # Strategies whose frames are invalid by construction.
 invalid_frames = st.one_of(
     wrong_field_type(),
@@ -269,6 +315,19 @@ def test_semantic_damage_is_named(frame: bytes) -> None:
     with pytest.raises(P.ProtocolError) as info:
         P.decode_request(frame, SPEC)
     assert info.value.code in {P.NON_FINITE, P.BAD_SHAPE, P.MISSING_KEY, P.UNKNOWN_KEY, P.UNKNOWN_MESSAGE}
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None)
+@given(frame=st.one_of(bad_obs_dtype(), inconsistent_array(), non_finite_obs(), bad_obs_shape(),
+                       extreme_finite_obs()))
+def test_errors_echo_a_readable_request_id(frame: bytes) -> None:
+    """The frame's request_id is readable in all these (only its obs is bad): the error carries it."""
+    FUZZ_COUNT["decoder"] += 1
+    rid = msgpack.unpackb(frame, raw=False, ext_hook=lambda code, data: None)["request_id"]
+    try:
+        P.decode_request(frame, SPEC)
+    except P.ProtocolError as exc:
+        assert exc.request_id == rid, (exc.code, exc.message)
 
 
 def test_decoder_fuzz_volume() -> None:
@@ -354,12 +413,41 @@ def test_live_server_answers_every_malformed_frame(fuzz_connection, frame: bytes
         expected_code = None
     except P.ProtocolError as exc:
         expected_code = exc.code
-    reply = fuzz_connection.send_raw(frame)
+    reply = send_raw_checked(fuzz_connection, frame)
     if expected_code is None:
         assert isinstance(reply, P.ActionsReply)
     else:
         assert isinstance(reply, P.ErrorReply), reply
         assert reply.code == expected_code
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(frame=extreme_finite_obs())
+def test_live_server_extreme_values_never_poison_a_session(live_server, frame: bytes) -> None:
+    """Finite-but-extreme observations: finite actions, or non_finite / bad_value with the request's id;
+    either way the session then answers a normal request exactly as a session that never saw it."""
+    srv, policy = live_server
+    rng = np.random.default_rng(len(frame))
+    first, after = (rng.standard_normal(OBS_DIM).astype(np.float32) for _ in range(2))
+    with PolicyClient(srv.url, "fuzz-token", reconnect=False) as client:
+        client.infer(first)
+        reply = send_raw_checked(client, frame)
+        rid = msgpack.unpackb(frame, raw=False, ext_hook=lambda code, data: None)["request_id"]
+        assert reply.request_id == rid
+        if isinstance(reply, P.ErrorReply):
+            assert reply.code in (P.NON_FINITE, P.BAD_VALUE), reply
+            # Replay without the refused request: the session must not have kept any of it.
+            state = policy.init_state(1)
+            expected = policy.predict_chunk(np.stack([first, first])[None], state)
+            expected = policy.predict_chunk(np.stack([first, after])[None], expected.state)
+            got = send_raw_checked(client, P.encode_infer(99, after, 1.0))
+            assert isinstance(got, P.ActionsReply)
+            np.testing.assert_allclose(got.actions, expected.actions[0], atol=1e-5)
+        else:
+            assert isinstance(reply, P.ActionsReply)
+            got = send_raw_checked(client, P.encode_infer(99, after, 1.0))
+            assert isinstance(got, P.ActionsReply)
 
 
 def test_live_fuzz_volume_and_server_alive(live_server) -> None:
