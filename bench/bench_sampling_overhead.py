@@ -123,7 +123,7 @@ def main() -> None:
         g = torch.randn(args.batch_size, args.cond_dim)
         x_T = torch.randn(args.batch_size, args.horizon, args.action_dim)
         for text in args.samplers:
-            sampler = make_sampler(schedule, SamplerSpec.parse(text))
+            sampler = make_sampler(schedule, SamplerSpec.parse(text, prediction_type="sample"))
             ts = [t.expand(args.batch_size) for t in sampler.timesteps]
             gen = torch.Generator().manual_seed(0)
 
@@ -155,7 +155,7 @@ def main() -> None:
     for batch in args.step_batch_sizes:
         x = torch.randn(batch, args.horizon, args.action_dim)
         eps = torch.randn_like(x) * 0.5
-        ddim = SamplerSpec.parse("ddim:10")
+        ddim = SamplerSpec.parse("ddim:10", prediction_type="sample")
         ours, ref = make_sampler(schedule, ddim), diffusers_scheduler(ddim)
         ref.set_timesteps(10)
         t_ref = ref.timesteps[3]
@@ -167,7 +167,7 @@ def main() -> None:
         rows.append(make_row("scheduler-step", "ddim-step", batch_size=batch, fastpolicy_us=us_ours,
                              diffusers_us=us_ref, speedup=us_ref / us_ours, quick=args.quick))
         for text in args.samplers:
-            spec = SamplerSpec.parse(text)
+            spec = SamplerSpec.parse(text, prediction_type="sample")
             ours, ref = make_sampler(schedule, spec), diffusers_scheduler(spec)
             gen_ours, gen_ref = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
 

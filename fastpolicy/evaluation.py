@@ -158,7 +158,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sampler",
         nargs="+",
         default=None,
-        help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 (default: checkpoint's)",
+        help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 'ddim:10,spacing=trailing' "
+        "(default: checkpoint's)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature for every --sampler (scales the initial and the stochastic steps' "
+        "noise; 0 = deterministic DDPM). Default: the sampler spec's own (1)",
     )
     p.add_argument("--latency-steps", type=int, default=64, help="batch-1 control steps timed for latency")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -178,10 +186,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     policy = load_policy(args.checkpoint)
     rows = []
+    if args.temperature is not None and not args.sampler:
+        args.sampler = [getattr(policy, "sampler_name", None)]
     for spec in args.sampler or [None]:
         if spec is not None:
             if not hasattr(policy, "set_sampler"):
-                raise ValueError(f"--sampler applies to diffusion policies, not {policy.policy_type}")
+                raise ValueError(
+                    f"--sampler/--temperature apply to diffusion policies, not {policy.policy_type}"
+                )
+            if args.temperature is not None:
+                from fastpolicy.diffusion import SamplerSpec
+
+                spec = SamplerSpec.parse(spec, temperature=args.temperature)
             policy.set_sampler(spec)
         rows.append(evaluate(policy, task, args.episodes, args.seeds, args.latency_steps))
     print_table(rows)

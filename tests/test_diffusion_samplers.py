@@ -59,6 +59,8 @@ def fake_model(prediction_type: str, dim: int = 3, seed: int = 0):
         mix = x @ w + (t.float() / N_TRAIN).view(-1, 1, 1) * c
         if prediction_type == "epsilon":
             return b * x + a * torch.tanh(mix)
+        if prediction_type == "v_prediction":
+            return 0.3 * x + 0.8 * torch.tanh(mix)
         return a * x + 0.8 * torch.tanh(mix)
     return fn
 
@@ -124,6 +126,8 @@ def test_spec_parse_rejects_bad_strings(bad):
 def test_spec_rejects_bad_options():
     with pytest.raises(ValueError, match="prediction_type"):
         SamplerSpec("ddim", 10, prediction_type="v")
+    with pytest.raises(ValueError, match="temperature"):
+        SamplerSpec("ddpm", 10, temperature=-0.5)
     with pytest.raises(ValueError, match="eta applies to ddim"):
         SamplerSpec("ddpm", 10, eta=1.0)
     with pytest.raises(ValueError, match="timestep_spacing"):
@@ -146,11 +150,13 @@ def test_timesteps_equal_diffusers(kind, spacing, steps):
 LOOPS = ["ddpm:100", "ddpm:10", "ddim:10", "ddim:4", "dpm:5", "dpm:10", "dpm:20"]
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
-@pytest.mark.parametrize("name", LOOPS)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("name", LOOPS + ["ddim:10,spacing=trailing", "ddpm:10,spacing=linspace",
+                                          "dpm:10,spacing=leading"])
 def test_step_matches_diffusers_every_step(name, prediction_type):
     spec = SamplerSpec.parse(name, prediction_type=prediction_type)
-    sampler, ref = make_sampler(SCHEDULE, spec), reference_scheduler(spec)
+    # the arithmetic is compared wherever diffusers starts, so the start-level guard is off here
+    sampler, ref = make_sampler(SCHEDULE, spec, guard=False), reference_scheduler(spec)
     assert torch.equal(sampler.timesteps, ref.timesteps)
     model = fake_model(prediction_type)
     x_T = torch.randn(4, 16, 3, generator=torch.Generator().manual_seed(1))
@@ -178,7 +184,7 @@ def test_step_matches_diffusers_every_step(name, prediction_type):
 def test_ddim_eta_and_alpha_to_one_match_diffusers():
     for spec in (SamplerSpec("ddim", 10, eta=0.7), SamplerSpec("ddim", 5, set_alpha_to_one=False),
                  SamplerSpec("ddim", 10, timestep_spacing="trailing", clip_sample=False)):
-        sampler, ref = make_sampler(SCHEDULE, spec), reference_scheduler(spec)
+        sampler, ref = make_sampler(SCHEDULE, spec, guard=False), reference_scheduler(spec)
         model = fake_model("epsilon")
         gen = torch.Generator().manual_seed(5)
         x = x_ref = torch.randn(3, 8, 3, generator=gen)
@@ -197,7 +203,7 @@ def test_stochastic_and_second_order_steps_demand_their_inputs():
     with pytest.raises(ValueError, match="pass noise"):
         ddpm.step(0, x, x)
     ddpm.step(ddpm.num_steps - 1, x, x)          # t = 0 adds no noise, none needed
-    dpm = make_sampler(SCHEDULE, "dpm:5")
+    dpm = make_sampler(SCHEDULE, SamplerSpec("dpm", 5, prediction_type="sample"))
     dpm.step(0, x, x)                            # first row is first order
     with pytest.raises(ValueError, match="prev_output"):
         dpm.step(1, x, x)
@@ -208,7 +214,7 @@ def test_stochastic_and_second_order_steps_demand_their_inputs():
 
 def test_dpm_solver_order_one_equals_ddim_without_clipping():
     # DPM-Solver++ order 1 is DDIM (in sigma parameterisation) on the same timesteps
-    dpm = make_sampler(SCHEDULE, SamplerSpec("dpm", 6, solver_order=1))
+    dpm = make_sampler(SCHEDULE, SamplerSpec("dpm", 6, solver_order=1), guard=False)
     model = fake_model("epsilon")
     x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(3))
     y = x.clone()
@@ -223,7 +229,7 @@ def test_dpm_solver_order_one_equals_ddim_without_clipping():
 
 # ---- ode_step ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_ode_step_matches_one_ddim_step(prediction_type):
     spec = SamplerSpec("ddim", 10, prediction_type=prediction_type)
     sampler, ref = make_sampler(SCHEDULE, spec), reference_scheduler(spec)
@@ -260,7 +266,7 @@ def test_ode_step_per_position_levels_and_clean_end():
 # ---- loop plumbing -----------------------------------------------------------------------------
 
 def test_sample_passes_cond_and_moves_device():
-    sampler = make_sampler(SCHEDULE, "dpm:5", device="cpu")
+    sampler = make_sampler(SCHEDULE, SamplerSpec("dpm", 5, prediction_type="v_prediction"), device="cpu")
     seen = []
 
     def model(x, t, cond):
@@ -294,3 +300,110 @@ def test_benchmark_script_smoke(tmp_path, monkeypatch):
     kinds = {r["method"] for r in rows}
     assert {"mlp/ddim:10", "mlp/dpm:5", "ddim-step"} <= kinds
     assert all(r["torch_threads"] == 1 for r in rows)
+
+
+# ---- parametrisations, temperature, spacing from the spec, the start-level guard ----------------
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_training_target_round_trip(prediction_type):
+    # x_t from (x0, noise); the training target fed back through predict_x0_eps recovers both
+    from diffusers import DDPMScheduler
+
+    from fastpolicy.diffusion import training_target
+    from fastpolicy.diffusion.samplers import predict_x0_eps
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 8, 2, generator=g), torch.randn(6, 8, 2, generator=g)
+    t = torch.tensor([0, 5, 30, 60, 90, 98])
+    xt = add_noise(SCHEDULE, x0, noise, t)
+    target = training_target(SCHEDULE, x0, noise, t, prediction_type)
+    if prediction_type == "v_prediction":    # diffusers' own velocity
+        ref = DDPMScheduler(num_train_timesteps=N_TRAIN, beta_schedule="squaredcos_cap_v2")
+        assert torch.allclose(target, ref.get_velocity(x0, noise, t), atol=1e-6)
+    a = SCHEDULE.sqrt_alphas_cumprod[t].view(-1, 1, 1)
+    s = SCHEDULE.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1)
+    x0_hat, eps_hat = predict_x0_eps(xt, target, a, s, prediction_type)
+    # epsilon divides by sqrt(abar): its recovery is only as exact as the amplification allows
+    tol = 5e-3 if prediction_type == "epsilon" else 1e-4
+    assert torch.allclose(x0_hat, x0, atol=tol) and torch.allclose(eps_hat, noise, atol=tol)
+
+
+def oracle(prediction_type: str, x0_star: torch.Tensor):
+    """The exact denoiser of a one-point data distribution at x0_star, in each parametrisation."""
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = SCHEDULE.sqrt_alphas_cumprod[t].view(-1, 1, 1)
+        s = SCHEDULE.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1)
+        eps = (x - a * x0_star) / s
+        return {"epsilon": eps, "sample": x0_star.expand_as(x),
+                "v_prediction": a * eps - s * x0_star}[prediction_type]
+    return fn
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("name", ["ddpm:100", "ddim:10", "ddim:10,spacing=trailing", "dpm:10,spacing=leading",
+                                  "ddpm:20,temperature=0.5"])
+def test_noise_to_sample_recovers_the_data_point(name, prediction_type):
+    x0_star = torch.tensor([0.3, -0.7]).view(1, 1, 2)
+    spec = SamplerSpec.parse(name, prediction_type=prediction_type)
+    sampler = make_sampler(SCHEDULE, spec, guard=False)
+    x_T = sampler.initial_noise((4, 8, 2), torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    x0, nfe = sampler.sample(oracle(prediction_type, x0_star), x_T, generator=gen)
+    assert nfe == spec.steps
+    assert torch.allclose(x0, x0_star.expand_as(x0), atol=2e-3), (x0 - x0_star).abs().max()
+
+
+def test_spec_options_from_text_round_trip():
+    spec = SamplerSpec.parse("ddim:10,spacing=trailing,temperature=0.5")
+    assert (spec.timestep_spacing, spec.temperature) == ("trailing", 0.5)
+    assert spec.name == "ddim:10,spacing=trailing,temperature=0.5"
+    assert SamplerSpec.parse(spec.name) == spec
+    assert spec.slug == "ddim10-trailing-t0.5"
+    assert SamplerSpec.parse("ddpm:100,clip=false").clip_sample is False
+    assert SamplerSpec.parse("dpm:5,order=1").solver_order == 1
+    assert SamplerSpec.parse("ddim:10").name == "ddim:10" and SamplerSpec.parse("ddim:10").slug == "ddim10"
+    # keyword overrides win over the text
+    assert SamplerSpec.parse("ddpm:10,temperature=0.5", temperature=0.0).temperature == 0.0
+    for bad in ("ddim:10,spacing", "ddim:10,speed=3", "ddim:10,temperature=hot", "ddim:10,clip=maybe"):
+        with pytest.raises(ValueError, match="sampler spec"):
+            SamplerSpec.parse(bad)
+
+
+def test_temperature_scales_noise_and_zero_makes_ddpm_deterministic():
+    model = fake_model("sample")
+    hot = make_sampler(SCHEDULE, SamplerSpec.parse("ddpm:20", prediction_type="sample"))
+    half = make_sampler(SCHEDULE, SamplerSpec.parse("ddpm:20,temperature=0.5", prediction_type="sample"))
+    assert torch.allclose(half.table("std"), 0.5 * hot.table("std"))
+    g = torch.Generator().manual_seed(3)
+    assert torch.allclose(half.initial_noise((2, 4, 3), torch.Generator().manual_seed(3)),
+                          0.5 * hot.initial_noise((2, 4, 3), g))
+    cold = make_sampler(SCHEDULE, SamplerSpec.parse("ddpm:20,temperature=0", prediction_type="sample"))
+    outs = []
+    for seed in (0, 1, 2):
+        gen = torch.Generator().manual_seed(seed)
+        outs.append(cold.sample(model, cold.initial_noise((2, 4, 3), gen), generator=gen)[0])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    gen = torch.Generator().manual_seed(0)
+    warm = hot.sample(model, hot.initial_noise((2, 4, 3), gen), generator=gen)[0]
+    assert not torch.allclose(warm, outs[0])
+
+
+def test_guard_refuses_unbounded_starts_and_warns_under_clipping():
+    from fastpolicy.diffusion import clean_estimate_amplification
+    assert clean_estimate_amplification(SCHEDULE, 99, "epsilon") > 1000
+    assert clean_estimate_amplification(SCHEDULE, 90, "epsilon") < 10
+    assert clean_estimate_amplification(SCHEDULE, 99, "v_prediction") <= 1.0
+    assert clean_estimate_amplification(SCHEDULE, 99, "sample") == 1.0
+    # DPM-Solver++ runs unclipped from t = 99 by default: an ε model there is refused
+    with pytest.raises(ValueError, match="2029x"):
+        make_sampler(SCHEDULE, SamplerSpec.parse("dpm:5"))
+    # a one-call sampler from t = 99 outputs its (clipped) estimate: refused even with clipping
+    with pytest.raises(ValueError, match="amplifies"):
+        make_sampler(SCHEDULE, SamplerSpec.parse("ddim:1,spacing=trailing"))
+    # clipped multi-step: allowed, loudly
+    with pytest.warns(UserWarning, match="only see the clip"):
+        make_sampler(SCHEDULE, SamplerSpec.parse("ddpm:100"))
+    # the bounded parametrisations start anywhere; leading DDIM-10 starts at t = 90 (7x) for ε
+    for ptype in ("sample", "v_prediction"):
+        make_sampler(SCHEDULE, SamplerSpec.parse("dpm:5", prediction_type=ptype))
+        make_sampler(SCHEDULE, SamplerSpec.parse("ddim:1,spacing=trailing", prediction_type=ptype))
+    make_sampler(SCHEDULE, SamplerSpec.parse("ddim:10"))

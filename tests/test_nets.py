@@ -33,8 +33,26 @@ def _small_unet(**kw) -> ConditionalUnet1D:
 
 
 def _mlp_denoiser(**kw) -> MLPDenoiser:
+    """The streaming form (one time embedding per position), which shares the U-Net's contract."""
     torch.manual_seed(0)
-    return MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16, **kw)
+    return MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16, per_position_time=True, **kw)
+
+
+def test_mlp_denoiser_embeds_time_once_per_sample_by_default():
+    torch.manual_seed(0)
+    plain = MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16)
+    # the first layer sees the flattened sample, the condition and ONE time embedding
+    assert plain.input_layer[0].in_features == T * D + C + 16
+    assert _mlp_denoiser().input_layer[0].in_features == T * D + C + T * 16
+    x, g = _inputs()
+    assert plain(x, torch.full((B,), 37), g).shape == (B, T, D)
+    assert torch.equal(plain(x, 37, g), plain(x, torch.full((B,), 37), g))
+    with pytest.raises(ValueError, match="per_position_time"):
+        plain(x, torch.full((B, T), 37), g)
+    student = MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16, stop_time=True)
+    student.load_state_dict(plain.state_dict(), strict=False)
+    # zero-initialised stop time: the student starts as its teacher
+    assert torch.equal(student(x, 37, g, stop_time=torch.full((B,), 5)), plain(x, 37, g))
 
 
 def _perturb(module: torch.nn.Module) -> None:
@@ -238,3 +256,15 @@ def test_benchmark_script_smoke(tmp_path, monkeypatch):
     assert {(r["method"], r["batch_size"]) for r in rows} == {("unet-small", 1), ("unet-small", 4),
                                                               ("mlp", 1), ("mlp", 4)}
     assert all(r["latency_ms_p50"] > 0 and r["params"] > 0 for r in rows)
+
+
+def test_per_position_net_warm_started_from_a_per_sample_net_is_the_same_function():
+    torch.manual_seed(0)
+    plain = MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16).eval()
+    streaming = MLPDenoiser(T, D, C, hidden=64, depth=3, time_embed_dim=16, per_position_time=True).eval()
+    streaming.load_per_sample_weights(plain.state_dict())
+    x, g = _inputs()
+    t = torch.tensor([3, 50, 97])
+    with torch.no_grad():
+        got = streaming(x, t[:, None].expand(B, T), g)
+        torch.testing.assert_close(got, plain(x, t, g), rtol=0, atol=1e-5)

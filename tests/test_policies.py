@@ -115,3 +115,54 @@ def test_session_refuses_to_emit_non_finite_actions():
     policy.predict_chunk = lambda *a, **k: ChunkResult(np.full((1, 8, 2), np.nan, np.float32), 1)
     with pytest.raises(FloatingPointError, match="non-finite"):
         policy.new_session().act(np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_every_sampler_stays_within_the_trained_action_bounds(prediction_type):
+    """DPM-Solver runs unclipped and an ε estimate is amplified: outputs are still bounded by the data."""
+    from fastpolicy.data.normalize import Normalizer, NormalizerSet
+
+    rng = np.random.default_rng(0)
+    actions = rng.uniform([-0.5, 0.0], [0.0, 2.0], size=(200, 2))      # actions in [-0.5, 2]
+    norm = NormalizerSet({"obs": Normalizer("limits").fit(rng.normal(size=(200, 3))),
+                          "action": Normalizer("limits").fit(actions)})
+    policy = DiffusionPolicy.from_config(dict(obs_dim=3, action_dim=2, backbone="mlp",
+                                              prediction_type=prediction_type), norm.state_dict()).eval()
+    with torch.no_grad():   # an untrained net with a huge output: unbounded samplers would leave the range
+        policy.backbone.output_layer.weight.mul_(300.0)
+        policy.backbone.output_layer.bias.fill_(50.0)
+    specs = ["ddpm:10", "ddim:10", "dpm:5,spacing=leading", "ddim:10,clip=false",
+             "dpm:10,spacing=leading,order=1"]
+    for spec in specs:
+        policy.set_sampler(spec)
+        out = policy.predict_chunk(rng.normal(size=(4, 2, 3)).astype(np.float32),
+                                   generator=torch.Generator().manual_seed(0))
+        assert np.isfinite(out.actions).all()
+        assert (out.actions >= np.array([-0.5, 0.0]) - 1e-6).all(), spec
+        assert (out.actions <= np.array([0.0, 2.0]) + 1e-6).all(), spec
+
+
+def test_sampler_spec_text_carries_spacing_and_temperature_into_the_policy():
+    policy = _dp()
+    policy.set_sampler("ddim:10,spacing=trailing,temperature=0.5")
+    assert policy.sampler.spec.timestep_spacing == "trailing" and policy.sampler.spec.temperature == 0.5
+    assert policy.sampler.spec.prediction_type == policy.config.prediction_type == "sample"
+    assert int(policy.sampler.timesteps[0]) == 99 and policy.method == "dp-ddim10-trailing-t0.5"
+    eps = _dp(prediction_type="epsilon")
+    with pytest.raises(ValueError, match="amplifies"):
+        eps.set_sampler("dpm:5")                  # unclipped from t = 99 with an ε model
+
+
+def test_training_windows_let_the_last_frame_condition(linear_store):
+    """pad_after = Tp − To: the final observation of every episode is a training condition."""
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.train.offline import build_dataset
+
+    store = EpisodeStore.open(linear_store)
+    ds = build_dataset(store, obs_horizon=2, pred_horizon=16, action_horizon=8)
+    conditions = {tuple(ds[i]["obs"][1].tolist()) for i in range(len(ds))}
+    obs = store.array("obs")
+    for end in store.episode_ends:
+        assert tuple(obs[end - 1].tolist()) in conditions
+    # one window per frame: every frame conditions exactly once
+    assert len(ds) == len(obs)

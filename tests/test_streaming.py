@@ -151,7 +151,8 @@ def test_ddpm_step_equals_diffusers_ddpm():
 def test_dp_mode_is_ordinary_diffusion_sampling():
     sdp = _sdp(sampler="ddim:4")
     dp = DiffusionPolicy.from_config(dict(obs_dim=3, action_dim=2, backbone="mlp", sampler="ddim:4",
-                                          action_horizon=4)).eval()
+                                          action_horizon=4,
+                                          backbone_kwargs={"per_position_time": True})).eval()
     dp.load_state_dict(sdp.state_dict())
     sdp.set_sampler("ddim:4")
     assert sdp.init_state(2) is None

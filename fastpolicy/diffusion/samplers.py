@@ -19,6 +19,17 @@ step i-1 as ``prev_output`` to step i (step 0 ignores it). DDPM (and DDIM with e
 raises, so a stochastic sampler never silently turns deterministic.
 
 Conventions copied from diffusers (so a model trained with diffusers samples identically here):
+Parametrisations (``prediction_type``, diffusers' names): ``epsilon`` (the noise), ``sample`` (the clean
+x0) and ``v_prediction`` (v = sqrt(abar) eps - sqrt(1 - abar) x0). They differ in how a network error
+reaches the clean estimate: ``sample`` passes it through, ``v_prediction`` scales it by
+sqrt(1 - abar) <= 1, ``epsilon`` *amplifies* it by sqrt(1 - abar) / sqrt(abar) — about 2000x at t = 99
+of the 100-step squared-cosine schedule. :func:`clean_estimate_amplification` measures that factor and
+:func:`check_start_level` refuses a sampler whose output would carry it unbounded.
+
+``temperature`` scales the initial noise (:meth:`Sampler.initial_noise`) and every stochastic step's
+noise (it is baked into the ``std`` tables), as CleanDiffuser's ``temperature``; 0 makes DDPM
+deterministic, 1 is the plain sampler.
+
 DDPM uses "fixed_small" variance (the posterior variance, clamped at 1e-20) and adds no noise at t=0;
 DDIM steps from t to ``t - num_train_timesteps // K`` whatever the spacing, and below 0 it uses
 ``final_alpha_cumprod`` (1.0 with ``set_alpha_to_one``, else alphas_cumprod[0]); DPM-Solver++ works on
@@ -37,7 +48,14 @@ import torch
 from fastpolicy.diffusion.schedule import NoiseSchedule, broadcast_to_sample
 
 SAMPLER_KINDS: tuple[str, ...] = ("ddpm", "ddim", "dpm")
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample")
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+MAX_AMPLIFICATION = 100.0
+"""Largest clean-estimate amplification a sampler may start from unclipped (t = 98 of the 100-step
+cosine schedule is 64x for epsilon, t = 99 is 2000x)."""
+_SPEC_OPTION_NAMES: dict[str, str] = {"spacing": "timestep_spacing", "timestep_spacing": "timestep_spacing",
+                                      "temperature": "temperature", "temp": "temperature", "eta": "eta",
+                                      "clip": "clip_sample", "clip_sample": "clip_sample",
+                                      "order": "solver_order", "solver_order": "solver_order"}
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "linspace", "trailing")
 
 ModelFn = Callable[..., torch.Tensor]
@@ -63,6 +81,7 @@ class SamplerSpec:
     set_alpha_to_one: bool = True         # DDIM / ode_step: alpha_prod below t=0 is 1 (else abar_0)
     steps_offset: int = 0                 # added to "leading" timesteps, as in diffusers
     solver_order: int = 2                 # DPM-Solver++ only: 1 (= DDIM) or 2 (2M)
+    temperature: float = 1.0              # scales the initial noise and every stochastic step's noise
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLER_KINDS:
@@ -76,6 +95,9 @@ class SamplerSpec:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
         if self.eta and self.kind != "ddim":
             raise ValueError(f"eta applies to ddim only, got eta={self.eta} for {self.kind}")
+        if not (isinstance(self.temperature, (int, float)) and 0.0 <= self.temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
         if self.solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {self.solver_order}")
         if self.clip_sample is None:
@@ -88,16 +110,71 @@ class SamplerSpec:
 
     @classmethod
     def parse(cls, text: str, **overrides: Any) -> SamplerSpec:
-        """``"ddpm:100"``, ``"ddim:10"``, ``"dpm:5"`` (kind:steps); keyword overrides set other fields."""
-        kind, sep, steps = text.strip().lower().partition(":")
+        """``"ddpm:100"``, ``"ddim:10,spacing=trailing"``, ``"ddpm:100,temperature=0.5"``.
+
+        ``kind:steps`` then optional ``,key=value`` options: ``spacing`` (leading / linspace / trailing),
+        ``temperature``, ``eta``, ``clip`` (true / false), ``order`` (DPM-Solver). Keyword ``overrides``
+        set any field and win over the text (a policy passes its parametrisation this way).
+        """
+        head, *options = [part.strip() for part in text.strip().lower().split(",")]
+        kind, sep, steps = head.partition(":")
         if not sep or not steps.isdigit():
-            raise ValueError(f"sampler spec {text!r} must look like 'kind:steps' with kind in "
-                             f"{'/'.join(SAMPLER_KINDS)}, e.g. 'ddim:10'")
-        return cls(kind=kind, steps=int(steps), **overrides)
+            raise ValueError(f"sampler spec {text!r} must look like 'kind:steps[,option=value...]' with kind "
+                             f"in {'/'.join(SAMPLER_KINDS)}, e.g. 'ddim:10' or 'ddpm:100,temperature=0.5'")
+        fields: dict[str, Any] = {}
+        for option in options:
+            key, eq, value = option.partition("=")
+            name = _SPEC_OPTION_NAMES.get(key.strip())
+            if not eq or name is None:
+                raise ValueError(f"sampler spec {text!r}: option {option!r} must be key=value with key in "
+                                 f"{', '.join(sorted(set(_SPEC_OPTION_NAMES)))}")
+            fields[name] = _parse_option(name, value.strip(), text)
+        fields.update(overrides)
+        return cls(kind=kind, steps=int(steps), **fields)
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.steps}"
+        """Canonical text: ``kind:steps`` plus the options that differ from the kind's defaults.
+
+        Parsing the name gives back the same sampling options (the parametrisation is the model's).
+        """
+        default = SamplerSpec(self.kind, self.steps)
+        parts = [f"{self.kind}:{self.steps}"]
+        if self.timestep_spacing != default.timestep_spacing:
+            parts.append(f"spacing={self.timestep_spacing}")
+        if self.temperature != 1.0:
+            parts.append(f"temperature={self.temperature:g}")
+        if self.eta:
+            parts.append(f"eta={self.eta:g}")
+        if self.clip_sample != default.clip_sample:
+            parts.append(f"clip={str(self.clip_sample).lower()}")
+        if self.solver_order != default.solver_order:
+            parts.append(f"order={self.solver_order}")
+        return ",".join(parts)
+
+    @property
+    def slug(self) -> str:
+        """The name as a method-id fragment: ``ddim10``, ``ddpm100-t0.5``, ``ddim10-trailing``."""
+        parts = [f"{self.kind}{self.steps}"]
+        for option in self.name.split(",")[1:]:
+            key, _, value = option.partition("=")
+            parts.append({"spacing": value, "temperature": f"t{value}"}.get(key, f"{key}{value}"))
+        return "-".join(parts)
+
+
+def _parse_option(name: str, value: str, text: str) -> Any:
+    try:
+        if name == "clip_sample":
+            if value not in ("true", "false", "1", "0", "on", "off"):
+                raise ValueError(value)
+            return value in ("true", "1", "on")
+        if name == "solver_order":
+            return int(value)
+        if name in ("temperature", "eta"):
+            return float(value)
+        return value
+    except ValueError:
+        raise ValueError(f"sampler spec {text!r}: bad value {value!r} for {name}") from None
 
 
 def inference_timesteps(num_train_timesteps: int, spec: SamplerSpec) -> np.ndarray:
@@ -128,11 +205,58 @@ def inference_timesteps(num_train_timesteps: int, spec: SamplerSpec) -> np.ndarr
 def predict_x0_eps(x: torch.Tensor, model_output: torch.Tensor, sqrt_alpha: torch.Tensor,
                    sqrt_one_minus_alpha: torch.Tensor,
                    prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0, eps)`` from a model output, unclipped; coefficients broadcast against ``x``."""
+    """``(x0, eps)`` from a model output, unclipped; coefficients broadcast against ``x``.
+
+    The same formulas as diffusers' schedulers, for the three parametrisations.
+    """
     if prediction_type == "epsilon":
         return (x - sqrt_one_minus_alpha * model_output) / sqrt_alpha, model_output
+    if prediction_type == "v_prediction":
+        return (sqrt_alpha * x - sqrt_one_minus_alpha * model_output,
+                sqrt_alpha * model_output + sqrt_one_minus_alpha * x)
     x0 = model_output
     return x0, (x - sqrt_alpha * x0) / sqrt_one_minus_alpha
+
+
+def clean_estimate_amplification(schedule: NoiseSchedule, timestep: int, prediction_type: str) -> float:
+    """How much a unit error of the network output moves the clean estimate x0 at ``timestep``.
+
+    ``epsilon``: sqrt(1 - abar) / sqrt(abar) (unbounded as abar → 0); ``v_prediction``: sqrt(1 - abar)
+    (≤ 1); ``sample``: 1.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+    abar = float(schedule.alphas_cumprod[int(timestep)])
+    if prediction_type == "epsilon":
+        return (1.0 - abar) ** 0.5 / max(abar, 1e-30) ** 0.5
+    if prediction_type == "v_prediction":
+        return (1.0 - abar) ** 0.5
+    return 1.0
+
+
+def check_start_level(schedule: NoiseSchedule, timestep: int, prediction_type: str, clipped: bool,
+                      what: str, one_call: bool = False) -> float:
+    """Refuse (ValueError) or warn about starting to denoise where the clean estimate is unbounded.
+
+    Refused: amplification above :data:`MAX_AMPLIFICATION` when nothing clips the estimate, or when a
+    single call's estimate *is* the output (``one_call``: a 1-step sampler or student — its output would
+    be its clip). Warned: the same level under clipping in a multi-step sampler (the first steps then
+    carry only the clip; later steps can recover, as Diffusion Policy's DDPM-100 from t = 99 does).
+    Returns the amplification.
+    """
+    amp = clean_estimate_amplification(schedule, timestep, prediction_type)
+    if amp <= MAX_AMPLIFICATION:
+        return amp
+    msg = (f"{what} starts at t = {int(timestep)}, where a {prediction_type!r} model's clean estimate "
+           f"amplifies its error {amp:.0f}x (limit {MAX_AMPLIFICATION:g}x)")
+    fix = ("; start lower (timestep spacing 'leading' starts DDIM-10 at t = 90) or use a bounded "
+           "parametrisation (prediction_type 'sample' or 'v_prediction')")
+    if one_call or not clipped:
+        raise ValueError(msg + ("" if clipped else " and nothing clips it") + fix)
+    import warnings
+
+    warnings.warn(msg + "; the first steps only see the clip" + fix, UserWarning, stacklevel=3)
+    return amp
 
 
 def ddim_ode_step(schedule: NoiseSchedule, x: torch.Tensor, model_output: torch.Tensor, t_from: torch.Tensor,
@@ -249,6 +373,16 @@ class Sampler:
         device = generator.device if generator is not None else x.device
         return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+                      ) -> torch.Tensor:
+        """x_T: standard normal × ``temperature``, drawn on the generator's device, moved to ``device``."""
+        x = torch.randn(shape, generator=generator, dtype=dtype,
+                        device=generator.device if generator is not None else "cpu")
+        if self.spec.temperature != 1.0:
+            x = x * self.spec.temperature
+        return x.to(device if device is not None else self.device)
+
     def sample(self, model_fn: ModelFn, x_T: torch.Tensor, generator: torch.Generator | None = None,
                cond: Any = None) -> tuple[torch.Tensor, int]:
         """Run the K steps from ``x_T``; return ``(x0, nfe)``.
@@ -302,7 +436,7 @@ class DDPMSampler(Sampler):
             rows["sqrt_one_minus_alpha"].append(beta_prod_t ** 0.5)
             rows["coef_x0"].append(a_prev ** 0.5 * cur_beta / beta_prod_t)
             rows["coef_x"].append(cur_alpha ** 0.5 * beta_prod_prev / beta_prod_t)
-            rows["std"].append(variance ** 0.5 if t > 0 else torch.tensor(0.0))
+            rows["std"].append(spec.temperature * variance ** 0.5 if t > 0 else torch.tensor(0.0))
         tables = {k: torch.stack(v) for k, v in rows.items()}
         return cls(schedule, spec, ts, tables, needs_noise=tuple(bool(t > 0) for t in ts),
                    needs_prev_output=(False,) * len(ts))
@@ -344,7 +478,7 @@ class DDIMSampler(Sampler):
             rows["sqrt_one_minus_alpha"].append(beta_prod_t ** 0.5)
             rows["sqrt_alpha_prev"].append(a_prev ** 0.5)
             rows["coef_eps"].append((1 - a_prev - std ** 2) ** 0.5)
-            rows["std"].append(std)
+            rows["std"].append(spec.temperature * std)
         tables = {k: torch.stack(v) for k, v in rows.items()}
         return cls(schedule, spec, ts, tables, needs_noise=(spec.eta > 0,) * len(ts),
                    needs_prev_output=(False,) * len(ts))
@@ -417,13 +551,21 @@ _SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler,
 
 
 def make_sampler(schedule: NoiseSchedule, spec: SamplerSpec | str,
-                 device: torch.device | str | None = None) -> Sampler:
-    """Precompute the tables of ``spec`` (a SamplerSpec or a string like ``"ddim:10"``) on ``device``."""
+                 device: torch.device | str | None = None, guard: bool = True) -> Sampler:
+    """Precompute the tables of ``spec`` (a SamplerSpec or a string like ``"ddim:10"``) on ``device``.
+
+    ``guard`` runs :func:`check_start_level` on the first timestep (refuse / warn); only numerical
+    reference tests, which compare the arithmetic with diffusers wherever it starts, turn it off.
+    """
     if isinstance(spec, str):
         spec = SamplerSpec.parse(spec)
     sampler = _SAMPLERS[spec.kind].build(schedule.to("cpu"), spec)  # type: ignore[attr-defined]
+    if guard:
+        check_start_level(schedule, int(sampler.timesteps[0]), spec.prediction_type, bool(spec.clip_sample),
+                          f"sampler {spec.name}", one_call=sampler.num_steps == 1)
     return sampler.to(device if device is not None else schedule.device)
 
 
-__all__ = ["PREDICTION_TYPES", "SAMPLER_KINDS", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Sampler",
-           "SamplerSpec", "ddim_ode_step", "inference_timesteps", "make_sampler", "predict_x0_eps"]
+__all__ = ["MAX_AMPLIFICATION", "PREDICTION_TYPES", "SAMPLER_KINDS", "DDIMSampler", "DDPMSampler",
+           "DPMSolverSampler", "Sampler", "SamplerSpec", "check_start_level", "clean_estimate_amplification",
+           "ddim_ode_step", "inference_timesteps", "make_sampler", "predict_x0_eps"]

@@ -90,3 +90,24 @@ def add_noise(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor,
     sqrt_a = schedule.sqrt_alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype)
     sqrt_1ma = schedule.sqrt_one_minus_alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype)
     return broadcast_to_sample(sqrt_a, x0) * x0 + broadcast_to_sample(sqrt_1ma, x0) * noise
+
+
+def training_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """What a denoiser of ``prediction_type`` learns to output for ``add_noise(schedule, x0, noise, t)``.
+
+    ``epsilon`` → the noise, ``sample`` → x0, ``v_prediction`` → sqrt(abar) noise − sqrt(1 − abar) x0
+    (diffusers' ``get_velocity``). ``t`` as in :func:`add_noise`. The one place every trainer (policies,
+    planners, distillation) takes its target from.
+    """
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        t = t.to(schedule.device)
+        sqrt_a = broadcast_to_sample(schedule.sqrt_alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype), x0)
+        sqrt_1ma = broadcast_to_sample(
+            schedule.sqrt_one_minus_alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype), x0)
+        return sqrt_a * noise - sqrt_1ma * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: epsilon, sample, v_prediction")

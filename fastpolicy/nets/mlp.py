@@ -4,10 +4,11 @@
 alternative to the U-Net (about 30× faster per call on CPU): it flattens the ``(B, T, D)`` sample,
 concatenates the observation features and the time embedding, and runs a (residual) MLP.
 
-Per-position timesteps ``(B, T)`` are embedded per position and the T embeddings are flattened into
-the input, so the network can tell which positions are noisier (streaming diffusion needs that). A
-per-sample timestep ``(B,)`` is embedded once and repeated over T, which makes it the same function as
-the per-position path with a repeated value, with the same weights.
+By default the time embedding enters the input once (``E`` features): a per-sample timestep ``(B,)``
+is all a plain denoiser needs, and repeating it T times only widened the first layer (and diluted the
+noise level among T·D sample features). ``per_position_time=True`` (streaming diffusion, whose buffer
+holds one noise level per position) embeds ``(B, T)`` timesteps per position and flattens the T
+embeddings into the input instead; a ``(B,)`` timestep is then repeated over T.
 """
 
 from __future__ import annotations
@@ -78,17 +79,22 @@ class MLPDenoiser(nn.Module):
         time_embed_dim: width of the per-position time embedding.
         stop_time: add the zero-initialised consistency stop-time input ``s``.
         residual: residual pre-norm blocks after the first layer (ResMLP) instead of a plain stack.
+        per_position_time: accept ``(B, T)`` timesteps (one embedding per position); otherwise one
+            embedding per sample.
     """
 
     def __init__(self, horizon: int, input_dim: int, global_cond_dim: int, hidden: int = 256, depth: int = 3,
-                 time_embed_dim: int = 64, stop_time: bool = False, residual: bool = True) -> None:
+                 time_embed_dim: int = 64, stop_time: bool = False, residual: bool = True,
+                 per_position_time: bool = False) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"MLPDenoiser depth must be >= 1, got {depth}")
         self.horizon, self.input_dim, self.global_cond_dim = horizon, input_dim, global_cond_dim
         self.time_embedding = TimestepEmbedding(time_embed_dim)
         self.stop_time_embedding = StopTimeEmbedding(time_embed_dim) if stop_time else None
-        in_dim = horizon * input_dim + global_cond_dim + horizon * time_embed_dim
+        self.per_position_time = per_position_time
+        time_slots = horizon if per_position_time else 1
+        in_dim = horizon * input_dim + global_cond_dim + time_slots * time_embed_dim
         self.input_layer = nn.Sequential(nn.Linear(in_dim, hidden), nn.Mish())
         if residual:
             self.body = nn.Sequential(*[_ResidualBlock(hidden) for _ in range(depth - 1)])
@@ -97,8 +103,36 @@ class MLPDenoiser(nn.Module):
             self.body = nn.Sequential(*layers)
         self.output_layer = nn.Linear(hidden, horizon * input_dim)
 
+    def load_per_sample_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Warm-start this per-position-time net from a per-sample-time net of the same shapes.
+
+        The teacher's time columns ``W`` (hidden × E) become ``W / T`` at each of the T positions, so with
+        every position at the same level this net computes exactly the teacher's function (a streaming
+        policy fine-tuned from a plain teacher starts as that teacher).
+        """
+        if not self.per_position_time:
+            self.load_state_dict(state)
+            return
+        state = dict(state)
+        key = "input_layer.0.weight"
+        w = state[key]
+        sample_cols = self.horizon * self.input_dim
+        e = self.time_embedding.sinusoid.dim
+        if w.shape[1] != sample_cols + e + self.global_cond_dim:
+            raise ValueError(f"{key} has {w.shape[1]} inputs; a per-sample-time net of this shape has "
+                             f"{sample_cols + e + self.global_cond_dim}")
+        time = (w[:, sample_cols:sample_cols + e] / self.horizon).repeat(1, self.horizon)
+        state[key] = torch.cat([w[:, :sample_cols], time, w[:, sample_cols + e:]], dim=1)
+        self.load_state_dict(state)
+
     def _time_features(self, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-        """Flattened ``(B, T * E)`` time features; a per-sample embedding is repeated over T."""
+        """``(B, E)`` time features, or flattened ``(B, T * E)`` with per-position time."""
+        if not self.per_position_time:
+            if t.dim() == 2 or (s is not None and s.dim() == 2):
+                raise ValueError("this MLP denoiser embeds one timestep per sample; per-position (B, T) "
+                                 "timesteps need per_position_time=True (streaming policies build it so)")
+            emb = self.time_embedding(t)
+            return emb if s is None else emb + self.stop_time_embedding(s)
         emb = self.time_embedding(t)
         if s is not None:
             s_emb = self.stop_time_embedding(s)

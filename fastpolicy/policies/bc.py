@@ -56,5 +56,5 @@ class BCPolicy(TorchPolicy):
         state: PolicyState = None,
         generator: torch.Generator | None = None,
     ) -> ChunkResult:
-        actions = self.unnormalize_action(self._actions(self.encode_obs(obs_window)))
+        actions = self.bounded_actions(self._actions(self.encode_obs(obs_window)))
         return ChunkResult(actions.float().cpu().numpy(), 1, state)

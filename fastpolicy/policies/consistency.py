@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpolicy.diffusion import add_noise, ddim_ode_step
+from fastpolicy.diffusion import add_noise, check_start_level, ddim_ode_step
 from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
@@ -94,11 +94,20 @@ class ConsistencyPolicy(DiffusionPolicy):
                                       **config.backbone_kwargs)
         self.set_steps(config.steps)
 
+    @classmethod
+    def per_position_time(cls, config: DiffusionPolicyConfig) -> bool:
+        return bool(getattr(config, "streaming", False))
+
     def set_steps(self, steps: int) -> ConsistencyPolicy:
         """Number of calls per replan (single-segment students: chained re-noising)."""
         cfg = self.config
         if cfg.segments > 1 and steps != cfg.segments and not cfg.streaming:
             raise ValueError(f"a {cfg.segments}-segment student samples with exactly {cfg.segments} steps")
+        # a student's first call maps its top grid level straight to a clean estimate: refuse a level
+        # where that estimate is unbounded for the parametrisation (an ε-student at t = 99 outputs its clip)
+        top = int(grid_timesteps(cfg.num_train_timesteps, cfg.grid)[-1])
+        check_start_level(self.schedule, top, cfg.prediction_type, clipped=False,
+                          what=f"consistency student (grid {cfg.grid})", one_call=True)
         self.steps = int(steps)
         if cfg.streaming:
             self.layout = StreamLayout(cfg.pred_horizon, cfg.obs_horizon, cfg.action_horizon, cfg.segments)

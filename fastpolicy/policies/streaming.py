@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpolicy.diffusion import add_noise, ddim_ode_step
+from fastpolicy.diffusion import add_noise, ddim_ode_step, training_target
 from fastpolicy.diffusion.samplers import predict_x0_eps
 from fastpolicy.diffusion.schedule import NoiseSchedule, broadcast_to_sample
 from fastpolicy.policies.base import ChunkResult, PolicyState
@@ -249,18 +249,25 @@ class StreamingPolicy(DiffusionPolicy):
 
     def __init__(self, config: StreamingPolicyConfig,
                  normalizer_state: dict[str, torch.Tensor] | None = None) -> None:
+        if config.backbone == "mlp" and config.backbone_kwargs.get("per_position_time") is False:
+            raise ValueError("a streaming policy's MLP denoiser needs per_position_time=True "
+                             "(one noise level per buffer position)")
         super().__init__(config, normalizer_state)
         self.train_layout = StreamLayout(config.pred_horizon, config.obs_horizon, config.action_horizon,
                                          config.num_train_timesteps)
         if config.mode == "stream":
             self.set_stream(config.stream)
 
+    @classmethod
+    def per_position_time(cls, config: DiffusionPolicyConfig) -> bool:
+        return True
+
     # --- mode switches ----------------------------------------------------------------------------
     def set_sampler(self, spec: str) -> StreamingPolicy:
         """Ordinary (constant-level) sampling, e.g. ``ddim:10``: the network used as a plain DP teacher."""
         super().set_sampler(spec)
         self.mode = "dp"
-        self.method = f"sdp-net-dp-{spec.replace(':', '')}"
+        self.method = f"sdp-net-dp-{self.sampler.spec.slug}"
         return self
 
     def set_stream(self, spec: str) -> StreamingPolicy:
@@ -365,5 +372,5 @@ class StreamingPolicy(DiffusionPolicy):
         t, _ = self.sample_training_levels(action.shape[0], generator)
         t = t.to(self.device)
         pred = self.backbone(add_noise(self.schedule, action, noise, t), t, cond)
-        target = noise if cfg.prediction_type == "epsilon" else action
+        target = training_target(self.schedule, action, noise, t, cfg.prediction_type)
         return {"loss": masked_mse(pred, target, batch.get("action_mask"), cfg.pred_horizon)}

@@ -71,6 +71,9 @@ class TorchPolicy(nn.Module, Policy):
             self.register_buffer(f"_{key}_n_offset", b, persistent=False)
             self.register_buffer(f"_{key}_u_scale", c, persistent=False)
             self.register_buffer(f"_{key}_u_offset", d, persistent=False)
+        lo, hi = _bounds_from_state(self._normalizer_state, "action", config.action_dim)
+        self.register_buffer("_action_lo", lo, persistent=False)
+        self.register_buffer("_action_hi", hi, persistent=False)
 
     # --- config / checkpoint --------------------------------------------------------------------
     @classmethod
@@ -101,6 +104,14 @@ class TorchPolicy(nn.Module, Policy):
     def unnormalize_action(self, x: torch.Tensor) -> torch.Tensor:
         return x * self._action_u_scale + self._action_u_offset
 
+    def bounded_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised actions → raw actions inside the range seen in training.
+
+        Every policy's output passes here, so no sampler (DPM-Solver runs unclipped, an ε-estimate can
+        be amplified) ever hands an actuator an action outside the data the policy was trained on.
+        """
+        return torch.maximum(torch.minimum(self.unnormalize_action(x), self._action_hi), self._action_lo)
+
     def encode_obs(self, obs_window: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, To, obs_dim) raw → (B, To·obs_dim) normalised global condition, with shape checks."""
         obs = torch.as_tensor(obs_window, dtype=torch.float32).to(self.device)
@@ -114,8 +125,22 @@ class TorchPolicy(nn.Module, Policy):
     def chunk_from_prediction(self, x0: torch.Tensor) -> np.ndarray:
         """Normalised (B, Tp, A) prediction → the raw actions to execute, ``pred[To-1 : To-1+Ta]``."""
         start = self.config.obs_horizon - 1
-        chunk = self.unnormalize_action(x0[:, start : start + self.config.action_horizon])
+        chunk = self.bounded_actions(x0[:, start : start + self.config.action_horizon])
         return chunk.float().cpu().numpy()
+
+
+def _bounds_from_state(state: dict[str, torch.Tensor], key: str,
+                       dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (min, max) the normaliser of ``key`` was fitted on; ±inf when it recorded none."""
+    lo, hi = state.get(f"{key}.min"), state.get(f"{key}.max")
+    if lo is None or hi is None:
+        return torch.full((dim,), -torch.inf), torch.full((dim,), torch.inf)
+    lo = torch.as_tensor(lo, dtype=torch.float32).reshape(-1)
+    hi = torch.as_tensor(hi, dtype=torch.float32).reshape(-1)
+    if lo.shape != (dim,) or hi.shape != (dim,):
+        raise ValueError(f"normalizer bounds for {key!r} have shape {tuple(lo.shape)}, "
+                         f"the policy expects ({dim},)")
+    return lo, hi
 
 
 def _affine_from_state(state: dict[str, torch.Tensor], key: str, dim: int):

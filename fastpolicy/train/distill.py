@@ -166,10 +166,8 @@ class ConsistencyDistiller(nn.Module):
 
     def _teacher_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         out = self.teacher.backbone(x, self._net_t(t.clamp_min(0)), cond)
-        if self.teacher.config.prediction_type == "epsilon":
-            return out
         a, s = self._alpha_sigma(t, x)
-        return predict_x0_eps(x, out, a, s, "sample")[1]
+        return predict_x0_eps(x, out, a, s, self.teacher.config.prediction_type)[1]
 
     @torch.no_grad()
     def teacher_step(self, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
@@ -355,9 +353,14 @@ def finetune_streaming(teacher: str | os.PathLike | DiffusionPolicy, store: str 
     keep = {f.name for f in dataclasses.fields(StreamingPolicyConfig)}
     config = {k: v for k, v in teacher.config_dict().items() if k in keep}
     config.update({"action_horizon": 4, **(options or {})})
+    if config.get("backbone") == "mlp":   # the buffer holds one level per position
+        config["backbone_kwargs"] = {**config.get("backbone_kwargs", {}), "per_position_time": True}
     norm = {k: v.clone() for k, v in teacher.normalizer_state().items()}
     policy = StreamingPolicy.from_config(config, norm)
-    policy.backbone.load_state_dict(teacher.backbone.state_dict())
+    if hasattr(policy.backbone, "load_per_sample_weights"):
+        policy.backbone.load_per_sample_weights(teacher.backbone.state_dict())
+    else:
+        policy.backbone.load_state_dict(teacher.backbone.state_dict())
     out = Path(out)
     if not (resume and _run_is_complete(out, train_config.steps)):
         _fit(policy, store, out, train_config, resume, {"store": str(store), "warm_start": "teacher"})

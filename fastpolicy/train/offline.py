@@ -15,6 +15,15 @@ from fastpolicy.utils.misc import seed_everything
 
 
 def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: int):
+    """Training windows of Tp steps over the store.
+
+    ``pad_after = Tp − To`` lets every frame of an episode, the last included, be the conditioning
+    observation (window position To − 1); the actions past the episode's end repeat its last action.
+    Diffusion Policy's ``Ta − 1`` dropped the last Tp − To − Ta + 1 observations of every episode from
+    training (for BC and the teacher alike), so the policy never learnt what to do near the end — e.g.
+    holding the goal. ``action_horizon`` is kept in the signature for callers; it no longer decides
+    the padding.
+    """
     from fastpolicy.data.sampler import SequenceDataset
 
     keys = ["obs", "action"] + (["action_mask"] if "action_mask" in store.keys else [])
@@ -22,7 +31,7 @@ def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: in
         store,
         horizon=pred_horizon,
         pad_before=obs_horizon - 1,
-        pad_after=action_horizon - 1,
+        pad_after=pred_horizon - obs_horizon,
         keys=tuple(keys),
     )
 
