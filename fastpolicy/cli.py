@@ -23,19 +23,23 @@ import warnings
 # slower here (measured 450–640 ms vs 45 ms per MLP step under load). An explicit user setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-COMMAND_MODULES = [
-    "fastpolicy.envs.cli",  # tasks
-    "fastpolicy.data.cli",  # data make | import | info | verify | export | split | recipes
-    "fastpolicy.train.cli",  # train
-    "fastpolicy.train.distill",  # distill
-    "fastpolicy.train.label",  # label
-    "fastpolicy.eval_cli",  # eval
-    "fastpolicy.bench.cli",  # bench, report
-    "fastpolicy.demo",  # demo
-    "fastpolicy.rl.cli",  # explore
-    "fastpolicy.serve.cli",  # serve
-    "fastpolicy.control.cli",  # control
-]
+#: command → the module whose ``register`` adds it. ``fastpolicy CMD ...`` imports only CMD's module
+#: (some import torch at import time); ``fastpolicy --help`` imports them all to list every command.
+COMMANDS: dict[str, str] = {
+    "tasks": "fastpolicy.envs.cli",
+    "data": "fastpolicy.data.cli",  # data make | import | info | verify | export | split | recipes
+    "train": "fastpolicy.train.cli",
+    "distill": "fastpolicy.train.distill",
+    "label": "fastpolicy.train.label",
+    "eval": "fastpolicy.eval_cli",
+    "bench": "fastpolicy.bench.cli",
+    "report": "fastpolicy.bench.cli",
+    "demo": "fastpolicy.demo",
+    "explore": "fastpolicy.rl.cli",
+    "serve": "fastpolicy.serve.cli",
+    "control": "fastpolicy.control.cli",
+}
+COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
 
 #: Exit status for bad input / unusable outputs, an interrupt (128 + SIGINT) and a closed stdout pipe.
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
@@ -150,13 +154,14 @@ def _polish(parser: argparse.ArgumentParser, path: str) -> None:
         _polish(child, f"{path} {name}".strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or (``command`` given) only the module that registers that command."""
     parser = argparse.ArgumentParser(
         prog="fastpolicy", description="Fast diffusion policies and planners for real-time robot control.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -194,7 +199,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if argv and argv[0] == first else None)
     args = parser.parse_args(argv)
     command = " ".join(x for x in (args.command, getattr(args, "data_command", None)) if x)
     previous_showwarning = warnings.showwarning

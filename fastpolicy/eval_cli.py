@@ -59,6 +59,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    _check_args(args)  # before the heavy imports
+
     import torch
 
     from fastpolicy.bench.report import COLUMNS, HASH_COLUMN, print_table
@@ -68,7 +70,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from fastpolicy.train.checkpoint import load_policy
     from fastpolicy.utils.atomic import check_writable
 
-    _check_args(args)
     task = get_task(args.task)
     out = None if args.no_write else Path(args.out) if args.out else default_out(args.checkpoint, task.name)
     if out is not None:

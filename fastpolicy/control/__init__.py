@@ -1,17 +1,30 @@
-"""Real-time control: a fixed-rate loop, the latency-compensating action-chunk broker, CUDA-graph runner."""
+"""Real-time control: a fixed-rate loop, the latency-compensating action-chunk broker, CUDA-graph runner.
 
-from fastpolicy.control.broker import ActionBroker, Chunk, ChunkQueue, LocalChunkSource, RemoteChunkSource
-from fastpolicy.control.cudagraph import CudaGraphRunner
-from fastpolicy.control.loop import ControlLoop, LoopStats, TickRecord
+Imports are lazy (the broker and the loop load torch): ``from fastpolicy.control import ControlLoop``
+loads only what it names, and ``fastpolicy control --help`` stays fast.
+"""
 
-__all__ = [
-    "ActionBroker",
-    "Chunk",
-    "ChunkQueue",
-    "ControlLoop",
-    "CudaGraphRunner",
-    "LocalChunkSource",
-    "LoopStats",
-    "RemoteChunkSource",
-    "TickRecord",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ActionBroker": "fastpolicy.control.broker",
+    "Chunk": "fastpolicy.control.broker",
+    "ChunkQueue": "fastpolicy.control.broker",
+    "LocalChunkSource": "fastpolicy.control.broker",
+    "RemoteChunkSource": "fastpolicy.control.broker",
+    "CudaGraphRunner": "fastpolicy.control.cudagraph",
+    "ControlLoop": "fastpolicy.control.loop",
+    "LoopStats": "fastpolicy.control.loop",
+    "TickRecord": "fastpolicy.control.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fastpolicy.control' has no attribute {name!r}")

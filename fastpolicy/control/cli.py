@@ -82,6 +82,14 @@ def _connect(url: str, token: str | None, timeout_s: float) -> Any:
 
 
 def _control(args: argparse.Namespace) -> int:
+    from fastpolicy.utils.atomic import check_writable
+
+    if (args.checkpoint is None) == (args.server is None):
+        raise ValueError("give either a checkpoint (local policy) or --server URL (remote policy)")
+    _check_args(args)  # before the heavy imports: a typo costs no start-up time
+    if args.json_out:
+        check_writable(args.json_out)
+
     import numpy as np
     import torch
 
@@ -90,13 +98,6 @@ def _control(args: argparse.Namespace) -> int:
     from fastpolicy.envs.registry import get_task, make_env
     from fastpolicy.serve.cli import resolve_token
 
-    if (args.checkpoint is None) == (args.server is None):
-        raise ValueError("give either a checkpoint (local policy) or --server URL (remote policy)")
-    _check_args(args)
-    if args.json_out:
-        from fastpolicy.utils.atomic import check_writable
-
-        check_writable(args.json_out)
     if args.threads:
         torch.set_num_threads(args.threads)
     task = get_task(args.task)

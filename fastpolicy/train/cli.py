@@ -60,14 +60,17 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
-def check_resume(run_dir: Path, policy_type: str | None, options: dict) -> None:
-    """``--resume`` continues a run as it was configured: a different policy type or option is an error
-    naming the difference (it would otherwise be ignored silently)."""
+def check_resume(run_dir: Path, policy_type: str | None, options: dict, steps: int) -> None:
+    """``--resume`` continues a run as it was configured: a different policy type or option, or a
+    ``--steps`` the run is already past, is an error naming the difference (it used to be ignored)."""
     from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
 
     if not (run_dir / "latest").exists():
         return  # nothing to resume: a fresh run starts
     config = read_config(resolve_checkpoint(run_dir))
+    if int(config["step"]) > steps:
+        raise ValueError(f"{run_dir} is already at step {config['step']}, past --steps {steps}; pass --steps "
+                         f"above {config['step']} to train further")
     hint = "drop it to resume, or pass another --out for a new run"
     if policy_type is not None and policy_type != config["policy_type"]:
         raise ValueError(f"--resume: {run_dir} trains a {config['policy_type']!r} policy, not "
@@ -108,6 +111,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _check_args(args)  # before the heavy imports
+
     import torch
 
     from fastpolicy.data.store import EpisodeStore
@@ -116,7 +121,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fastpolicy.utils.atomic import check_writable
     from fastpolicy.utils.misc import resolve_device
 
-    _check_args(args)
     resolve_device(args.device)  # no CUDA → one line now, not a traceback later
     if args.task is not None:
         from fastpolicy.envs.registry import get_task
@@ -134,7 +138,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.resume:
-        check_resume(out, args.policy, options)
+        check_resume(out, args.policy, options, args.steps)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
