@@ -48,15 +48,16 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 EXAMPLES: dict[str, str] = {
     "": """\
   fastpolicy tasks                                      # task cards shipped with the package
-  fastpolicy data make maze2d-umaze --size 20000       # ~1 min
+  fastpolicy data make maze2d-umaze --size 20000       # ~5 s
   fastpolicy train --store datasets/store/maze2d-umaze --task maze2d-umaze --backbone mlp \\
-      --steps 2000 --out runs/maze-mlp                 # ~3 min
+      --steps 2000 --out runs/maze-mlp                 # ~35 s
+  fastpolicy bench --suite smoke --task maze2d-umaze   # ~1 min: dataset, teacher, 6 methods compared
   fastpolicy eval runs/maze-mlp --task maze2d-umaze --sampler ddim:10
   fastpolicy <command> --help                           # options and an example for each command""",
     "tasks": "  fastpolicy tasks\n  fastpolicy tasks --json",
     "data": "  fastpolicy data recipes\n  fastpolicy data make maze2d-umaze --size 20000\n"
             "  fastpolicy data verify datasets/store/maze2d-umaze",
-    "data make": "  fastpolicy data make maze2d-umaze --size 20000  # ~1 min → datasets/store/maze2d-umaze\n"
+    "data make": "  fastpolicy data make maze2d-umaze --size 20000  # ~5 s → datasets/store/maze2d-umaze\n"
                  "  fastpolicy data make hopper-medium --size 20000 --out /tmp/hopper\n"
                  "  fastpolicy data recipes                           # every NAME",
     "data recipes": "  fastpolicy data recipes",
@@ -70,7 +71,7 @@ EXAMPLES: dict[str, str] = {
     "data split": "  fastpolicy data split datasets/store/hopper-medium --labeled 0.1 --from-bottom 0.5 "
                   "--out datasets/store/hopper-medium-split",
     "train": "  fastpolicy train --store datasets/store/maze2d-umaze --task maze2d-umaze --backbone mlp \\\n"
-             "      --steps 2000 --out runs/maze-mlp                  # ~3 min on 2 CPU cores\n"
+             "      --steps 2000 --out runs/maze-mlp                  # ~35 s on 2 CPU cores\n"
              "  fastpolicy train --store datasets/store/maze2d-umaze --out runs/maze-mlp --steps 4000 "
              "--resume",
     "distill": "  fastpolicy distill runs/maze-mlp --store datasets/store/maze2d-umaze --out runs/maze-cm "
@@ -80,7 +81,7 @@ EXAMPLES: dict[str, str] = {
     "eval": "  fastpolicy eval runs/maze-mlp --task maze2d-umaze                  # → runs/maze-mlp/eval/\n"
             "  fastpolicy eval runs/maze-mlp --task maze2d-umaze --sampler ddpm:100 ddim:10 ddim:4 "
             "--episodes 5",
-    "bench": "  fastpolicy bench --suite quick --task maze2d-umaze --threads 1     # → runs/bench/quick/\n"
+    "bench": "  fastpolicy bench --suite smoke --task maze2d-umaze  # ~1 min, from scratch → runs/bench\n"
              "  fastpolicy bench --suite demo --task maze2d-umaze --budget-ms 20\n"
              "  fastpolicy bench --suite quick --task maze2d-umaze --refresh-committed  # → bench/results",
     "report": "  fastpolicy report bench/results/quick_maze2d-umaze.json --png pareto.png --budget-ms 20",

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark every acceleration of a teacher side by side "
                                      "(score, NFE, latency)")
     p.add_argument("--suite", default="quick", choices=list(SUITES),
-                   help="budgets (quick: minutes; demo: the `fastpolicy demo` suite, MLP teacher; d4rl: BC + "
+                   help="budgets (smoke: minutes from scratch, MLP teacher, 6 methods; quick: every "
+                        "method, U-Net teacher, >5 min even with --teacher; demo: the `fastpolicy demo` "
+                        "suite, MLP teacher; d4rl: BC + "
                         "teacher on the MuJoCo tasks' full-size stores, 3 seeds; planners: Diffuser, "
                         "Decision Diffuser and Trajectory Diffuser)")
     p.add_argument("--task", nargs="+", default=["maze2d-umaze"], help="task card name(s)")

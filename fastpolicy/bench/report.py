@@ -19,7 +19,7 @@ COLUMNS = [
     ("p99 ms", "latency_ms_p99", "{:.2f}"),
 ]
 #: Shown by ``fastpolicy report`` when rows carry it: which weights were measured (short form).
-HASH_COLUMN = ("checkpoint", "checkpoint_hash", "{:.19}")
+HASH_COLUMN = ("checkpoint", "checkpoint_hash", "{:.15}")
 
 
 def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -55,8 +55,9 @@ def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra:
 
     table = Table(title=title)
     cols = _columns(rows, extra, columns)
-    for name, _, _ in cols:
-        table.add_column(name, justify="left" if name in ("task", "method") else "right")
+    for name, key, _ in cols:
+        table.add_column(name, justify="left" if name in ("task", "method") else "right",
+                         no_wrap=key == "checkpoint_hash")
     for r in rows:
         table.add_row(*[_fmt(r, key, fmt) for _, key, fmt in cols])
     Console(width=160).print(table)

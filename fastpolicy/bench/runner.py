@@ -103,6 +103,14 @@ ALL_METHODS: tuple[str, ...] = (
     "sdp-ddpm100", "sdp-ode6", "cm-1step", "cm-2step", "cm-4step", "cm-seg4", "cm-seg2", "cm-seg1", "sdp-cm")
 
 SUITES: dict[str, SuiteConfig] = {
+    # Minutes from scratch on a busy 2-core CPU (README): a small goal-holding maze dataset, an MLP
+    # teacher and the fast variants that need little training — to try the pipeline, not to rank methods.
+    "smoke": SuiteConfig("smoke", dataset_size=20_000, dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
+                         teacher_steps=600, bc_steps=400, sdp_steps=150, cm_steps=150, sdp_cm_steps=150,
+                         seg_stages=(), batch_size=128, lr=1e-3, distill_lr=1e-4, episodes=4, seeds=[0],
+                         latency_steps=16, latency_rounds=1, throughput_calls=1,
+                         teacher_options={"backbone": "mlp"},
+                         methods=("bc-mlp", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step", "sdp-cm")),
     "quick": SuiteConfig("quick"),
     "full": SuiteConfig("full", dataset_size=300_000, teacher_steps=8000, bc_steps=4000, sdp_steps=2000,
                         cm_steps=2000, seg_steps=1000, sdp_cm_steps=2000, episodes=10, seeds=[0, 1, 2],
@@ -448,7 +456,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         bc_extra = {**teacher_extra, "train_seconds": _cost(bc_run).get("seconds")}
         methods.append(Method("bc-mlp", bc, extra=bc_extra))
     for name, spec in (("dp-ddpm100", "ddpm:100"), ("dp-ddim10", "ddim:10"), ("dp-ddim4", "ddim:4"),
-                       ("dp-dpm10", "dpm:10")):
+                       ("dp-dpm10", "dpm:10"), ("dp-ddpm100-t0.5", "ddpm:100,temperature=0.5"),
+                       ("dp-ddim10-t0.5", "ddim:10,temperature=0.5")):
         if _wanted(suite, name):
             methods.append(Method(name, teacher, sampler(spec), dict(teacher_extra)))
 
