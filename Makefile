@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 # torch goes in first from its pin (a looser spec pulls a multi-GB CUDA build), then the package;
 # the last line fails the set-up if anything upgraded torch behind our back.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
