@@ -201,6 +201,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # without importing every command module
+        print(_version())
+        return 0
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if argv and argv[0] == first else None)
     args = parser.parse_args(argv)
