@@ -261,6 +261,11 @@ def _cmd_label(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.idm is not None and args.out is None:
         raise ValueError("--idm needs --out (the labeled store to write)")
+    from fastpolicy.utils.atomic import check_writable
+
+    for target in (args.train_idm, args.out):  # before training, not after it
+        if target is not None:
+            check_writable(target)
     idm = args.idm
     if args.train_idm is not None:
         options = {"history": args.history, "hidden": args.hidden, "depth": args.depth,
