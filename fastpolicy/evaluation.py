@@ -8,7 +8,6 @@ each ``Session.act`` (0 while the action queue lasts, the sampler's step count w
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,9 +112,16 @@ def evaluate(
     method: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Score + latency of one policy on one task, as a row of the shared result schema."""
+    """Score + latency of one policy on one task, as a row of the shared result schema.
+
+    ``episodes`` per seed; ``None`` means the task card's ``eval.episodes`` (10 if it has none).
+    """
+    if episodes is not None and episodes < 1:
+        # 0 used to fall through to the task default and silently run 10 episodes
+        raise ValueError(f"episodes must be ≥ 1 (or None for the task card's default), got {episodes}")
     task = get_task(task) if isinstance(task, str) else task
-    episodes = episodes or int(task.eval.get("episodes", 10))
+    if episodes is None:
+        episodes = int(task.eval.get("episodes", 10))
     seeds = list(seeds if seeds is not None else task.eval.get("seeds", [0]))
     results = [rollout(policy, task, episodes, seed * 1000, progress) for seed in seeds]
     returns = np.concatenate([r.returns for r in results])
@@ -143,64 +149,3 @@ def evaluate(
         latency_batch=1,
         **extra,
     )
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a task (score, NFE per step, latency)")
-    p.add_argument("checkpoint", help="checkpoint directory or training run directory")
-    p.add_argument("--task", required=True, help="task card name (see envs/*.yaml)")
-    p.add_argument("--episodes", type=int, default=None, help="episodes per seed (default: task card)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds (default: task card)")
-    p.add_argument(
-        "--sampler",
-        nargs="+",
-        default=None,
-        help="diffusion samplers to compare, e.g. ddpm:100 ddim:10 dpm:5 'ddim:10,spacing=trailing' "
-        "(default: checkpoint's)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="sampling temperature for every --sampler (scales the initial and the stochastic steps' "
-        "noise; 0 = deterministic DDPM). Default: the sampler spec's own (1)",
-    )
-    p.add_argument("--latency-steps", type=int, default=64, help="batch-1 control steps timed for latency")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
-    p.set_defaults(func=_cmd_eval)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from fastpolicy.bench.report import print_table
-    from fastpolicy.bench.schema import write_results
-    from fastpolicy.train.checkpoint import load_policy
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = get_task(args.task)
-    policy = load_policy(args.checkpoint)
-    rows = []
-    if args.temperature is not None and not args.sampler:
-        args.sampler = [getattr(policy, "sampler_name", None)]
-    for spec in args.sampler or [None]:
-        if spec is not None:
-            if not hasattr(policy, "set_sampler"):
-                raise ValueError(
-                    f"--sampler/--temperature apply to diffusion policies, not {policy.policy_type}"
-                )
-            if args.temperature is not None:
-                from fastpolicy.diffusion import SamplerSpec
-
-                spec = SamplerSpec.parse(spec, temperature=args.temperature)
-            policy.set_sampler(spec)
-        rows.append(evaluate(policy, task, args.episodes, args.seeds, args.latency_steps))
-    print_table(rows)
-    if args.out:
-        print(f"wrote {write_results(args.out, rows)}")
-    return 0

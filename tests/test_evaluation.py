@@ -110,3 +110,10 @@ def test_success_of_an_episode_that_ends_is_read_from_final_info():
             "_final_info": np.array([True, False])}
     assert _step_success(info, 2).tolist() == [True, False]
     assert _step_success({}, 3).tolist() == [False, False, False]
+
+
+@pytest.mark.parametrize("episodes", [0, -3])
+def test_evaluate_refuses_zero_or_negative_episodes(episodes):
+    """0 used to mean "task default" and silently ran 10 episodes; None is the default."""
+    with pytest.raises(ValueError, match=f"episodes must be ≥ 1.*got {episodes}"):
+        evaluate(object(), "maze2d-umaze", episodes=episodes, seeds=[0], latency_steps=0)
