@@ -18,7 +18,8 @@ What it times, interleaved over ``--rounds`` (a round times every method once, i
     OMP_NUM_THREADS=1 python bench/bench_planner_timing.py --tasks maze2d-umaze hopper-medium
 
 Writes ``bench/results/planners_timing.json`` (shared schema, one row per task × method × denoiser) and
-prints TD's speed-up over each planner.
+prints TD's speed-up over each planner. ``--plot-only`` redraws ``docs/planners_summary.png`` from the
+committed ``bench/results/planners_summary.json`` without timing anything.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Args:
     summary: str = "bench/results/planners_summary.json"
     """scores (from bench_planners.py's ``planners_<task>.json``) beside these quiet latencies, one row per
     task × planner, with the issue's targets checked on the Trajectory Diffuser's row"""
+    plot_only: bool = False
+    """time nothing: redraw ``--plot`` from the ``--summary`` JSON as it is"""
 
 
 def parse_args() -> Args:
@@ -195,7 +198,7 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastpolicy.bench.report import save_figure
+    from fastpolicy.bench.report import save_figure, score_label
 
     tasks = sorted({r["task"] for r in rows})
     methods = sorted({r["method"] for r in rows})
@@ -213,10 +216,12 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
             lat.append(r["latency_ms_p50"])
         ax_s.bar(xs, score, width, yerr=err, capsize=2, label=method)
         ax_t.bar(xs, lat, width, label=method)
-    for ax, title in ((ax_s, "normalised score (± std over episodes)"),
-                      (ax_t, "planning latency p50, ms (batch 1, quiet CPU, 1 thread)")):
+    for ax, title, ylabel in (
+            (ax_s, "score per planner (± std over episodes)", score_label(rows)),
+            (ax_t, "planning latency (batch 1, quiet CPU, 1 thread)", "planning latency p50 (ms, log)")):
         ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
         ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
     ax_t.set_yscale("log")
     ax_s.legend(fontsize=7)
@@ -227,6 +232,9 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
 def main(args: Args) -> None:
     from fastpolicy.bench.schema import read_results, update_results
 
+    if args.plot_only:
+        print(f"wrote {plot_summary(read_results(args.summary), Path(args.plot))}")
+        return
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     for task in args.tasks:

@@ -13,6 +13,7 @@ Any task card works (``--task hopper-medium`` once its dataset recipe exists); r
 complete, so an interrupted benchmark resumes.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task maze2d-umaze
+    python bench/bench_planners.py --task maze2d-umaze --plot-only   # redraw the PNG from the JSON
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Args:
     side by side to use both cores, then the full benchmark reuses the finished runs"""
     results_dir: str = "bench/results"
     plot_dir: str = "docs"
+    plot_only: bool = False
+    """train and evaluate nothing: redraw ``<plot-dir>/planners_<task>.png`` from
+    ``<results-dir>/planners_<task>.json`` as it is"""
 
 
 def parse_args() -> Args:
@@ -144,6 +148,12 @@ def main(args: Args) -> None:
     )
     from fastpolicy.bench.schema import write_results
 
+    if args.plot_only:
+        from fastpolicy.bench.schema import read_results
+
+        rows = read_results(Path(args.results_dir) / f"planners_{args.task}.json")
+        print(f"wrote {plot(rows, Path(args.plot_dir) / f'planners_{args.task}.png', args.task)}")
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work) / args.task
     store = Path(args.store) if args.store else work / "data"
@@ -223,29 +233,37 @@ def main(args: Args) -> None:
 
 
 def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
-    """Score vs planning latency (p50, batch 1) per planner, ablation points hollow."""
+    """Score vs planning latency (p50, batch 1) per planner, ablation points hollow.
+
+    Planners are told apart by colour and marker in a legend beside the axes, as in
+    :func:`fastpolicy.bench.report.pareto_plot` (labels next to the points overlapped where the
+    ablation's points cluster).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastpolicy.bench.report import save_figure
+    from fastpolicy.bench.report import save_figure, score_label
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        lat = r.get("step_latency_ms_p50")
-        if lat is None or r.get("score_mean") is None:
-            continue
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors = plt.get_cmap("tab20").colors
+    markers = "os^Dv<>pPhX*"
+    points = [r for r in rows if r.get("step_latency_ms_p50") is not None and r.get("score_mean") is not None]
+    for i, r in enumerate(points):
         hollow = r.get("ablation", False)
-        ax.errorbar(lat, r["score_mean"], yerr=r.get("score_std") or 0, fmt="o", capsize=3,
-                    mfc="none" if hollow else None, alpha=0.6 if hollow else 1.0)
-        ax.annotate(r["method"].replace("trajectory-diffuser", "TD"), (lat, r["score_mean"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        color = colors[i % len(colors)]
+        ax.errorbar(r["step_latency_ms_p50"], r["score_mean"], yerr=r.get("score_std") or 0,
+                    fmt=markers[i % len(markers)], color=color, capsize=3, ms=7,
+                    mfc="none" if hollow else color, alpha=0.7 if hollow else 1.0,
+                    label=r["method"].replace("trajectory-diffuser", "TD"))
     ax.set_xscale("log")
-    ax.set_xlabel("planning latency per control step, p50 (ms, batch 1, CPU)")
-    ax.set_ylabel("normalised score")
-    ax.set_title(f"{task}: diffusion planners (hollow: TD refinement ablation)")
-    ax.grid(alpha=0.3)
+    ax.set_xlabel("planning latency per control step, p50 (ms, batch 1, CPU, log scale)")
+    ax.set_ylabel(score_label(points))
+    ax.set_title(f"{task}: diffusion planners (hollow: TD refinement ablation)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if points:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return save_figure(fig, png)
 

@@ -1,0 +1,57 @@
+"""bench/bench_planners.py and bench_planner_timing.py: --plot-only redraws from the committed JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastpolicy.bench.report as report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The axes of every figure the plots save, read before save_figure closes them."""
+    saved = []
+    real = report.save_figure
+
+    def keep(fig, path, **kw):
+        saved.append([(ax.get_ylabel(), ax.get_legend()) for ax in fig.axes])
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    return saved
+
+
+@pytest.mark.skipif(not (RESULTS / "planners_summary.json").exists(), reason="no committed summary")
+def test_summary_plot_only_labels_both_axes(tmp_path, figures):
+    timing = _load("bench_planner_timing")
+    timing.main(timing.Args(plot_only=True, summary=str(RESULTS / "planners_summary.json"),
+                            plot=str(tmp_path / "summary.png"), out=str(tmp_path / "never.json")))
+    assert (tmp_path / "summary.png").stat().st_size > 0 and not (tmp_path / "never.json").exists()
+    (score, _), (latency, _) = figures[0]
+    assert score == report.SCORE_LABELS["d4rl"] and latency == "planning latency p50 (ms, log)"
+
+
+@pytest.mark.skipif(not (RESULTS / "planners_maze2d-umaze.json").exists(), reason="no committed results")
+def test_planners_plot_only_names_points_in_a_legend(tmp_path, figures):
+    planners = _load("bench_planners")
+    planners.main(planners.Args(task="maze2d-umaze", plot_only=True, results_dir=str(RESULTS),
+                                plot_dir=str(tmp_path), work=str(tmp_path / "never")))
+    assert (tmp_path / "planners_maze2d-umaze.png").stat().st_size > 0 and not (tmp_path / "never").exists()
+    ((ylabel, legend),) = figures[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert ylabel == report.SCORE_LABELS["d4rl"] and "TD-k1" in names and "diffuser-ddpm20" in names
