@@ -3,9 +3,10 @@ published D4RL numbers — one table, one plot.
 
 Per task (``hopper-medium``, ``hopper-medium-replay``, …):
 
-1. fastpolicy — ``fastpolicy bench --suite d4rl --task T``: BC-MLP and the diffusion teacher (MLP
-   denoiser, evaluated with DDPM-100 and DDIM-10) trained on ``datasets/store/<recipe>`` (built by
-   ``fastpolicy data make`` when missing) → ``bench/results/d4rl_<task>.json``;
+1. fastpolicy — ``fastpolicy bench --suite d4rl --task T --refresh-committed``: BC-MLP and the
+   diffusion teacher (MLP denoiser, evaluated with DDPM-100 and DDIM-10) trained on
+   ``datasets/store/<recipe>`` (built by ``fastpolicy data make`` when missing) →
+   ``bench/results/d4rl_<task>.json``;
 2. peers — ``bench/bench_d4rl_peers.py`` (d3rlpy BC / TD3+BC in their own virtualenv, fed by the D4RL
    HDF5 export of the same store, same evaluation seeds) → ``bench/results/d4rl_peers_<task>.json``;
 3. this script merges both into ``bench/results/d4rl.json`` (one row per task × method, the shared
@@ -61,10 +62,21 @@ class Args:
 
 
 def run_task(task: str, args: Args) -> None:
-    """Steps 1–2 for one task, each as its own process (the peers need their own interpreter)."""
+    """Steps 1–2 for one task, each as its own process (the peers need their own interpreter).
+
+    ``fastpolicy bench`` writes under ``runs/bench/d4rl`` by default; this script refreshes the
+    committed results, so it asks for them (``--refresh-committed``: bench/results and docs), or for
+    ``--results-dir`` when that is not the committed folder.
+    """
+    from fastpolicy.bench.cli import COMMITTED_RESULTS
+
     exe = sys.executable
+    if Path(args.results_dir) == Path(COMMITTED_RESULTS):
+        where = ["--refresh-committed"]
+    else:
+        where = ["--results-dir", str(ROOT / args.results_dir)]
     subprocess.run([exe, "-m", "fastpolicy.cli", "bench", "--suite", "d4rl", "--task", task,
-                    "--threads", str(args.threads)], check=True, cwd=ROOT)
+                    "--threads", str(args.threads), *where], check=True, cwd=ROOT)
     if args.peers:
         subprocess.run([exe, str(ROOT / "bench" / "bench_d4rl_peers.py"), "--tasks", task,
                         *shlex.split(args.peer_args)],
