@@ -69,3 +69,19 @@ def test_truncated_and_corrupted_chunks_are_named(chunked_store):
     report = verify_store(chunked_store)
     assert not report.ok
     assert any("'data/obs' chunk c/2/0 is damaged (sha256 mismatch)" in p for p in report.problems)
+
+
+def test_lost_array_or_manifest_is_damage_not_a_smaller_or_older_store(chunked_store):
+    """zarr lists only arrays whose zarr.json is there, and a store without manifest.json would pass for
+    one written before manifests: both used to open silently (and verify said ok)."""
+    manifest = chunked_store / MANIFEST_NAME
+    saved = manifest.read_bytes()
+    manifest.unlink()
+    with pytest.raises(StoreIntegrityError, match="manifest.json is missing although the store was written"):
+        EpisodeStore.open(chunked_store)
+    assert not verify_store(chunked_store).ok
+    manifest.write_bytes(saved)
+    (chunked_store / "data" / "reward" / "zarr.json").unlink()
+    with pytest.raises(StoreIntegrityError, match=r"array 'data/reward' is missing"):
+        EpisodeStore.open(chunked_store)
+    assert any("'data/reward' is missing" in p for p in verify_store(chunked_store).problems)

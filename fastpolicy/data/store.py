@@ -22,7 +22,9 @@ every chunk file with its size and sha256 in ``<store>/manifest.json`` (inside t
 directory, so it appears atomically with the store). ``EpisodeStore.open`` checks that every recorded
 chunk is present with its recorded size (one ``stat`` per chunk: cheap), a read that fails names the
 array and the chunk, and :func:`verify_store` (``fastpolicy data verify``) hashes and decodes every
-chunk. A missing or damaged chunk raises :class:`StoreIntegrityError` naming the array and the chunk.
+chunk. A missing or damaged chunk raises :class:`StoreIntegrityError` naming the array and the chunk;
+so does a recorded array that is gone (zarr would just list one key fewer) and a missing manifest of a
+store whose attributes say it was written with one (``integrity_manifest``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ _MIN_CHUNK_ROWS = 256
 #: The chunk inventory written with every store (see the module docstring).
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fastpolicy-store-manifest/1"
+#: Root attribute saying the store was written with a manifest: without it, deleting manifest.json
+#: would silently turn every check off (the store would pass for one written before manifests).
+MANIFEST_ATTR = "integrity_manifest"
 
 
 class StoreIntegrityError(ValueError):
@@ -348,7 +353,8 @@ class EpisodeWriter:
             ends = np.asarray(self._ends, dtype=np.int64)
             meta.create_array("episode_ends", shape=ends.shape, chunks=(max(1, len(ends)),), dtype=np.int64,
                               compressors=_compressor(ends.dtype))[:] = ends
-            attrs = {"fastpolicy_version": _fastpolicy_version(), **jsonable_attrs(self.attrs)}
+            attrs = {"fastpolicy_version": _fastpolicy_version(), **jsonable_attrs(self.attrs),
+                     MANIFEST_ATTR: MANIFEST_FORMAT}
             self._root.attrs.update(attrs)
             arrays = ["meta/episode_ends", *(f"data/{k}" for k in _array_names(self._data))]
             _write_manifest(self._tmp, arrays)
@@ -409,7 +415,7 @@ class EpisodeStore:
             raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no meta/episode_ends)")
         if "data" not in group:
             raise ValueError(f"{path} is not a fastpolicy EpisodeStore (no data group)")
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, expected=MANIFEST_ATTR in group.attrs)
         if manifest is not None:
             problems = _inventory_problems(path, manifest, _array_names(group["data"]))
             if problems:
@@ -593,10 +599,16 @@ def _write_manifest(root: Path, arrays: list[str]) -> None:
         f.write("\n")
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The store's chunk manifest, or None for a store written before manifests existed."""
+def read_manifest(path: str | os.PathLike, expected: bool = False) -> dict[str, Any] | None:
+    """The store's chunk manifest, or None for a store written before manifests existed.
+
+    ``expected``: the store's attributes say it was written with one, so a missing file is damage.
+    """
     file = Path(path) / MANIFEST_NAME
     if not file.exists():
+        if expected:
+            raise StoreIntegrityError(f"{path}: {MANIFEST_NAME} is missing although the store was written "
+                                      "with one; its chunks cannot be checked — rebuild the store")
         return None
     try:
         manifest = json.loads(file.read_text())
@@ -616,6 +628,10 @@ def _inventory_problems(path: Path, manifest: dict[str, Any], data_arrays: list[
         if f"data/{name}" not in recorded:
             problems.append(f"array 'data/{name}' is not in {MANIFEST_NAME} "
                             "(added after the store was written)")
+    for array in recorded:
+        # zarr lists only arrays whose zarr.json is there: a lost one would just vanish from the keys
+        if array.startswith("data/") and array[len("data/"):] not in data_arrays:
+            problems.append(f"array '{array}' is missing (its {path / array / 'zarr.json'} is gone)")
     for array, chunks in recorded.items():
         for key, (size, _) in chunks.items():
             file = path / array / key
@@ -674,7 +690,15 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
     if not path.exists():
         raise FileNotFoundError(f"no dataset store at {path}")
     report = VerifyReport(path)
-    manifest = read_manifest(path)
+    try:
+        expected = MANIFEST_ATTR in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # noqa: BLE001 - reported below, where the group is opened for the decode
+        expected = False
+    try:
+        manifest = read_manifest(path, expected)
+    except StoreIntegrityError as exc:
+        report.problems.append(str(exc).removeprefix(f"{path}: "))
+        manifest = None
     report.has_manifest = manifest is not None
     if manifest is not None:
         for array, chunks in sorted(manifest["arrays"].items()):
@@ -696,14 +720,19 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
                                        f"{', '.join(extra[:5])}")
     try:
         group = zarr.open_group(str(path), mode="r")
-        names = ["meta/episode_ends", *(f"data/{k}" for k in _array_names(group["data"]))]
+        has_ends = "meta" in group and "episode_ends" in group["meta"]
+        names = [*(["meta/episode_ends"] if has_ends else []),
+                 *(f"data/{k}" for k in _array_names(group["data"]))]
     except Exception as exc:
         report.problems.append(f"not a readable store ({type(exc).__name__}: {exc})")
-        names = []
+        group, names = None, []
     if manifest is not None:
         for name in names:
             if name not in manifest["arrays"]:
                 report.problems.append(f"array '{name}' is not in {MANIFEST_NAME}")
+        for name in sorted(set(manifest["arrays"]) - set(names)):
+            if group is not None:
+                report.problems.append(f"array '{name}' is missing (its zarr.json is gone)")
     for name in names:
         report.arrays += 1
         arr = group[name]
