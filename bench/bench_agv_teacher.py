@@ -1,13 +1,14 @@
-"""The diffusion teacher on AGV: train on expert demonstrations, then score and time it (issue 3).
+"""The diffusion teacher on AGV: train on expert demonstrations, then score and time it beside BC.
 
 Workflow, top to bottom:
 
 1. build the ``agv-simple-static-expert`` dataset (``fastpolicy data make``; reused if present);
-2. train a diffusion policy on it with ``fastpolicy.train.offline.train_offline`` (MLP denoiser by
-   default, CPU, a fixed optimizer-step budget);
+2. train a diffusion policy on it with ``fastpolicy.train.offline.train_offline`` (MLP denoiser and the
+   library's default parametrisation, CPU, a fixed optimizer-step budget at the suites' learning rate
+   1e-3, recorded in every row), and BC with the same budget;
 3. evaluate the last checkpoint with ``fastpolicy.evaluation.evaluate`` under each sampler
-   (``ddpm:100`` the teacher, ``ddim:10``): success rate over seeds x episodes and per-action latency
-   at batch 1;
+   (``ddpm:100`` the teacher, ``ddim:10``), and BC: success rate over seeds x episodes and per-action
+   latency at batch 1;
 4. write the rows to ``bench/results/agv_teacher.json``.
 
 The budget (steps, batch, episodes) is sized for a shared 2-core CPU (~5-10 min when it is idle,
@@ -44,9 +45,11 @@ class Args:
     steps: int = 10_000
     """optimizer steps"""
     batch_size: int = 256
-    episodes: int = 25
+    lr: float = 1e-3
+    """the benchmark suites' learning rate (demo, d4rl); DiffusionPolicy's 1e-4 is for 10x longer runs"""
+    episodes: int = 20
     """evaluation episodes per seed"""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """evaluation seeds"""
     samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddim:10"])
     latency_steps: int = 64
@@ -67,6 +70,7 @@ def parse_args() -> Args:
     p.add_argument("--backbone", default=d.backbone)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--episodes", type=int, default=d.episodes)
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
     p.add_argument("--samplers", nargs="+", default=d.samplers)
@@ -102,17 +106,19 @@ def main() -> None:
     t0 = time.perf_counter()
     wall_file = args.run / "bench_train_wall.json"
     if args.retrain or not (args.run / "latest").exists():
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
                           log_every=100, seed=0, device="cpu")
         train_offline(args.store, args.run, "diffusion", {"backbone": args.backbone, "sampler": "ddpm:100"},
                       cfg, task=args.task)
-        wall_file.write_text(json.dumps({"train_wall_s": time.perf_counter() - t0, "steps": args.steps}))
+        wall_file.write_text(json.dumps({"train_wall_s": time.perf_counter() - t0, "steps": args.steps,
+                                         "lr": args.lr}))
     # A reused run reports the wall time of the training that produced it.
     train_s = json.loads(wall_file.read_text())["train_wall_s"] if wall_file.exists() else None
     policy = load_policy(args.run)
 
-    budget = {"train_steps": args.steps, "batch_size": args.batch_size, "backbone": args.backbone,
+    budget = {"train_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+              "backbone": args.backbone, "prediction_type": policy.config.prediction_type,
               "train_wall_s": None if train_s is None else round(train_s, 1), "data_wall_s": round(t_data, 1),
               "dataset": task.dataset, "dataset_episodes": store.n_episodes, "dataset_steps": store.n_steps,
               "expert_success_rate": store.attrs.get("expert_success_rate"),
@@ -128,6 +134,17 @@ def main() -> None:
         rows.append(row)
         print(f"{spec:>9}: success {row['success_rate']:.3f}  latency p50 {row['latency_ms_p50']:.2f} ms "
               f"p99 {row['latency_ms_p99']:.2f} ms  ({row['eval_wall_s']} s)", flush=True)
+    bc_run = args.run.with_name(args.run.name + "_bc")
+    if args.retrain or not (bc_run / "latest").exists():
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
+                          log_every=100, seed=0, device="cpu")
+        train_offline(args.store, bc_run, "bc", {}, cfg, task=args.task)
+    bc = load_policy(bc_run)
+    row = evaluate(bc, task, args.episodes, args.seeds, args.latency_steps, progress=False,
+                   **{**budget, "backbone": "mlp", "prediction_type": None})
+    rows.append(row)
+    print(f"{'bc':>9}: success {row['success_rate']:.3f}", flush=True)
     print(f"wrote {write_results(args.out, rows)}")
 
 

@@ -206,6 +206,24 @@ TABLES: dict[str, tuple] = {
             ("p99 ms", "latency_ms_p99", "{:.1f}"),
         ],
     ),
+    **{f"diffusion_core_{task}": (
+        f"diffusion_core_{task}.json",
+        [
+            ("variant", "variant", "{}"),
+            ("To", "obs_horizon", "{}"),
+            ("Tp", "pred_horizon", "{}"),
+            ("Ta", "action_horizon", "{}"),
+            ("sampler", "sampler", "{}"),
+            ("temperature", "temperature", "{}"),
+            ("score", "score_mean", "{:.1f}"),
+            ("± std", "score_std", "{:.1f}"),
+            ("success", "success_rate", "{:.2f}"),
+            ("episodes", "episodes", "{}"),
+            ("seeds", "seeds", "{}"),
+            ("train steps", "steps", "{}"),
+        ],
+    ) for task in ("maze2d-umaze", "agv-simple-static", "agv-bimodal-block", "walker2d-medium",
+                   "hopper-medium")},
     "proxy_labeling_peers": (
         "proxy_labeling_peers.json",
         [

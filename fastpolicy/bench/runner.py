@@ -57,6 +57,8 @@ class SuiteConfig:
     peers and ``fastpolicy data make``) instead of inside the suite's work directory"""
     teacher_steps: int = 2000
     bc_steps: int = 2000
+    bc_options: dict[str, Any] = field(default_factory=dict)
+    """BC's own policy options (e.g. horizons chosen for BC on validation seeds; default: the task card's)"""
     sdp_steps: int = 300
     cm_steps: int = 300
     """single-segment consistency student"""
@@ -130,11 +132,15 @@ SUITES: dict[str, SuiteConfig] = {
     # D4RL-style MuJoCo tasks: the scores side by side with the published numbers and the d3rlpy peers
     # (bench/bench_d4rl_peers.py). CPU-sized: MLP denoiser teacher, 20k optimizer steps at batch 256 for
     # teacher and BC; the recipe's full-size datasets at datasets/store/<recipe> (`fastpolicy data make`).
+    # Each learner at the horizons its validation runs chose (bench/bench_diffusion_core.py, seed 100):
+    # the teacher at the task card's To 1 / Tp 4 / Ta 1, BC at To 2 / Tp 16 / Ta 2 (walker2d-medium
+    # validation: BC 85.4 there vs 78.4 at 1/4/1). Samplers at temperature 1 and 0.5, all reported.
     "d4rl": SuiteConfig("d4rl", dataset_size=None, store_root="datasets/store", teacher_steps=20_000,
                         bc_steps=20_000, batch_size=256, lr=1e-3, episodes=10, seeds=[0, 1, 2],
                         latency_steps=64, latency_rounds=2, throughput_calls=2,
-                        teacher_options={"backbone": "mlp"},
-                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10")),
+                        teacher_options={"backbone": "mlp", "prediction_type": "v_prediction"},
+                        bc_options={"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2},
+                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
     # runs the same methods plus the KV-cache and refinement ablations. Mazes use the goal-holding data
@@ -451,7 +457,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
 
     if _wanted(suite, "bc-mlp"):
         log(f"[bench] BC-MLP ({suite.bc_steps} steps)")
-        bc_run = ensure_trained(store, work / "bc", "bc", {}, suite.bc_steps, suite, task)
+        bc_run = ensure_trained(store, work / "bc", "bc", dict(suite.bc_options), suite.bc_steps, suite, task)
         bc = load_policy(bc_run)
         bc_extra = {**teacher_extra, "train_seconds": _cost(bc_run).get("seconds")}
         methods.append(Method("bc-mlp", bc, extra=bc_extra))

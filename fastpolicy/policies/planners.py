@@ -333,7 +333,8 @@ class _Planner(TorchPolicy):
         obs_n = self.encode_obs(obs_window).view(-1, cfg.obs_horizon, cfg.obs_dim)
         batch, c = obs_n.shape[0], cfg.num_candidates
         plans, stats = self._plan(obs_n, c, generator)
-        actions = self._plan_actions(plans)                                   # (B·C, Ta, A) raw
+        # raw, inside the trained action range whatever the sampler or inverse dynamics produced
+        actions = self.bounded_actions(self.normalize_action(self._plan_actions(plans)))   # (B·C, Ta, A)
         if c > 1:
             s0 = obs_n[:, -1].repeat_interleave(c, dim=0)
             q = self.critic(s0, self.normalize_action(actions[:, 0])).view(batch, c)
