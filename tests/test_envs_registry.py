@@ -125,3 +125,23 @@ def test_card_normalization_is_validated_and_defaults_filled(tasks_dir):
     (tasks_dir / "zeta.yaml").write_text(CARD.format(name="zeta") + "normalization: {obs: zscore}\n")
     with pytest.raises(ValueError, match="zscore"):
         get_task("zeta")
+
+
+def test_task_card_teacher_options_are_validated_and_applied(tmp_path, linear_store):
+    from fastpolicy.envs.registry import get_task, load_task_card
+    from fastpolicy.train.offline import train_offline
+    from fastpolicy.train.trainer import TrainConfig
+
+    card = tmp_path / "t.yaml"
+    card.write_text("name: t\nenv_id: X-v0\nmax_episode_steps: 5\nteacher: {temperature: 0.5}\n")
+    with pytest.raises(ValueError, match="teacher may set"):
+        load_task_card(card)
+    assert get_task("walker2d-medium").teacher == {"prediction_type": "v_prediction"}
+    cfg = TrainConfig(steps=1, batch_size=4, warmup_steps=1, progress=False, tensorboard=False)
+    policy, _ = train_offline(linear_store, tmp_path / "run", "diffusion", {"backbone": "mlp"}, cfg,
+                              task="walker2d-medium")
+    assert policy.config.prediction_type == "v_prediction" and policy.config.obs_horizon == 1
+    # an explicit option wins over the card
+    policy, _ = train_offline(linear_store, tmp_path / "run2", "diffusion",
+                              {"backbone": "mlp", "prediction_type": "sample"}, cfg, task="walker2d-medium")
+    assert policy.config.prediction_type == "sample"

@@ -133,12 +133,13 @@ SUITES: dict[str, SuiteConfig] = {
     # (bench/bench_d4rl_peers.py). CPU-sized: MLP denoiser teacher, 20k optimizer steps at batch 256 for
     # teacher and BC; the recipe's full-size datasets at datasets/store/<recipe> (`fastpolicy data make`).
     # Each learner at the horizons its validation runs chose (bench/bench_diffusion_core.py, seed 100):
-    # the teacher at the task card's To 1 / Tp 4 / Ta 1, BC at To 2 / Tp 16 / Ta 2 (walker2d-medium
-    # validation: BC 85.4 there vs 78.4 at 1/4/1). Samplers at temperature 1 and 0.5, all reported.
+    # the teacher at the task card's To 1 / Tp 4 / Ta 1 and parametrisation (``teacher:``), BC at
+    # To 2 / Tp 16 / Ta 2 (walker2d-medium validation: BC 85.4 there vs 78.4 at 1/4/1). Samplers at
+    # temperature 1 and 0.5, all reported.
     "d4rl": SuiteConfig("d4rl", dataset_size=None, store_root="datasets/store", teacher_steps=20_000,
                         bc_steps=20_000, batch_size=256, lr=1e-3, episodes=10, seeds=[0, 1, 2],
                         latency_steps=64, latency_rounds=2, throughput_calls=2,
-                        teacher_options={"backbone": "mlp", "prediction_type": "v_prediction"},
+                        teacher_options={"backbone": "mlp"},
                         bc_options={"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a

@@ -36,11 +36,15 @@ _ALLOWED_KEYS = {
     "dataset",
     "horizons",
     "normalization",
+    "teacher",
     "score",
     "eval",
     "description",
     "reference",
 }
+
+
+_TEACHER_KEYS = {"prediction_type", "sampler"}
 
 
 def tasks_dir() -> Path:
@@ -68,6 +72,9 @@ class TaskSpec:
     horizons: dict[str, int] = field(default_factory=lambda: {"obs": 2, "pred": 16, "action": 8})
     normalization: dict[str, str] = field(default_factory=_default_normalization)
     """how training fits the obs / action normalizers (``fastpolicy.data.normalize.MODES``)"""
+    teacher: dict[str, Any] = field(default_factory=dict)
+    """diffusion-teacher options chosen for this task on validation seeds (``prediction_type``,
+    ``sampler``); training with ``--task`` applies them unless the user sets them"""
     score: dict[str, Any] = field(default_factory=lambda: {"kind": "return"})
     eval: dict[str, Any] = field(default_factory=lambda: {"episodes": 10, "seeds": [0]})
     description: str = ""
@@ -104,6 +111,10 @@ def load_task_card(path: str | os.PathLike) -> TaskSpec:
             raise ValueError(f"task card {path}: normalization must map obs/action to one of {MODES}, "
                              f"got {bad!r}")
         data["normalization"] = {**DEFAULT_MODES, **norm}
+    teacher = data.get("teacher", {})
+    bad_teacher = set(teacher) - _TEACHER_KEYS if isinstance(teacher, dict) else teacher
+    if bad_teacher:
+        raise ValueError(f"task card {path}: teacher may set {sorted(_TEACHER_KEYS)}, got {bad_teacher!r}")
     score = data.get("score", {"kind": "return"})
     if not isinstance(score, dict):
         raise ValueError(f"task card {path}: score must be a mapping, got {score!r}")

@@ -89,6 +89,9 @@ def train_offline(
             options.setdefault("obs_horizon", h["obs"])
             options.setdefault("pred_horizon", h["pred"])
             options.setdefault("action_horizon", h["action"])
+            if policy_type in ("diffusion", "streaming"):
+                for key, value in spec.teacher.items():   # the card's validated teacher choices
+                    options.setdefault(key, value)
             modes.update(spec.normalization)
         # not a network option: it decides how the normalizers are fitted (saved with the checkpoint)
         if "obs_normalization" in options:
