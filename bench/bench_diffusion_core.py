@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(REPO / "runs" / "bench" / "diffusion_core"))
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
+    p.add_argument("--store-root", default=str(REPO / "datasets" / "store"), help="where datasets live")
+    p.add_argument("--size", type=int, default=None, help="override the dataset size (smoke tests)")
     p.add_argument("--no-bc", action="store_true", help="skip the BC baseline")
     args = p.parse_args(argv)
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for task_name in args.task:
         setup = TASKS[task_name]
         task = get_task(task_name)
-        store = ensure_dataset(task_name, REPO / "datasets" / "store" / setup.recipe, setup.size,
+        store = ensure_dataset(task_name, Path(args.store_root) / setup.recipe, args.size or setup.size,
                                recipe=setup.recipe)
         steps = args.steps or setup.steps
         episodes = args.episodes or setup.episodes

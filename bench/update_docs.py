@@ -194,18 +194,6 @@ TABLES: dict[str, tuple] = {
             ("train s", "train_seconds", "{:.0f}"),
         ],
     ),
-    "teacher_ablation_walker2d-medium": (
-        "teacher_ablation_walker2d-medium.json",
-        [
-            ("variant", "variant", "{}"),
-            ("sampler", "sampler", "{}"),
-            ("score", "score_mean", "{:.1f}"),
-            ("± std", "score_std", "{:.1f}"),
-            ("episodes", "episodes", "{}"),
-            ("train steps", "steps", "{}"),
-            ("p99 ms", "latency_ms_p99", "{:.1f}"),
-        ],
-    ),
     **{f"diffusion_core_{task}": (
         f"diffusion_core_{task}.json",
         [

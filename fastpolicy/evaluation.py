@@ -8,7 +8,8 @@ each ``Session.act`` (0 while the action queue lasts, the sampler's step count w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,15 @@ def _step_success(info: dict, n: int) -> np.ndarray:
 
 
 def rollout(
-    policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False
+    policy: Policy, task: TaskSpec, episodes: int, seed: int, progress: bool = False,
+    step_hook: Callable[[Any, np.ndarray], None] | None = None,
 ) -> RolloutResult:
-    """Run ``episodes`` episodes in lockstep (env seeds seed, seed+1, …); finished envs are ignored."""
+    """Run ``episodes`` episodes in lockstep (env seeds seed, seed+1, …); finished envs are ignored.
+
+    ``step_hook(venv, alive)`` is called after every step with the vector env and the (episodes,) mask
+    of episodes that were still running during that step — e.g. to record trajectories and classify
+    which way (mode) each episode went.
+    """
     from tqdm.auto import tqdm
 
     venv = make_vector_env(task, episodes)
@@ -68,6 +75,8 @@ def rollout(
             action = np.clip(session.act(obs), low, high)
             obs, reward, terminated, truncated, info = venv.step(action)
             alive = ~done
+            if step_hook is not None:
+                step_hook(venv, alive)
             returns += np.where(alive, reward, 0.0)
             lengths += alive
             success |= alive & _step_success(info, episodes)
@@ -110,9 +119,12 @@ def evaluate(
     latency_steps: int = 64,
     progress: bool = True,
     method: str | None = None,
+    step_hook: Callable[[int, Any, np.ndarray], None] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Score + latency of one policy on one task, as a row of the shared result schema.
+
+    ``step_hook(seed, venv, alive)``: see :func:`rollout`.
 
     ``episodes`` per seed; ``None`` means the task card's ``eval.episodes`` (10 if it has none).
     """
@@ -123,7 +135,9 @@ def evaluate(
     if episodes is None:
         episodes = int(task.eval.get("episodes", 10))
     seeds = list(seeds if seeds is not None else task.eval.get("seeds", [0]))
-    results = [rollout(policy, task, episodes, seed * 1000, progress) for seed in seeds]
+    results = [rollout(policy, task, episodes, seed * 1000, progress,
+                       None if step_hook is None else functools.partial(step_hook, seed))
+               for seed in seeds]
     returns = np.concatenate([r.returns for r in results])
     success = np.concatenate([r.success for r in results])
     scores = np.asarray(task.normalized_score(returns), dtype=np.float64)

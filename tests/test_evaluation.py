@@ -117,3 +117,15 @@ def test_evaluate_refuses_zero_or_negative_episodes(episodes):
     """0 used to mean "task default" and silently ran 10 episodes; None is the default."""
     with pytest.raises(ValueError, match=f"episodes must be ≥ 1.*got {episodes}"):
         evaluate(object(), "maze2d-umaze", episodes=episodes, seeds=[0], latency_steps=0)
+
+
+def test_step_hook_sees_every_step_of_every_running_episode(maze_teacher):
+    policy = load_policy(maze_teacher / "run")
+    calls = []
+    row = evaluate(policy, "maze2d-umaze", episodes=2, seeds=[4, 5], latency_steps=0, progress=False,
+                   step_hook=lambda seed, venv, alive: calls.append((seed, alive.copy())))
+    assert {seed for seed, _ in calls} == {4, 5}
+    assert all(alive.shape == (2,) for _, alive in calls)
+    # the hook saw exactly the steps the episodes ran
+    steps_seen = sum(int(alive.sum()) for _, alive in calls)
+    assert steps_seen == round(row["episode_length_mean"] * 4)
