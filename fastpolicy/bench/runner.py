@@ -101,7 +101,8 @@ class SuiteConfig:
 
 
 ALL_METHODS: tuple[str, ...] = (
-    "bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "dp-dpm10", "dp-ddim10-ta4", "sdp-net-dp-ddim10",
+    "bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "dp-dpm10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
+    "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim10-ta4", "sdp-net-dp-ddim10",
     "sdp-ddpm100", "sdp-ode6", "cm-1step", "cm-2step", "cm-4step", "cm-seg4", "cm-seg2", "cm-seg1", "sdp-cm")
 
 SUITES: dict[str, SuiteConfig] = {
@@ -135,13 +136,14 @@ SUITES: dict[str, SuiteConfig] = {
     # Each learner at the horizons its validation runs chose (bench/bench_diffusion_core.py, seed 100):
     # the teacher at the task card's To 1 / Tp 4 / Ta 1 and parametrisation (``teacher:``), BC at
     # To 2 / Tp 16 / Ta 2 (walker2d-medium validation: BC 85.4 there vs 78.4 at 1/4/1). Samplers at
-    # temperature 1 and 0.5, all reported.
+    # temperature 1, 0.5 and 0 (deterministic from x_T = 0), all reported.
     "d4rl": SuiteConfig("d4rl", dataset_size=None, store_root="datasets/store", teacher_steps=20_000,
                         bc_steps=20_000, batch_size=256, lr=1e-3, episodes=10, seeds=[0, 1, 2],
                         latency_steps=64, latency_rounds=2, throughput_calls=2,
                         teacher_options={"backbone": "mlp"},
                         bc_options={"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2},
-                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5")),
+                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
+                                 "dp-ddpm100-t0", "dp-ddim10-t0")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
     # runs the same methods plus the KV-cache and refinement ablations. Mazes use the goal-holding data
@@ -464,7 +466,9 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         methods.append(Method("bc-mlp", bc, extra=bc_extra))
     for name, spec in (("dp-ddpm100", "ddpm:100"), ("dp-ddim10", "ddim:10"), ("dp-ddim4", "ddim:4"),
                        ("dp-dpm10", "dpm:10"), ("dp-ddpm100-t0.5", "ddpm:100,temperature=0.5"),
-                       ("dp-ddim10-t0.5", "ddim:10,temperature=0.5")):
+                       ("dp-ddim10-t0.5", "ddim:10,temperature=0.5"),
+                       ("dp-ddpm100-t0", "ddpm:100,temperature=0"),
+                       ("dp-ddim10-t0", "ddim:10,temperature=0")):
         if _wanted(suite, name):
             methods.append(Method(name, teacher, sampler(spec), dict(teacher_extra)))
 
