@@ -405,8 +405,10 @@ def time_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, rows:
         if getattr(m.policy, "checkpoint_hash", None):  # which weights the row measured
             row["checkpoint_hash"] = f"sha256:{m.policy.checkpoint_hash}"
         row.update(timing_fields(*samples[i]))
-        row["first_step_ms"] = first_step_ms(m.policy, obs_windows[:1])
-        row["throughput_b64"] = measure_throughput(m.policy, obs_windows, suite.throughput_calls)
+        # methods may condition on different histories (BC at To 2 beside a To 1 teacher): the latest To
+        windows = obs_windows[:, obs_windows.shape[1] - m.policy.obs_horizon:]
+        row["first_step_ms"] = first_step_ms(m.policy, windows[:1])
+        row["throughput_b64"] = measure_throughput(m.policy, windows, suite.throughput_calls)
         row["actions_per_s_b64"] = row["throughput_b64"] * m.policy.action_horizon
         row["action_horizon"] = int(m.policy.action_horizon)
         validate_row(row)
@@ -613,7 +615,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
                 teacher_run = ensure_trained(store, work / "teacher", "diffusion", suite.teacher_options,
                                              suite.teacher_steps, suite, task)
             methods = build_methods(suite, task, store, work, teacher_run, progress)
-        obs = obs_windows_from_store(store, methods[0].policy.obs_horizon)
+        obs = obs_windows_from_store(store, max(m.policy.obs_horizon for m in methods))
         if progress:
             print(f"[bench] evaluating {len(methods)} methods on {task}", flush=True)
         if ray_config is None or teacher_run is None:  # Ray workers rebuild methods from a teacher run
@@ -668,7 +670,7 @@ def accelerate_and_compare(teacher_run: str | Path, store: str | Path, task: str
         raise KeyError(f"unknown budget {budget!r}; known: {', '.join(SUITES)}")
     store, work = Path(store), Path(out_dir)
     methods = build_methods(suite, task, store, work, Path(teacher_run), progress=True)
-    obs = obs_windows_from_store(store, methods[0].policy.obs_horizon)
+    obs = obs_windows_from_store(store, max(m.policy.obs_horizon for m in methods))
     rows = evaluate_methods(methods, task, suite, obs, progress=True)
     for r in rows:
         r["suite"] = suite.name
