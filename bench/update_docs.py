@@ -153,19 +153,22 @@ TABLES: dict[str, tuple] = {
             ("load (1 min) before", "loadavg_1min_before", "{}"),
         ],
     ),
-    "agv_teacher": (
-        "agv_teacher.json",
+    **{name: (
+        f"{name}.json",
         [
             ("task", "task", "{}"),
             ("method", "method", "{}"),
             ("success", "success_rate", "{:.2f}"),
             ("episodes", "episodes", "{}"),
+            ("seeds", "seeds", "{}"),
             ("train steps", "train_steps", "{}"),
-            ("backbone", "backbone", "{}"),
+            ("lr", "lr", "{}"),
+            ("parametrisation", "prediction_type", "{}"),
+            ("modes (episode fractions)", "mode_fractions", "{}"),
             ("NFE/step max", "nfe_per_step_max", "{}"),
             ("p99 ms", "latency_ms_p99", "{:.1f}"),
         ],
-    ),
+    ) for name in ("agv_teacher", "agv_bimodal_teacher")},
     "proxy_labeling": (
         "proxy_labeling.json",
         [
