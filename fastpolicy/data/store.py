@@ -29,7 +29,6 @@ store whose attributes say it was written with one (``integrity_manifest``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastpolicy.utils.atomic import file_sha256 as _sha256
 
 #: Keys every episode must carry.
 REQUIRED_KEYS: tuple[str, ...] = ("obs", "action")
@@ -578,14 +579,6 @@ def _chunk_files(root: Path, array: str) -> dict[str, Path]:
     if not base.is_dir():
         return {}
     return {p.relative_to(root / array).as_posix(): p for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_manifest(root: Path, arrays: list[str]) -> None:

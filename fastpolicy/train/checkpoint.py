@@ -14,7 +14,6 @@ folders and a ``latest`` text file naming the newest; ``load_policy`` accepts ei
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,20 +26,13 @@ from safetensors.torch import load_file, save_file
 
 from fastpolicy import __version__
 from fastpolicy.utils.atomic import atomic_dir, atomic_file
+from fastpolicy.utils.atomic import file_sha256 as _sha256
 
 CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted or of an unknown kind."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -97,3 +97,14 @@ def check_writable(target: str | os.PathLike, inside: bool = False) -> None:
         raise PermissionError(f"cannot write {target}: {probe} is not writable ({exc.strerror})") from None
     os.close(fd)
     os.unlink(name)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (stores, checkpoints and behaviour actors record it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

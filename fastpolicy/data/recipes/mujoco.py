@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fastpolicy.utils.atomic import file_sha256 as _sha256
 
 LABEL = "D4RL-style (gymnasium v5)"
 #: A checkpoint is "expert" when its mean return reaches this fraction of D4RL's REF_MAX (D4RL's own
@@ -347,14 +348,6 @@ def _action_bounds(env_id: str) -> tuple[np.ndarray, np.ndarray]:
     low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
     env.close()
     return low, high
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the recipes --------------------------------------------------------------------------------------
