@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
+    from fastpolicy.utils.atomic import check_writable
+
+    check_writable(a.out, inside=True)             # fail in one line, not after minutes of training
     overrides = {
         k: v
         for k, v in (

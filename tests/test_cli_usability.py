@@ -128,6 +128,10 @@ def test_tracebacks_became_one_clear_line(read_only_dir, linear_store, tiny_run,
         "server": ["control", "--server", f"ws://127.0.0.1:{_free_port()}", "--task", "maze2d-umaze",
                    "--connect-timeout-s", "2"],
         "report": ["report", str(tmp_path / "garbage.json")],
+        # checked before any dataset or training: seconds, not minutes
+        "demo": ["demo", "--out", str(ro / "demo")],
+        "distill": ["distill", "--teacher", str(tiny_run), "--store", str(linear_store),
+                    "--out", str(ro / "student")],
     }
     import torch
 
@@ -136,7 +140,7 @@ def test_tracebacks_became_one_clear_line(read_only_dir, linear_store, tiny_run,
                             "--device", "cuda", *TINY_DIFFUSION]
     t0 = time.monotonic()
     results = run_all(commands)
-    for name in ("make", "import", "export", "split", "info", "train", "eval"):
+    for name in ("make", "import", "export", "split", "info", "train", "eval", "demo", "distill"):
         assert_one_line_error(results[name], str(ro))
     assert not (tmp_path / "cuda").exists()
     if "cuda" in results:

@@ -409,6 +409,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from fastpolicy.utils.atomic import check_writable
+
+    check_writable(args.out, inside=True)          # before the teacher is loaded and anything trains
     stages = parse_segments(args.segments)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
