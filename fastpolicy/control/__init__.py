@@ -6,8 +6,7 @@ loads only what it names, and ``fastpolicy control --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastpolicy.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "ActionBroker": "fastpolicy.control.broker",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'fastpolicy.control' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

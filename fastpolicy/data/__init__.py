@@ -6,8 +6,7 @@ nothing: zarr, numba, h5py and torch load only when the object that needs them i
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastpolicy.utils.lazy import lazy_exports
 
 _LAZY = {
     "EpisodeStore": "fastpolicy.data.store",
@@ -27,8 +26,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
