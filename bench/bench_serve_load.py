@@ -103,6 +103,7 @@ class ServerProcess:
         threads: int,
         builtin_hidden: int,
         builtin_nfe: int,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         cmd = [
             sys.executable,
@@ -128,6 +129,7 @@ class ServerProcess:
             str(builtin_hidden),
             "--builtin-nfe",
             str(builtin_nfe),
+            *extra_args,  # e.g. --device cuda --cuda-graphs 1,64 (bench/bench_gpu.py)
         ]
         env = {**os.environ, "FASTPOLICY_TOKEN": TOKEN}
         self.proc = subprocess.Popen(

@@ -121,7 +121,11 @@ class ChunkSource(Protocol):
 
 
 class LocalChunkSource:
-    """A ``Policy`` in this process, with its per-episode state kept here (batch of one)."""
+    """A ``Policy`` in this process, with its per-episode state kept here (batch of one).
+
+    A graphed policy (``fastpolicy.policies.cuda_graphs.graphed``) replays its batch-1 CUDA graph here,
+    the same path the server uses for its batches.
+    """
 
     def __init__(self, policy: Policy, period_s: float, seed: int | None = None) -> None:
         self.policy = policy
@@ -130,6 +134,10 @@ class LocalChunkSource:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._state_lock = threading.Lock()
         self.state: PolicyState = policy.init_state(1)
+        warmup = getattr(policy, "warmup", None)
+        if callable(warmup) and getattr(policy, "graph_batch_sizes", ()):
+            # a graphed policy captures its batch-1 graphs now, not on the loop's first ticks
+            warmup((1,), self.generator)
 
     def request(self, obs_window: np.ndarray, t: float) -> Chunk:
         window = np.asarray(obs_window, dtype=np.float32)

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from fastpolicy.serve.cli import add_token_arguments
+from fastpolicy.serve.cli import add_graph_arguments, add_token_arguments
 
 
 def register(subparsers: Any) -> None:
@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hz", type=float, default=20.0, help="control rate")
     p.add_argument("--server", default=None, help="ws://host:port of a `fastpolicy serve` (instead of CKPT)")
     add_token_arguments(p, "server token")
+    add_graph_arguments(p)
     p.add_argument("--connect-timeout-s", type=float, default=5.0,
                    help="give up on an unreachable --server after this long")
     p.add_argument("--steps", type=int, default=400, help="control ticks to run")
@@ -106,9 +107,10 @@ def _control(args: argparse.Namespace) -> int:
         client = _connect(args.server, resolve_token(args), args.connect_timeout_s)
         source: Any = RemoteChunkSource(client)
     else:
-        from fastpolicy.serve.cli import load_policy_spec
+        from fastpolicy.serve.cli import load_policy_spec, place_policy
 
         policy, _, _ = load_policy_spec(args.checkpoint)
+        policy = place_policy(policy, args)
         source = LocalChunkSource(policy, 1.0 / args.hz, seed=args.seed)
 
     env = make_env(task)

@@ -8,6 +8,10 @@ oldest has waited ``max_wait_ms``, stacks observation windows and per-session st
 loop) and splits the result back (``Policy.split_state``). While the worker runs, the next batch forms.
 
 A batch that raises is retried one request at a time, so one bad session cannot fail its neighbours.
+
+A policy with CUDA graphs (``fastpolicy.policies.cuda_graphs.GraphedPolicy``) declares its captured
+batch sizes (``graph_batch_sizes``): batches are then capped at the largest one, and the policy pads each
+batch to the next captured size and slices the result (``padded_sizes`` records what ran).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from fastpolicy.policies.base import Policy, PolicyState
+from fastpolicy.policies.cuda_graphs import padded_size
 
 log = logging.getLogger("fastpolicy.serve.batching")
 
@@ -85,6 +90,10 @@ class MicroBatcher:
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be ≥ 0, got {max_wait_ms}")
         self.policy = policy
+        # Captured CUDA-graph sizes: never form a batch larger than the largest graph (it would be split).
+        self.graph_sizes: tuple[int, ...] = tuple(getattr(policy, "graph_batch_sizes", ()) or ())
+        if self.graph_sizes:
+            max_batch = min(max_batch, max(self.graph_sizes))
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1e3
         self.generator = generator
@@ -93,6 +102,7 @@ class MicroBatcher:
         self.fill_target = fill_target
         self.calls = 0
         self.batch_sizes: list[int] = []  # bounded: the last 10k batches
+        self.padded_sizes: list[int] = []  # the captured size each batch ran at (graphed policies only)
         self._items: collections.deque[_Item] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -234,6 +244,10 @@ class MicroBatcher:
         states = [None if s is None else {k: v.clone() for k, v in s.items()} for s in states]
         self.calls += 1
         self.batch_sizes.append(n)
+        if self.graph_sizes:
+            self.padded_sizes.append(padded_size(n, self.graph_sizes))
         if len(self.batch_sizes) > 10_000:
             del self.batch_sizes[:5_000]
+        if len(self.padded_sizes) > 10_000:
+            del self.padded_sizes[:5_000]
         return [BatchResult(actions[i], states[i], int(result.nfe), 0.0, elapsed, n) for i in range(n)]

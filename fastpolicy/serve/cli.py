@@ -35,10 +35,38 @@ def register(subparsers: Any) -> None:
     p.add_argument("--builtin-hidden", type=int, default=256, help=f"{BUILTIN}: hidden width")
     p.add_argument("--builtin-nfe", type=int, default=2, help=f"{BUILTIN}: MLP calls per chunk")
     p.add_argument("--log-level", default="INFO")
+    add_graph_arguments(p)
     p.set_defaults(func=_serve)
 
 
 TOKEN_ENV = "FASTPOLICY_TOKEN"
+
+
+def add_graph_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--cuda-graphs`` and ``--graph-dtype`` (serve and control share them)."""
+    p.add_argument("--device", default="cpu", help="torch device of the policy (cpu, cuda, cuda:1)")
+    p.add_argument("--cuda-graphs", default=None, metavar="SIZES",
+                   help="capture the planning call as CUDA graphs at these batch sizes, e.g. 1,64 "
+                        "(eager on CPU, with the reason logged)")
+    p.add_argument("--graph-dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the captured call (check it: bench/bench_gpu.py)")
+
+
+def place_policy(policy: Any, args: argparse.Namespace) -> Any:
+    """Move the policy to ``--device`` and wrap it in CUDA graphs when ``--cuda-graphs`` is given."""
+    import torch
+
+    device = getattr(args, "device", "cpu") or "cpu"
+    if device != "cpu":
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        if isinstance(policy, torch.nn.Module):
+            policy = policy.to(device)
+    if getattr(args, "cuda_graphs", None):
+        from fastpolicy.policies.cuda_graphs import graphed, parse_batch_sizes
+
+        policy = graphed(policy, parse_batch_sizes(args.cuda_graphs), args.graph_dtype)
+    return policy
 
 
 def add_token_arguments(p: argparse.ArgumentParser, what: str) -> None:
@@ -126,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.checkpoint, {"hidden": args.builtin_hidden, "nfe": args.builtin_nfe}
     )
     configure_logging(args.log_level.upper())
+    policy = place_policy(policy, args)
     period = 1.0 / args.hz if args.hz else float(getattr(policy, "control_period_s", None) or 1 / 20)
     config = ServerConfig(
         host=args.host,

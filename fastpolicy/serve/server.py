@@ -309,8 +309,15 @@ class PolicyServer:
             control_period_s=self.config.control_period_s,
             max_frame_bytes=self.config.max_frame_bytes,
             session_id=session_id,
-            extra={"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms},
+            extra=self._metadata_extra(),
         )
+
+    def _metadata_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms}
+        sizes = tuple(getattr(self.policy, "graph_batch_sizes", ()) or ())
+        if sizes:  # a graphed policy: the batch sizes it replays CUDA graphs at
+            extra["graph_batch_sizes"] = list(sizes)
+        return extra
 
     async def start(self) -> None:
         from websockets.asyncio.server import serve
@@ -353,6 +360,11 @@ class PolicyServer:
         # Warm-up on the inference thread (first calls allocate); /readyz says 503 until it is done.
         window = np.zeros((1, self.policy.obs_horizon, self.policy.obs_dim), np.float32)
         await self.batcher.run_in_worker(self.policy.predict_chunk, window, self.policy.init_state(1), None)
+        warmup = getattr(self.policy, "warmup", None)
+        if callable(warmup) and getattr(self.policy, "graph_batch_sizes", ()):
+            # capture every batch size's graphs (fresh and steady states) before the first session
+            status = await self.batcher.run_in_worker(warmup, None, self.batcher.generator)
+            log.info("cuda graphs", extra=_fields(event="cuda_graphs", **status))
         self.ready = True
         log.info("ready", extra=_fields(event="ready"))
 
