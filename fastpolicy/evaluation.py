@@ -89,23 +89,36 @@ def rollout(
 
 
 def measure_latency(
-    policy: Policy, task: TaskSpec, steps: int = 64, warmup: int = 8, seed: int = 10_000
+    policy: Policy, task: TaskSpec, steps: int = 64, warmup: int = 8, seed: int = 10_000,
+    planning_steps: int | None = None,
 ) -> StepStats:
-    """Per-action latency at batch 1 over real closed-loop steps (after ``warmup`` untimed steps)."""
+    """Per-action latency at batch 1 over real closed-loop steps (after ``warmup`` untimed steps).
+
+    ``planning_steps``: run until that many timed control steps called the denoiser (a policy that
+    plans every Ta steps needs Ta× more control steps), instead of ``steps`` control steps.
+    """
     env = make_env(task)
     try:
         _check_dims(policy, env.observation_space)
         obs, _ = env.reset(seed=seed)
         session = policy.new_session(batch_size=1, seed=seed)
-        for i in range(warmup + steps):
+        i = 0
+        while True:
             if i == warmup:
                 session.stats = StepStats()
+            if i >= warmup:
+                # (a policy that never calls a denoiser stops after 64 control steps per planning step)
+                done = (sum(n > 0 for n in session.stats.nfe) >= planning_steps
+                        or i - warmup >= 64 * planning_steps) if planning_steps else i - warmup >= steps
+                if done:
+                    break
             obs, _, terminated, truncated, _ = env.step(
                 np.clip(session.act(obs), env.action_space.low, env.action_space.high)
             )
             if terminated or truncated:
                 obs, _ = env.reset()
                 session.reset()
+            i += 1
         return session.stats
     finally:
         env.close()

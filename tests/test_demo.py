@@ -29,14 +29,19 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
     by_method = {r["method"]: r for r in rows}
     assert by_method["dp-ddpm100"]["nfe_per_step_max"] == 100
     assert by_method["cm-1step"]["nfe_per_step_max"] == 1 and by_method["sdp-cm"]["nfe_per_step_max"] == 1
-    saved = json.loads((tmp_path / "demo" / "demo_maze2d-umaze.json").read_text())
+    assert by_method["dp-onecall"]["nfe_per_step_max"] == 1
+    # the multimodal task: every row says which way its episodes went round the block
+    assert all(set(r["mode_fractions"]) >= {"north", "south", "none"} for r in rows)
+    # ≥ the suite's planning steps were timed per method, with the machine's load recorded
+    assert all(r["step_latency_samples"] >= 4 and "load_avg_1m_before" in r for r in rows)
+    saved = json.loads((tmp_path / "demo" / "demo_agv-bimodal-block.json").read_text())
     assert len(saved) == len(rows)
-    assert (tmp_path / "demo" / "pareto_demo_maze2d-umaze.png").stat().st_size > 10_000
+    assert (tmp_path / "demo" / "pareto_demo_agv-bimodal-block.png").stat().st_size > 10_000
     assert "cm-1step" in capsys.readouterr().out
     # A second run reuses the dataset and every trained run instead of redoing them.
     before = sorted(
-        p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir()
+        p.name for p in (tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints").iterdir()
     )
     run_demo(str(tmp_path / "demo"), **tiny)
-    after = sorted(p.name for p in (tmp_path / "demo" / "maze2d-umaze" / "teacher" / "checkpoints").iterdir())
+    after = sorted(p.name for p in (tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints").iterdir())
     assert before == after

@@ -128,6 +128,26 @@ class StreamLayout:
         return (levels == self.top).all(dim=1)
 
     def check_state(self, state: dict[str, torch.Tensor], action_dim: int) -> None:
+        """Shapes and level range of a state from outside (a client, a restored session)."""
+        self.check_shapes(state, action_dim)
+        lev = state["levels"]
+        if int(lev.max()) > self.top or int(lev.min()) < -1:
+            raise ValueError(f"streaming levels outside [-1, {self.top}]: the state was made for another "
+                             "grid (reset the session after changing the stream)")
+
+    def read_step_flags(self, levels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(B,) "fresh" mask and whether any buffer is fresh, in the step's *one* host read, which also
+        refuses levels made for another grid (a stale state after ``set_stream``)."""
+        fresh = self.is_fresh(levels)
+        any_fresh, out_of_range = torch.stack(
+            [fresh.any(), (levels.max() > self.top) | (levels.min() < -1)]).tolist()
+        if out_of_range:
+            raise ValueError(f"streaming levels outside [-1, {self.top}]: the state was made for another "
+                             "grid (reset the session after changing the stream)")
+        return fresh, bool(any_fresh)
+
+    def check_shapes(self, state: dict[str, torch.Tensor], action_dim: int) -> None:
+        """The per-step check: shapes only (no read of the levels' values, so no device sync)."""
         buf, lev = state.get("buffer"), state.get("levels")
         if buf is None or lev is None:
             raise ValueError("streaming state needs 'buffer' and 'levels' (use policy.init_state(B))")
@@ -137,9 +157,6 @@ class StreamLayout:
         if tuple(lev.shape) != tuple(buf.shape[:2]):
             raise ValueError(f"streaming levels have shape {tuple(lev.shape)}, "
                              f"expected {tuple(buf.shape[:2])}")
-        if int(lev.max()) > self.top or int(lev.min()) < -1:
-            raise ValueError(f"streaming levels outside [-1, {self.top}]: the state was made for another "
-                             "grid (reset the session after changing the stream)")
 
 
 def timesteps_of(levels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -276,9 +293,25 @@ class StreamingPolicy(DiffusionPolicy):
         cfg = self.config
         self.layout = StreamLayout(cfg.pred_horizon, cfg.obs_horizon, cfg.action_horizon, levels)
         self.stream_kind, self.stream_spec = kind, spec
+        self._build_stream_tables()
         self.mode = "stream"
         self.method = f"sdp-{kind}{levels}"
         return self
+
+    def _build_stream_tables(self) -> None:
+        """Grid and layout tensors on the module's device, built once per stream (not per control step)."""
+        layout = self.layout
+        self._table = grid_timesteps(self.config.num_train_timesteps, layout.num_levels).to(self.device)
+        self._streamed = layout.streamed().to(self.device)
+        self._post_warmup = layout.post_warmup_levels().to(self.device)
+        n, h = layout.num_levels, layout.chunks
+        self._steady_calls = n // h if n % h == 0 else None
+
+    def _apply(self, fn, *args, **kwargs):  # keep the stream tables on the module's device
+        out = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "stream_kind"):
+            self._build_stream_tables()
+        return out
 
     def init_state(self, batch_size: int) -> PolicyState:
         if self.mode != "stream":
@@ -299,15 +332,14 @@ class StreamingPolicy(DiffusionPolicy):
 
     def _warmup(self, cond: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Fresh buffers: sample a whole sequence with constant levels on the grid, re-noise it chunk-wise."""
-        cfg, layout = self.config, self.layout
-        table = grid_timesteps(cfg.num_train_timesteps, layout.num_levels).to(self.device)
+        cfg, layout, table = self.config, self.layout, self._table
         b = cond.shape[0]
         x = torch.randn((b, cfg.pred_horizon, cfg.action_dim), generator=generator).to(self.device)
         for level in range(layout.top, -1, -1):
             t_from = table[level + 1].expand(b)
             out = self.backbone(x, t_from, cond)
             x = self._step(x, out, t_from, table[level].expand(b), generator)
-        post = layout.post_warmup_levels().to(self.device).expand(b, -1)
+        post = self._post_warmup.expand(b, -1)
         return renoise(self.schedule, x, timesteps_of(post, table), generator), layout.num_levels
 
     @torch.inference_mode()
@@ -319,19 +351,24 @@ class StreamingPolicy(DiffusionPolicy):
         cond = self.encode_obs(obs_window)
         b = cond.shape[0]
         state = state if state is not None else self.init_state(b)
-        layout.check_state(state, cfg.action_dim)
-        table = grid_timesteps(cfg.num_train_timesteps, layout.num_levels).to(self.device)
-        buffer = state["buffer"].to(self.device, torch.float32).clone()
-        levels = state["levels"].to(self.device, torch.long).clone()
+        layout.check_shapes(state, cfg.action_dim)
+        table, streamed = self._table, self._streamed
+        buffer = state["buffer"].to(self.device, torch.float32)
+        levels = state["levels"].to(self.device, torch.long)
         nfe = 0
-        fresh = layout.is_fresh(levels)
-        if bool(fresh.any()):
-            warm, nfe = self._warmup(cond[fresh], generator)
-            buffer[fresh] = warm
-            levels[fresh] = layout.post_warmup_levels().to(self.device)
-        streamed = layout.streamed().to(self.device)
+        fresh, any_fresh = layout.read_step_flags(levels)
         first = cfg.obs_horizon - 1
-        calls = int(levels[:, first].max()) + 1         # until every buffer's chunk 0 is clean
+        if any_fresh:
+            warm, nfe = self._warmup(cond[fresh], generator)
+            buffer, levels = buffer.clone(), levels.clone()
+            buffer[fresh] = warm
+            levels[fresh] = self._post_warmup
+        if self._steady_calls is not None and not any_fresh:
+            # steady state with h | N: chunk 0 always arrives at level N/h − 1, so the call count is a
+            # constant of the layout and needs no read of the levels
+            calls = self._steady_calls
+        else:
+            calls = int(levels[:, first].max()) + 1      # until every buffer's chunk 0 is clean
         for _ in range(calls):
             active = (levels[:, first] >= 0)[:, None] & streamed[None, :]
             t_from = timesteps_of(levels, table)

@@ -1,21 +1,30 @@
 """Accelerating a trained teacher: consistency distillation (``fastpolicy distill``) and SDP fine-tuning.
 
 Consistency distillation (Song et al. 2023; Consistency Policy, Prasad et al. 2024; multistep /
-segmented: Heek et al. 2024, Hyper-SD TSCD). One training step, for a batch of data x0:
+segmented: Heek et al. 2024, Hyper-SD TSCD), faithful to the sampler the teacher is *evaluated* with:
+the student's grid is that sampler's timesteps (``DistillConfig.teacher_sampler``, default the
+teacher's own configured sampler, or an SDP teacher's stream), its noise is scaled by that sampler's
+temperature, and every clean estimate is clipped as that sampler clips it. One training step, for a
+batch of data x0:
 
 1. draw grid points g per sample (per position for a streaming student) and the lower boundary b of
-   g's segment; x_g = add_noise(x0, ε, t_g);
-2. teacher ODE step t_g → t_{g−1} (deterministic: DDIM via ``ddim_ode_step``, or Heun, 2 calls) —
-   DDPM noise would break consistency, so the teacher is always sampled as an ODE here;
+   g's segment; x_g = α_g·x0 + σ_g·τ·ε (τ: the sampler's temperature);
+2. one deterministic teacher step t_g → t_{g−1} *on that grid* — DDIM (1 teacher call; with the
+   teacher's clipping it is exactly one step of the teacher's DDIM sampler) or Heun (2 calls);
+   a stochastic DDPM sampler is distilled through its ODE (DDIM) on the same grid, since DDPM noise
+   would break consistency;
 3. target = f_EMA(x̂_{g−1}, t_{g−1}, t_b) with the EMA *target* network (identity when g−1 = b, the
    boundary), prediction = f_θ(x_g, t_g, t_b); loss = pseudo-Huber(prediction − target)
-   (+ optional x0 regression of the student's raw output, the denoising auxiliary loss).
+   + ``denoise_weight`` × the teacher's own denoising loss on the student's raw output where the
+   student maps to the clean end (bounded: the x0 / v / ε target the teacher was trained on).
 
 The student (``ConsistencyPolicy``) starts from the teacher's weights with a zero-initialised
 stop-time embedding (``strict=False`` load: the only missing keys are the stop-time MLP), so at step 0
-it *is* the teacher's x0 predictor. Segmented students are trained progressively, k = 8 → 4 → 2 → 1,
-each stage initialised from the previous one; the final stage is written to ``--out`` itself and the
-earlier stages to ``--out/stages/seg{k}``, each a loadable "consistency" checkpoint.
+it *is* the teacher's one-call clean estimate — the baseline every student must beat ("what an
+untrained student would do"). The target network starts as the student too. Segmented students are
+trained progressively (e.g. k = 4 → 2 → 1), each stage initialised from the previous one; the final
+stage is written to ``--out`` itself and the earlier stages to ``--out/stages/seg{k}``, each a
+loadable "consistency" checkpoint.
 
 The loop is the one ``Trainer``: ``ConsistencyDistiller`` is an nn.Module whose ``forward`` returns
 the loss; the frozen teacher and the EMA target are submodules with ``requires_grad=False`` (saved in
@@ -42,54 +51,84 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastpolicy.diffusion import add_noise, ddim_ode_step
+from fastpolicy.diffusion import add_noise, ddim_ode_step, training_target
 from fastpolicy.diffusion.samplers import predict_x0_eps
 from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy
-from fastpolicy.policies.streaming import StreamingPolicy, StreamLayout, num_chunks
+from fastpolicy.policies.streaming import StreamingPolicy, StreamLayout, num_chunks, parse_stream
 
 SOLVERS = ("ddim", "heun")
+TARGETS = ("ode", "bootstrap")
 
 
 @dataclass
 class DistillConfig:
     """What the student is distilled for (and how). ``segments`` is one stage's k."""
 
-    grid: int = 24
-    """G, grid points of the teacher ODE (divisible by every k of the progression)"""
+    teacher_sampler: str | None = None
+    """the sampler the teacher is evaluated with (its grid, spacing, temperature); None: the teacher's
+    configured ``sampler`` (an SDP teacher: its ``stream``, which must be ``ode:N``)"""
     segments: int = 1
     solver: str = "ddim"
-    """teacher ODE step: ddim (1 teacher call) or heun (2 calls)"""
+    """teacher step between grid points: ddim (1 teacher call, the sampler's own step) or heun (2 calls)"""
+    target: str = "ode"
+    """``ode``: the teacher's sampler run from x_g to the segment's boundary (≤ G/k teacher calls; exact);
+    ``bootstrap``: one teacher step then the EMA target network (Song et al.'s CD; drifts, see docs)"""
+    trajectory_fraction: float = 0.5
+    """``ode``: share of each batch whose inputs lie on the teacher's own trajectories from its initial
+    noise (the rest: q(x_t | x0) of the data, which the chained re-noising steps meet)"""
     target_decay: float = 0.95
-    """EMA rate of the target network (0: the target is the current student, iCT-style)"""
+    """EMA rate of the target network for ``bootstrap`` (OpenAI's consistency distillation: 0.95)"""
     huber_c: float | None = None
     """pseudo-Huber constant; default 0.00054·sqrt(Tp·A) (iCT)"""
-    x0_weight: float = 0.0
-    """weight of the denoising auxiliary loss (x0 regression of the student's raw prediction)"""
+    denoise_weight: float = 0.0
+    """weight of the denoising auxiliary loss (the teacher's own loss on the student's raw output)"""
     streaming: bool = False
     """distil a streaming student (per-position segments = chunks) from an SDP teacher"""
     chunkwise_fraction: float = 0.8
     """streaming: share of chunk-wise samples; the rest trains the single-segment warm-up map"""
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not 0.0 <= self.trajectory_fraction <= 1.0:
+            raise ValueError(f"trajectory_fraction must be in [0, 1], got {self.trajectory_fraction}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.grid < 1 or self.segments < 1 or self.grid % self.segments:
-            raise ValueError(f"segments={self.segments} must divide grid={self.grid}")
+        if self.segments < 1:
+            raise ValueError(f"segments must be ≥ 1, got {self.segments}")
         if not 0.0 <= self.target_decay < 1.0:
             raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
+        if self.denoise_weight < 0:
+            raise ValueError(f"denoise_weight must be ≥ 0, got {self.denoise_weight}")
 
 
-def student_from_teacher(teacher: DiffusionPolicy, grid: int, segments: int, streaming: bool = False
-                         ) -> ConsistencyPolicy:
-    """A ConsistencyPolicy with the teacher's config and weights plus a zero stop-time input."""
+def evaluated_sampler(teacher: DiffusionPolicy, streaming: bool = False) -> str:
+    """The teacher's evaluated sampler as text: its configured sampler, or an SDP's ``ode:N`` stream."""
+    if streaming:
+        spec = getattr(teacher, "stream_spec", None) or teacher.config.stream
+        kind, _ = parse_stream(spec)
+        if kind != "ode":
+            raise ValueError(f"a streaming student distils the SDP's deterministic stream (ode:N); the "
+                             f"teacher streams {spec!r} — pass teacher_sampler='ode:N'")
+        return spec
+    return teacher.sampler_name
+
+
+def student_from_teacher(teacher: DiffusionPolicy, teacher_sampler: str | None = None, segments: int = 1,
+                         streaming: bool = False) -> ConsistencyPolicy:
+    """A ConsistencyPolicy with the teacher's config and weights plus a zero stop-time input.
+
+    Its grid is ``teacher_sampler`` (default: the sampler the teacher is evaluated with).
+    """
     keep = {f.name for f in dataclasses.fields(ConsistencyPolicyConfig)}
     base = {k: v for k, v in teacher.config_dict().items() if k in keep}
     base["sampler"] = "ddim:10"  # unused by the student; any valid spec
+    spec = teacher_sampler or evaluated_sampler(teacher, streaming)
     steps = 1 if streaming else segments
-    config = ConsistencyPolicyConfig.from_dict({**base, "grid": grid, "segments": segments, "steps": steps,
-                                                "streaming": streaming})
+    config = ConsistencyPolicyConfig.from_dict({**base, "teacher_sampler": spec, "segments": segments,
+                                                "steps": steps, "streaming": streaming})
     student = ConsistencyPolicy(config, {k: v.clone() for k, v in teacher.normalizer_state().items()})
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     bad = [k for k in missing if ".stop_time_embedding." not in k]
@@ -113,9 +152,14 @@ class ConsistencyDistiller(nn.Module):
         for p in [*self.teacher.parameters(), *self.target.parameters()]:
             p.requires_grad_(False)
         scfg = student.config
+        if config.segments != scfg.segments or config.streaming != scfg.streaming:
+            raise ValueError(f"distill config (segments {config.segments}, streaming {config.streaming}) "
+                             f"does not match the student ({scfg.segments}, {scfg.streaming})")
+        if scfg.prediction_type != teacher.config.prediction_type:
+            raise ValueError("student and teacher must share the parametrisation")
+        self.grid = scfg.grid
         if config.streaming:
-            self.layout = StreamLayout(scfg.pred_horizon, scfg.obs_horizon, scfg.action_horizon,
-                                       config.segments)
+            self.layout = StreamLayout(scfg.pred_horizon, scfg.obs_horizon, scfg.action_horizon, self.grid)
             if self.layout.chunks != config.segments:
                 raise ValueError(f"streaming distillation needs segments = chunks = {self.layout.chunks}")
         dim = scfg.pred_horizon * scfg.action_dim
@@ -137,17 +181,17 @@ class ConsistencyDistiller(nn.Module):
                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tp) grid points g and segment boundaries b ≤ g (g == b: a held position, identity)."""
         cfg, scfg = self.config, self.student.config
-        tp, seg_len = scfg.pred_horizon, cfg.grid // cfg.segments
+        tp, seg_len = scfg.pred_horizon, self.grid // cfg.segments
         if not cfg.streaming:
-            n = torch.randint(0, cfg.grid, (batch_size, 1), generator=generator)
+            n = torch.randint(0, self.grid, (batch_size, 1), generator=generator)
             g, b = n + 1, (n // seg_len) * seg_len
             return g.expand(-1, tp), b.expand(-1, tp)
         layout = self.layout
         chunk = layout.position_chunks()[None, :]                       # tail → h
         offset = torch.randint(0, seg_len, (batch_size, 1), generator=generator)
-        bound = (chunk * seg_len).clamp_max(cfg.grid)
+        bound = (chunk * seg_len).clamp_max(self.grid)
         g_stream = torch.where(chunk < layout.chunks, bound + offset + 1, bound)
-        n = torch.randint(0, cfg.grid, (batch_size, 1), generator=generator)
+        n = torch.randint(0, self.grid, (batch_size, 1), generator=generator)
         n_chunk = int(round(cfg.chunkwise_fraction * batch_size))
         chunkwise = (torch.arange(batch_size) < n_chunk)[:, None]
         g = torch.where(chunkwise, g_stream, (n + 1).expand(-1, tp))
@@ -172,7 +216,10 @@ class ConsistencyDistiller(nn.Module):
     @torch.no_grad()
     def teacher_step(self, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
                      cond: torch.Tensor) -> torch.Tensor:
-        """One deterministic teacher ODE step per position (held where t_from == t_to)."""
+        """One deterministic teacher step per position between grid points (held where t_from == t_to).
+
+        ``ddim``: exactly the teacher's DDIM sampler step (same clipping of the clean estimate).
+        """
         tcfg = self.teacher.config
         if self.config.solver == "ddim":
             out = self.teacher.backbone(x, self._net_t(t_from.clamp_min(0)), cond)
@@ -189,6 +236,49 @@ class ConsistencyDistiller(nn.Module):
             heun = a2 * (x / a1 + d_rho * 0.5 * (eps1 + eps2))
             new = torch.where(broadcast_to_sample(t_to < 0, x), euler, heun)  # no 2nd call at the clean end
         return torch.where(broadcast_to_sample(t_from == t_to, x), x, new)
+
+    @torch.no_grad()
+    def teacher_solve(self, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
+                      cond: torch.Tensor) -> torch.Tensor:
+        """The teacher's own sampler run from grid point g down to the boundary b, per sample/position.
+
+        ``max(g − b)`` batched teacher steps (≤ G/k), each lowering every position still above its
+        boundary by one grid point — the exact value the consistency function must take at (x_g, t_g),
+        with no bootstrapped target in between.
+        """
+        if g.numel() == 0:
+            return x
+        ts = self.student.grid_timesteps()
+        level = g.clone()
+        for _ in range(int((g - b).max())):
+            step_to = torch.maximum(level - 1, b)
+            x = self.teacher_step(x, ts[level], ts[step_to], cond)
+            level = step_to
+        return x
+
+    @torch.no_grad()
+    def teacher_trajectory(self, g: torch.Tensor, b: torch.Tensor, cond: torch.Tensor,
+                           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the teacher's sampler from its initial noise (× temperature) over the whole grid.
+
+        Returns, per row, the state at grid point g (the student's input) and at the boundary b (its
+        target): the exact inputs the student meets at inference from the top, which q(x_t | x0) of the
+        data only approximates (at the top it still carries a trace of x0, the sampler's noise does not).
+        """
+        st = self.student
+        scfg = st.config
+        ts = st.grid_timesteps()
+        n = cond.shape[0]
+        x = torch.randn((n, scfg.pred_horizon, scfg.action_dim), generator=generator).to(st.device)
+        x = x * st.temperature
+        states = [x]
+        for level in range(self.grid, 0, -1):
+            x = self.teacher_step(x, ts[level].expand(n, scfg.pred_horizon),
+                                  ts[level - 1].expand(n, scfg.pred_horizon), cond)
+            states.append(x)
+        stack = torch.stack(states[::-1])            # (G+1, n, Tp, A), index = grid point
+        rows = torch.arange(n, device=st.device)
+        return stack[g, rows], stack[b, rows]
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -211,25 +301,36 @@ class ConsistencyDistiller(nn.Module):
         g, b = self.sample_grid(x0.shape[0], generator)
         g, b = g.to(st.device), b.to(st.device)
         ts = st.grid_timesteps()
-        noise = torch.randn(x0.shape, generator=generator).to(st.device)
+        noise = torch.randn(x0.shape, generator=generator).to(st.device) * st.temperature
         t_g, t_b = ts[g], ts[b]
         t_prev = ts[torch.maximum(g - 1, b)]
         x_g = add_noise(st.schedule, x0, noise, t_g.clamp_min(0))
+        n_traj = 0 if self.config.streaming else int(round(self.config.trajectory_fraction * x0.shape[0]))
         with torch.no_grad():
-            x_prev = self.teacher_step(x_g, t_g, t_prev, cond)
-            target = st.consistency_fn(x_prev, self._net_t(t_prev), self._net_t(t_b), cond,
-                                       backbone=self.target)
+            if self.config.target == "ode":
+                target = self.teacher_solve(x_g[n_traj:], g[n_traj:], b[n_traj:], cond[n_traj:])
+                if n_traj:
+                    # rows on the teacher's own trajectories from its initial noise: what inference sees
+                    x_traj, t_traj = self.teacher_trajectory(g[:n_traj, 0], b[:n_traj, 0], cond[:n_traj],
+                                                             generator)
+                    x_g = torch.cat([x_traj, x_g[n_traj:]])
+                    target = torch.cat([t_traj, target])
+            else:
+                x_prev = self.teacher_step(x_g, t_g, t_prev, cond)
+                target = st.consistency_fn(x_prev, self._net_t(t_prev), self._net_t(t_b), cond,
+                                           backbone=self.target)
         pred, raw = st.consistency_fn(x_g, self._net_t(t_g), self._net_t(t_b), cond, return_raw=True)
         mask = batch.get("action_mask")
         weight = mask[:, : scfg.pred_horizon, None].to(x0.dtype) if mask is not None else 1.0
         loss_cd = self.pseudo_huber((pred - target) * weight)
         out = {"loss": loss_cd, "cd_loss": loss_cd.detach()}
-        if self.config.x0_weight > 0:
-            a, s = self._alpha_sigma(t_g, x_g)
-            x0_hat, _ = predict_x0_eps(x_g, raw, a, s, scfg.prediction_type)
-            aux = ((x0_hat - x0) * weight).pow(2).mean()
-            out["loss"] = loss_cd + self.config.x0_weight * aux
-            out["x0_loss"] = aux.detach()
+        if self.config.denoise_weight > 0:
+            # the teacher's own (bounded) loss on the raw output, where the student maps to the clean end
+            goal = training_target(st.schedule, x0, noise, t_g.clamp_min(0), scfg.prediction_type)
+            to_clean = broadcast_to_sample(t_b < 0, raw).to(x0.dtype)
+            aux = ((raw - goal) * weight * to_clean).pow(2).mean()
+            out["loss"] = loss_cd + self.config.denoise_weight * aux
+            out["denoise_loss"] = aux.detach()
         return out
 
 
@@ -310,6 +411,8 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
         if segments != [h]:
             raise ValueError(f"a streaming student has one segment per chunk: --segments {h}")
     teacher = teacher.eval()
+    base = dataclasses.replace(base, teacher_sampler=base.teacher_sampler
+                               or evaluated_sampler(teacher, base.streaming))
     out = Path(out)
     prev: ConsistencyPolicy | None = None
     prev_seconds = 0.0
@@ -320,10 +423,8 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
             prev = load_policy(run_dir)
             prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
             continue
-        if prev is None:
-            student = student_from_teacher(teacher, dcfg.grid, k, dcfg.streaming)
-        else:  # progressive: the previous stage's (EMA) student, re-targeted to k segments
-            student = student_from_teacher(teacher, dcfg.grid, k, dcfg.streaming)
+        student = student_from_teacher(teacher, dcfg.teacher_sampler, k, dcfg.streaming)
+        if prev is not None:  # progressive: the previous stage's (EMA) student, re-targeted to k segments
             student.backbone.load_state_dict(prev.backbone.state_dict())
         module = ConsistencyDistiller(teacher, student, dcfg)
         extra = {"store": str(store), "teacher": teacher_path, "distill": dataclasses.asdict(dcfg),
@@ -377,13 +478,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segments", default="1",
                    help="k, or a progression such as 8,4,2,1 (each stage starts from the previous one)")
     p.add_argument("--solver", default="ddim", choices=SOLVERS, help="teacher ODE step")
-    p.add_argument("--grid", type=int, default=24, help="grid points of the teacher ODE")
+    p.add_argument("--teacher-sampler", default=None,
+                   help="the sampler the teacher is evaluated with, whose grid, spacing and temperature the "
+                        "student learns (default: the teacher's configured sampler; SDP: its ode:N stream)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps per stage")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--target", default="ode", choices=TARGETS,
+                   help="ode: the teacher's sampler run to the segment boundary (exact); bootstrap: one "
+                        "teacher step then the EMA target network")
     p.add_argument("--target-decay", type=float, default=0.95, help="EMA rate of the target network")
-    p.add_argument("--x0-weight", type=float, default=0.0, help="weight of the denoising auxiliary loss")
+    p.add_argument("--denoise-weight", type=float, default=0.0,
+                   help="weight of the denoising auxiliary loss (the teacher's own loss)")
     p.add_argument("--streaming", action="store_true", help="streaming student from an SDP teacher")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -416,8 +523,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
                        seed=args.seed, device=args.device, progress=not args.no_progress)
-    dcfg = DistillConfig(grid=args.grid, segments=stages[-1], solver=args.solver,
-                         target_decay=args.target_decay, x0_weight=args.x0_weight, streaming=args.streaming)
+    dcfg = DistillConfig(teacher_sampler=args.teacher_sampler, segments=stages[-1], solver=args.solver,
+                         target=args.target, target_decay=args.target_decay,
+                         denoise_weight=args.denoise_weight, streaming=args.streaming)
     student = distill(args.teacher, args.store, args.out, stages, tcfg, resume=args.resume,
                       distill_config=dcfg)
     cost = read_cost(args.out) or {}

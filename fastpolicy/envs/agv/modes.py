@@ -94,3 +94,47 @@ def blocked_side_cells(layout: Layout, mode: str) -> np.ndarray:
         beside = (y >= ymin) & (y <= ymax)
         other = (x < xmin) if high else (x > xmax)
     return beside & other
+
+
+class ModeTracker:
+    """Which way each evaluation episode went, on layouts with two ways round an obstacle.
+
+    Records every running robot's (x, y) after each step (``evaluate(step_hook=...)``) and classifies
+    each episode with :func:`fastpolicy.envs.agv.modes.classify_mode`. ``summary()`` gives the fraction
+    of episodes per mode (``none``: never got alongside the obstacle, e.g. a stall or early collision).
+    A policy that averages the modes drives into the obstacle; one that keeps them uses both.
+    """
+
+    def __init__(self, task) -> None:
+        from fastpolicy.envs.agv.layout import get_layout
+
+        tier = task.env_kwargs.get("tier") if task.env_kwargs else None
+        self.layout = None
+        try:
+            layout = get_layout(tier or task.name.removeprefix("agv-"))
+            self.layout = layout if getattr(layout, "modes", None) else None
+        except (KeyError, ValueError, FileNotFoundError):
+            self.layout = None
+        self.tracks: dict[tuple[int, int], list] = {}
+
+    def hook(self, seed: int, venv, alive) -> None:
+        if self.layout is None:
+            return
+        base = getattr(venv, "unwrapped", venv)
+        if hasattr(base, "core"):            # the natively batched AGV vector env
+            pose = base.core.pose
+        else:                                # gymnasium's SyncVectorEnv over single AGV envs
+            import numpy as np
+
+            pose = np.stack([env.unwrapped.pose for env in base.envs])
+        for i in range(len(alive)):
+            if alive[i]:
+                self.tracks.setdefault((seed, i), []).append(pose[i, :2].copy())
+
+    def summary(self) -> dict:
+        if self.layout is None:
+            return {}
+        import numpy as np
+
+        labels = [classify_mode(self.layout, np.asarray(xy)) for xy in self.tracks.values()]
+        return {"mode_fractions": mode_fractions(self.layout, labels), "mode_episodes": len(labels)}

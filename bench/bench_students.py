@@ -1,0 +1,160 @@
+"""Do the fast students keep their teacher? Consistency students and streaming, scored and timed honestly.
+
+For each task the ``students`` suite (``fastpolicy.bench.runner.SUITES``) runs every method on the same
+test seeds (0-2 × 10 episodes) and times them *interleaved* in one process (≥ 200 planning steps per
+method, median and p99 of the planning-step latency with the sample count in the row, the load average
+before and after):
+
+* the teacher (DDPM-100, the reference; DDIM-10, the sampler the students learn) and DDIM at the
+  students' call counts (``dp-ddim{1,2}-trailing``);
+* the baselines that show what a student adds: BC, and the teacher's one-call clean estimate from the
+  top of the distilled grid (``dp-onecall`` = the student before any distillation);
+* the 1-segment consistency student (1 and 2 calls), the SDP (``sdp-ode{N}``, N/h calls per control
+  step) and the streaming consistency student (``sdp-cm``, one call per control step);
+* on the multimodal AGV task, the fraction of episodes per mode (``mode_fractions``).
+
+Then the distillation curve: the student's kept checkpoints (every quarter of its budget) scored at one
+call on the same seeds, beside step 0 (the one-call estimate) — ``students_curve_<task>.json`` and
+``docs/students_curve.png``.
+
+Teachers: maze2d-umaze-dwell and agv-bimodal-block train their own (the demo's budgets, 4k steps); the
+MuJoCo tasks reuse the ``d4rl`` suite's teacher and BC (``runs/bench/d4rl/<task>``: ``fastpolicy bench
+--suite d4rl --task T`` trains them, 20k steps each).
+
+    nice -n 3 .venv/bin/python bench/bench_students.py --task agv-bimodal-block maze2d-umaze
+    nice -n 3 .venv/bin/python bench/bench_students.py --task hopper-medium walker2d-medium
+    .venv/bin/python bench/bench_students.py --quick --task maze2d-umaze --out runs/students_smoke  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: per-task overrides of the ``students`` suite: where its teacher lives and how its SDP streams
+TASKS: dict[str, dict[str, Any]] = {
+    "agv-bimodal-block": {},
+    "maze2d-umaze": {"dataset_size": 100_000, "dataset_recipes": {"maze2d-umaze": "maze2d-umaze-dwell"}},
+    # the d4rl suite's teacher (task card horizons and parametrisation) and BC, reused
+    "hopper-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",
+                      "sdp_options": {"action_horizon": 2}, "sdp_ode_levels": 14,
+                      "bc_options": {"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2}},
+    "walker2d-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",
+                        "sdp_options": {"action_horizon": 1}, "sdp_ode_levels": 8,
+                        "bc_options": {"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2}},
+}
+
+
+def suite_for(task: str, quick: bool) -> tuple[Any, Path]:
+    from fastpolicy.bench.runner import SUITES
+
+    over = dict(TASKS.get(task, {}))
+    work = Path(over.pop("work_dir", "runs/bench/students"))
+    suite = dataclasses.replace(SUITES["students"], **over)
+    if quick:   # the smoke test: every code path, minutes of CPU
+        suite = dataclasses.replace(suite, dataset_size=4_000 if suite.dataset_size else None,
+                                    teacher_steps=60, bc_steps=40, sdp_steps=30, cm_steps=40,
+                                    sdp_cm_steps=30, episodes=1, seeds=[0], latency_steps=4,
+                                    latency_rounds=2, throughput_calls=1, progress=False,
+                                    store_root=None)
+        work = Path("runs/bench/students_quick")
+    return suite, work
+
+
+def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | None) -> list[dict[str, Any]]:
+    """Score the 1-segment student's kept checkpoints at one call (same seeds as the suite's rows)."""
+    from fastpolicy.envs.agv.modes import ModeTracker
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation import evaluate
+    from fastpolicy.train.checkpoint import load_policy
+
+    spec = get_task(task)
+    rows = []
+    if onecall_row is not None:
+        rows.append({**onecall_row, "method": "cm-1step", "distill_steps": 0})
+    for ckpt in sorted((run / "checkpoints").glob("step_*")):
+        student = load_policy(ckpt).set_steps(1).eval()
+        tracker = ModeTracker(spec) if task.startswith("agv-") else None
+        row = evaluate(student, spec, suite.episodes, suite.seeds, latency_steps=0, progress=False,
+                       method="cm-1step", step_hook=tracker.hook if tracker else None,
+                       distilled_sampler=suite.distill_sampler)
+        if tracker is not None:
+            row.update(tracker.summary())
+        row["distill_steps"] = int(ckpt.name.removeprefix("step_"))
+        rows.append(row)
+        print(f"  curve {task} step {row['distill_steps']:>6}: score {row['score_mean']:.3f}", flush=True)
+    return rows
+
+
+def plot_curves(curves: dict[str, list[dict]], teachers: dict[str, float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for task, rows in curves.items():
+        ref = teachers.get(task)
+        if not rows or not ref:
+            continue
+        xs = [r["distill_steps"] for r in rows]
+        ys = [100 * r["score_mean"] / ref for r in rows]
+        ax.plot(xs, ys, marker="o", label=task)
+    ax.axhline(95, color="grey", ls="--", lw=1, label="95 % of the teacher")
+    ax.set_xlabel("distillation steps (step 0: the teacher's one-call estimate)")
+    ax.set_ylabel("1-step student score, % of teacher DDPM-100")
+    ax.set_title("Consistency distillation curve (test seeds 0-2 × 10 episodes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where the JSON rows go")
+    p.add_argument("--plot", default=str(REPO / "docs" / "students_curve.png"))
+    p.add_argument("--quick", action="store_true", help="tiny budgets: exercise every path (tests)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+
+    import torch
+
+    from fastpolicy.bench.runner import run_suite
+    from fastpolicy.bench.schema import read_results, write_results
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for task in args.task:
+        t0 = time.perf_counter()
+        suite, work = suite_for(task, args.quick)
+        rows = run_suite(suite, [task], work_dir=work, results_dir=out, plot_dir=out if args.quick else
+                         Path(args.plot).parent, progress=True)
+        onecall = next((r for r in rows if r["method"] == "dp-onecall"), None)
+        curve = distillation_curve(work / task / "cm1", task, suite, onecall)
+        write_results(out / f"students_curve_{task}.json", curve)
+        print(f"[students] {task} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    curves, teachers = {}, {}
+    for task in TASKS:
+        path = out / f"students_curve_{task}.json"
+        main_rows = out / f"students_{task}.json"
+        if path.exists() and main_rows.exists():
+            curves[task] = read_results(path)
+            ref = {r["method"]: r for r in read_results(main_rows)}.get("dp-ddpm100")
+            teachers[task] = ref["score_mean"] if ref else None
+    plot = Path(args.plot) if not args.quick else out / "students_curve.png"
+    print(f"wrote {plot_curves(curves, teachers, plot)}")
+    print(json.dumps({t: [round(r["score_mean"], 3) for r in c] for t, c in curves.items()}))
+
+
+if __name__ == "__main__":
+    main()
