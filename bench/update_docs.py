@@ -32,6 +32,21 @@ _SUITE_COLUMNS = [
     ("chunks/s @64", "throughput_b64", "{:.0f}"),
     ("distill s", "distill_seconds", "{:.0f}"),
 ]
+# the students' tables: median planning-step latency with its sample count, modes, the load
+_STUDENT_COLUMNS = [
+    ("method", "method", "{}"),
+    ("score", "score_mean", "{:.2f}"),
+    ("± std", "score_std", "{:.2f}"),
+    ("success", "success_rate", "{:.2f}"),
+    ("modes (episode fractions)", "modes", "{}"),
+    ("calls/step max", "nfe_per_step_max", "{}"),
+    ("plan p50 ms", "step_latency_ms_p50", "{:.3f}"),
+    ("plan p99 ms", "step_latency_ms_max_p99", "{:.2f}"),
+    ("plan samples", "step_latency_samples", "{}"),
+    ("per action p50 ms", "latency_ms_p50", "{:.3f}"),
+    ("load 1m before/after", "load_avg_1m_before", "{:.1f}"),
+    ("distill s", "distill_seconds", "{:.0f}"),
+]
 _PLANNER_COLUMNS = [
     ("method", "method", "{}"),
     ("score", "score_mean", "{:.1f}"),
@@ -125,6 +140,14 @@ TABLES: dict[str, tuple] = {
         ],
     ),
     "demo_maze2d-umaze": ("demo_maze2d-umaze.json", _SUITE_COLUMNS),
+    "demo_agv-bimodal-block": ("demo_agv-bimodal-block.json", _STUDENT_COLUMNS),
+    **{f"students_{t}": (f"students_{t}.json", _STUDENT_COLUMNS)
+       for t in ("agv-bimodal-block", "maze2d-umaze", "hopper-medium", "walker2d-medium")},
+    **{f"students_curve_{t}": (f"students_curve_{t}.json", [
+        ("distillation steps", "distill_steps", "{}"), ("1-step score", "score_mean", "{:.2f}"),
+        ("± std", "score_std", "{:.2f}"), ("success", "success_rate", "{:.2f}"),
+        ("episodes", "episodes", "{}"), ("modes", "modes", "{}")])
+       for t in ("agv-bimodal-block", "maze2d-umaze", "hopper-medium", "walker2d-medium")},
     "demo_agv-simple-static": ("demo_agv-simple-static.json", _SUITE_COLUMNS),
     "planners_maze2d-umaze": ("planners_maze2d-umaze.json", _PLANNER_COLUMNS),
     "planners_maze2d-medium": ("planners_maze2d-medium.json", _PLANNER_COLUMNS),

@@ -285,3 +285,17 @@ def test_ode_target_is_the_teachers_evaluated_sampler_output():
         part, _ = teacher.sampler.step(i, part, teacher.backbone(part, t, cond[:1]))
     torch.testing.assert_close(out[:1], part)
     assert torch.equal(out[1], x[1])
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction", "epsilon"])
+def test_sampling_fast_path_is_the_consistency_function(prediction_type):
+    """The float-coefficient sampling path computes f(x, t, s) exactly as the training path does."""
+    student = student_from_teacher(_teacher(prediction_type=prediction_type, backbone_kwargs={}), "ddim:10")
+    student = student.eval()
+    x, cond = torch.randn(3, 16, 2) * 1.5, torch.randn(3, 6)
+    ts = student.grid_timesteps()
+    with torch.inference_mode():
+        for i, j in ((10, 0), (10, 5), (5, 0), (3, 1)):
+            fast = student._grid_map(x, i, j, cond)
+            ref = student.consistency_fn(x, ts[i].expand(3), ts[j].expand(3), cond)
+            torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)

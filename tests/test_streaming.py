@@ -167,3 +167,17 @@ def test_stale_state_from_another_grid_is_named():
     policy.set_stream("ode:6")
     with pytest.raises(ValueError, match="another"):
         policy.predict_chunk(OBS[:1], state)
+
+
+def test_zero_initialised_first_step_costs_the_steady_calls():
+    """``first_step="zeros"`` (the reference SDP) skips the full warm-up denoise: every control step,
+    the first included, spends N/h calls; the default ``denoise`` spends N on the first."""
+    for first, expected in (("zeros", [2, 2, 2]), ("denoise", [6 + 0, 2, 2])):
+        policy = _sdp(stream="ode:6", first_step=first)
+        state, calls = policy.init_state(2), []
+        for _ in range(3):
+            out = policy.predict_chunk(OBS, state, torch.Generator().manual_seed(0))
+            state = out.state
+            calls.append(out.nfe)
+            assert np.isfinite(out.actions).all()
+        assert calls == expected, (first, calls)

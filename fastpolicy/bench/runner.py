@@ -134,7 +134,7 @@ SUITES: dict[str, SuiteConfig] = {
     # steps per method, interleaved in 4 rounds.
     "demo": SuiteConfig("demo", dataset_size=20_000, teacher_steps=4000, bc_steps=2000, sdp_steps=800,
                         cm_steps=2000, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=1e-3,
-                        distill_lr=1e-4, episodes=10, seeds=[0, 1, 2], latency_steps=200, latency_rounds=4,
+                        distill_lr=1e-3, episodes=10, seeds=[0, 1, 2], latency_steps=200, latency_rounds=4,
                         throughput_calls=2, teacher_options={"backbone": "mlp"},
                         dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim1-trailing", "dp-onecall",
@@ -143,7 +143,7 @@ SUITES: dict[str, SuiteConfig] = {
     # multimodal AGV task, the goal-holding maze and the D4RL teachers (per-task overrides there)
     "students": SuiteConfig("students", dataset_size=20_000, teacher_steps=4000, bc_steps=2000, sdp_steps=800,
                             cm_steps=2000, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=1e-3,
-                            distill_lr=1e-4, episodes=10, seeds=[0, 1, 2], latency_steps=200,
+                            distill_lr=1e-3, episodes=10, seeds=[0, 1, 2], latency_steps=200,
                             latency_rounds=4, throughput_calls=2, teacher_options={"backbone": "mlp"},
                             methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim2-trailing",
                                      "dp-ddim1-trailing", "dp-onecall", "sdp-ode6", "cm-1step", "cm-2step",

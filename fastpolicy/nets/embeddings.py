@@ -35,16 +35,44 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((arg.sin(), arg.cos()), dim=-1)
 
 
+TABLE_TIMESTEPS = 4096
+"""integer timesteps −1 … 4094 are served from a table at inference (far above any schedule used here)"""
+
+
 class TimestepEmbedding(nn.Module):
-    """Sinusoidal code followed by ``Linear → Mish → Linear``; maps ``(...,)`` timesteps to ``(..., dim)``."""
+    """Sinusoidal code followed by ``Linear → Mish → Linear``; maps ``(...,)`` timesteps to ``(..., dim)``.
+
+    At inference (no autograd) integer timesteps are looked up in a table of the embedding of every
+    level −1 … 4094, built once per set of weights (rebuilt when a parameter changes, device or dtype
+    moves): the sinusoid and two Linears per denoiser call cost as much as a small MLP denoiser's body
+    at batch 1 (0.16 vs 0.15 ms, measured), and every sampler — teacher and students alike — calls it
+    at a handful of fixed levels. Training and float timesteps compute it directly.
+    """
 
     def __init__(self, dim: int, hidden_mult: int = 4) -> None:
         super().__init__()
         self.sinusoid = SinusoidalPosEmb(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim * hidden_mult), nn.Mish(),
                                  nn.Linear(dim * hidden_mult, dim))
+        self._table: torch.Tensor | None = None
+        self._table_key: tuple | None = None
+
+    def _lookup_table(self) -> torch.Tensor:
+        first = self.mlp[0].weight
+        # a parameter's version counter moves with every in-place update (optimizer step, load_state_dict);
+        # inference tensors (made under inference_mode) have none and can only change inside it
+        key = (first.device, first.dtype,
+               *((id(p), p.data_ptr(), -1 if p.is_inference() else p._version) for p in self.parameters()))
+        if self._table is None or self._table_key != key:
+            levels = torch.arange(-1, TABLE_TIMESTEPS - 1, device=first.device)
+            with torch.inference_mode():
+                self._table = self.mlp(self.sinusoid(levels))
+            self._table_key = key
+        return self._table
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not t.is_floating_point():
+            return self._lookup_table()[t + 1]
         return self.mlp(self.sinusoid(t))
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpolicy.diffusion import SamplerSpec, add_noise, check_start_level, ddim_ode_step, inference_timesteps
+from fastpolicy.diffusion import SamplerSpec, check_start_level, ddim_ode_step, inference_timesteps
 from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
@@ -156,6 +156,9 @@ class ConsistencyPolicy(DiffusionPolicy):
                           what=f"consistency student ({cfg.teacher_sampler})", one_call=True)
         self.steps = int(steps)
         self._grid = grid.to(self.device)   # tables built once here, not per call
+        ac = self.schedule.alphas_cumprod.double().cpu()
+        abar = [1.0 if t < 0 else float(ac[t]) for t in grid.tolist()]
+        self._coef = [(a ** 0.5, (1.0 - a) ** 0.5) for a in abar]   # (α, σ) per grid point, floats
         if cfg.streaming:
             self.layout = StreamLayout(cfg.pred_horizon, cfg.obs_horizon, cfg.action_horizon, cfg.segments)
             idx = torch.arange(cfg.segments + 1) * (cfg.grid // cfg.segments)
@@ -208,26 +211,48 @@ class ConsistencyPolicy(DiffusionPolicy):
         noise = torch.randn(shape, generator=generator).to(self.device)
         return noise if self.temperature == 1.0 else noise * self.temperature
 
+    def _grid_map(self, x: torch.Tensor, i: int, j: int, cond: torch.Tensor) -> torch.Tensor:
+        """f(x, grid point i → grid point j < i) with one level for the whole batch: the sampling path.
+
+        The same function as :meth:`consistency_fn` (tested equal), with the level's coefficients as
+        Python floats from tables built once in :meth:`set_steps` — no table rebuild, no identity mask,
+        no per-call tensor bookkeeping around the one network call.
+        """
+        b = x.shape[0]
+        raw = self.backbone(x, self._grid[i].expand(b), cond, stop_time=self._grid[j].expand(b))
+        sa_i, s1_i = self._coef[i]
+        ptype = self.config.prediction_type
+        if ptype == "sample":
+            x0 = raw
+        elif ptype == "v_prediction":
+            x0 = sa_i * x - s1_i * raw
+        else:
+            x0 = (x - s1_i * raw) / sa_i
+        if j == 0:                      # the clean end: α = 1, σ = 0
+            return x0.clamp(-1.0, 1.0) if self.config.clip_sample else x0
+        eps = raw if ptype == "epsilon" else (sa_i * raw + s1_i * x if ptype == "v_prediction"
+                                               else (x - sa_i * raw) / s1_i)
+        if self.config.clip_sample:
+            x0 = x0.clamp(-1.0, 1.0)
+        sa_j, s1_j = self._coef[j]
+        return sa_j * x0 + s1_j * eps
+
     def sample(self, cond: torch.Tensor,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
         """Normalised (B, Tp, A) action sequence from the teacher's initial noise in ``steps`` calls."""
         cfg = self.config
-        b = cond.shape[0]
-        ts = self._grid
-        grid = len(ts) - 1
-        x = self._noise((b, cfg.pred_horizon, cfg.action_dim), generator)
+        grid = len(self._grid) - 1
+        x = self._noise((cond.shape[0], cfg.pred_horizon, cfg.action_dim), generator)
         if cfg.segments > 1:
             for j in range(cfg.segments - 1, -1, -1):
-                hi, lo = ts[(j + 1) * grid // cfg.segments], ts[j * grid // cfg.segments]
-                x = self.consistency_fn(x, hi.expand(b), lo.expand(b), cond)
+                x = self._grid_map(x, (j + 1) * grid // cfg.segments, j * grid // cfg.segments, cond)
             return x, cfg.segments
-        clean = ts[0].expand(b)
-        x0 = self.consistency_fn(x, ts[-1].expand(b), clean, cond)
+        x0 = self._grid_map(x, grid, 0, cond)
         for j in range(1, self.steps):
             # re-noise the estimate to evenly spaced intermediate grid points and map back to clean
-            t = ts[round(grid * (self.steps - j) / self.steps)].expand(b)
-            noise = self._noise(x0.shape, generator)
-            x0 = self.consistency_fn(add_noise(self.schedule, x0, noise, t), t, clean, cond)
+            i = round(grid * (self.steps - j) / self.steps)
+            sa, s1 = self._coef[i]
+            x0 = self._grid_map(sa * x0 + s1 * self._noise(x0.shape, generator), i, 0, cond)
         return x0, self.steps
 
     def init_state(self, batch_size: int) -> PolicyState:

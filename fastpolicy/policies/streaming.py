@@ -244,11 +244,17 @@ class StreamingPolicyConfig(DiffusionPolicyConfig):
     """streaming step and grid: ``ddpm:N`` or ``ode:N`` (N levels, h ≤ N ≤ num_train_timesteps)"""
     mode: str = "stream"
     """``stream`` (rolling buffer) or ``dp`` (ordinary sampling with ``sampler``, constant levels)"""
+    first_step: str = "denoise"
+    """a fresh buffer: ``denoise`` (sample a whole sequence, N calls, then re-noise it chunk-wise) or
+    ``zeros`` (the reference SDP: zeros at the chunk-wise start levels, so the first control step costs
+    the steady N/h calls, and the first chunks are rougher)"""
 
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.chunkwise_fraction <= 1.0:
             raise ValueError(f"chunkwise_fraction must be in [0, 1], got {self.chunkwise_fraction}")
+        if self.first_step not in ("denoise", "zeros"):
+            raise ValueError(f"first_step must be 'denoise' or 'zeros', got {self.first_step!r}")
         if self.mode not in ("stream", "dp"):
             raise ValueError(f"mode must be 'stream' or 'dp', got {self.mode!r}")
         _, levels = parse_stream(self.stream)
@@ -304,6 +310,7 @@ class StreamingPolicy(DiffusionPolicy):
         self._table = grid_timesteps(self.config.num_train_timesteps, layout.num_levels).to(self.device)
         self._streamed = layout.streamed().to(self.device)
         self._post_warmup = layout.post_warmup_levels().to(self.device)
+        self._start_levels = layout.start_levels().to(self.device)
         n, h = layout.num_levels, layout.chunks
         self._steady_calls = n // h if n % h == 0 else None
 
@@ -359,10 +366,14 @@ class StreamingPolicy(DiffusionPolicy):
         fresh, any_fresh = layout.read_step_flags(levels)
         first = cfg.obs_horizon - 1
         if any_fresh:
-            warm, nfe = self._warmup(cond[fresh], generator)
             buffer, levels = buffer.clone(), levels.clone()
-            buffer[fresh] = warm
-            levels[fresh] = self._post_warmup
+            if cfg.first_step == "zeros":
+                buffer[fresh] = 0.0
+                levels[fresh] = self._start_levels
+            else:
+                warm, nfe = self._warmup(cond[fresh], generator)
+                buffer[fresh] = warm
+                levels[fresh] = self._post_warmup
         if self._steady_calls is not None and not any_fresh:
             # steady state with h | N: chunk 0 always arrives at level N/h − 1, so the call count is a
             # constant of the layout and needs no read of the levels

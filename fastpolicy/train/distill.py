@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +79,13 @@ class DistillConfig:
     trajectory_fraction: float = 0.5
     """``ode``: share of each batch whose inputs lie on the teacher's own trajectories from its initial
     noise (the rest: q(x_t | x0) of the data, which the chained re-noising steps meet)"""
+    hard_fraction: float = 0.25
+    """share of each batch (taken from the trajectory rows) whose observation windows are where the
+    teacher's sampler is multimodal — the windows in which two noise draws give the most different
+    plans (top 5 % of 8192 data windows): a 1-step student fails closed-loop exactly there"""
+    top_fraction: float = 0.25
+    """share of each batch at the grid's top (taken from the trajectory rows: the teacher's initial noise),
+    the only level a 1-step student is evaluated at; the rest are spread over the grid"""
     target_decay: float = 0.95
     """EMA rate of the target network for ``bootstrap`` (OpenAI's consistency distillation: 0.95)"""
     huber_c: float | None = None
@@ -92,6 +100,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not 0.0 <= self.hard_fraction <= 1.0:   # used up to trajectory_fraction (its rows carry it)
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if not 0.0 <= self.top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in [0, 1], got {self.top_fraction}")
         if not 0.0 <= self.trajectory_fraction <= 1.0:
             raise ValueError(f"trajectory_fraction must be in [0, 1], got {self.trajectory_fraction}")
         if self.solver not in SOLVERS:
@@ -164,6 +176,32 @@ class ConsistencyDistiller(nn.Module):
                 raise ValueError(f"streaming distillation needs segments = chunks = {self.layout.chunks}")
         dim = scfg.pred_horizon * scfg.action_dim
         self.huber_c = config.huber_c if config.huber_c is not None else 0.00054 * math.sqrt(dim)
+        self.hard_conds: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def find_hard_windows(self, dataset: Any, windows: int = 8192, quantile: float = 0.95,
+                          seed: int = 0) -> torch.Tensor:
+        """Observation windows (as conditions) where two draws of the teacher's sampler disagree most.
+
+        Runs the teacher's sampler twice from independent initial noise on ``windows`` data windows and
+        keeps the top ``1 − quantile`` by the squared distance of the two plans: the decision points of a
+        multimodal task (on unimodal data it is just the noisiest windows). Deterministic in ``seed``.
+        """
+        st = self.student
+        scfg = st.config
+        rng = np.random.default_rng(seed)
+        batch = dataset.sample_batch(rng.integers(0, len(dataset), min(windows, len(dataset))))
+        cond = st.normalize_obs(batch["obs"][:, : scfg.obs_horizon].to(st.device)).flatten(1)
+        gen = torch.Generator().manual_seed(seed)
+        n = cond.shape[0]
+        shape = (n, scfg.pred_horizon, scfg.action_dim)
+        top = torch.full((n, scfg.pred_horizon), self.grid, device=st.device)
+        plans = [self.teacher_solve(torch.randn(shape, generator=gen).to(st.device) * st.temperature,
+                                    top, torch.zeros_like(top), cond) for _ in range(2)]
+        spread = (plans[0] - plans[1]).pow(2).flatten(1).mean(1)
+        keep = spread >= torch.quantile(spread, quantile)
+        self.hard_conds = cond[keep]
+        return self.hard_conds
 
     # --- what the Trainer saves -----------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -185,7 +223,7 @@ class ConsistencyDistiller(nn.Module):
         if not cfg.streaming:
             n = torch.randint(0, self.grid, (batch_size, 1), generator=generator)
             g, b = n + 1, (n // seg_len) * seg_len
-            return g.expand(-1, tp), b.expand(-1, tp)
+            return g.expand(-1, tp).clone(), b.expand(-1, tp).clone()
         layout = self.layout
         chunk = layout.position_chunks()[None, :]                       # tail → h
         offset = torch.randint(0, seg_len, (batch_size, 1), generator=generator)
@@ -299,6 +337,9 @@ class ConsistencyDistiller(nn.Module):
         cond = st.normalize_obs(batch["obs"][:, : scfg.obs_horizon]).flatten(1)
         x0 = st.normalize_action(batch["action"][:, : scfg.pred_horizon])
         g, b = self.sample_grid(x0.shape[0], generator)
+        n_top = 0 if self.config.streaming else int(round(self.config.top_fraction * x0.shape[0]))
+        g[:n_top] = self.grid       # rows at the top: the one input a 1-step student is ever given
+        b[:n_top] = self.grid - self.grid // self.config.segments
         g, b = g.to(st.device), b.to(st.device)
         ts = st.grid_timesteps()
         noise = torch.randn(x0.shape, generator=generator).to(st.device) * st.temperature
@@ -309,6 +350,12 @@ class ConsistencyDistiller(nn.Module):
         with torch.no_grad():
             if self.config.target == "ode":
                 target = self.teacher_solve(x_g[n_traj:], g[n_traj:], b[n_traj:], cond[n_traj:])
+                # hard windows replace the observations of trajectory rows only (they need no data x0)
+                n_hard = (0 if self.hard_conds is None
+                          else min(n_traj, int(round(self.config.hard_fraction * x0.shape[0]))))
+                if n_hard:
+                    pick = torch.randint(0, len(self.hard_conds), (n_hard,), generator=generator)
+                    cond = torch.cat([self.hard_conds[pick.to(self.hard_conds.device)], cond[n_hard:]])
                 if n_traj:
                     # rows on the teacher's own trajectories from its initial noise: what inference sees
                     x_traj, t_traj = self.teacher_trajectory(g[:n_traj, 0], b[:n_traj, 0], cond[:n_traj],
@@ -372,6 +419,9 @@ def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_
     cfg = module.student.config if isinstance(module, ConsistencyDistiller) else module.config
     dataset = build_dataset(EpisodeStore.open(store_path), cfg.obs_horizon, cfg.pred_horizon,
                             cfg.action_horizon)
+    if (isinstance(module, ConsistencyDistiller) and module.config.hard_fraction > 0
+            and not module.config.streaming and module.config.target == "ode"):
+        module.find_hard_windows(dataset, seed=train_config.seed)
     # a stage directory may exist without a run in it (it holds the earlier stages): nothing to resume
     resume = resume and (run_dir / "latest").exists()
     trainer = Trainer(module, dataset, train_config, run_dir, resume=resume, extra_config=extra)

@@ -137,4 +137,6 @@ class ModeTracker:
         import numpy as np
 
         labels = [classify_mode(self.layout, np.asarray(xy)) for xy in self.tracks.values()]
-        return {"mode_fractions": mode_fractions(self.layout, labels), "mode_episodes": len(labels)}
+        fractions = mode_fractions(self.layout, labels)
+        return {"mode_fractions": fractions, "mode_episodes": len(labels),
+                "modes": " / ".join(f"{name} {share:.2f}" for name, share in fractions.items())}
