@@ -268,3 +268,23 @@ def test_per_position_net_warm_started_from_a_per_sample_net_is_the_same_functio
     with torch.no_grad():
         got = streaming(x, t[:, None].expand(B, T), g)
         torch.testing.assert_close(got, plain(x, t, g), rtol=0, atol=1e-5)
+
+
+def test_inference_time_embedding_table_tracks_the_weights():
+    """At inference integer timesteps come from a table; it equals the direct computation and is rebuilt
+    when the weights change (an optimizer step, a load)."""
+    import torch
+
+    from fastpolicy.nets.embeddings import TimestepEmbedding
+
+    torch.manual_seed(0)
+    emb = TimestepEmbedding(16)
+    t = torch.tensor([-1, 0, 7, 99, 999])
+    direct = emb(t)                                     # autograd on: computed directly
+    with torch.no_grad():
+        torch.testing.assert_close(emb(t), direct, rtol=1e-5, atol=1e-6)
+        emb.mlp[2].bias.add_(1.0)                       # an in-place update, as an optimizer makes
+        torch.testing.assert_close(emb(t), direct + 1.0, rtol=1e-5, atol=1e-5)
+        emb.load_state_dict({k: torch.zeros_like(v) for k, v in emb.state_dict().items()})
+        assert torch.equal(emb(t), torch.zeros(5, 16))
+        assert emb(torch.tensor([3.5])).shape == (1, 16)   # float timesteps: computed directly

@@ -58,13 +58,17 @@ class TimestepEmbedding(nn.Module):
         self._table_key: tuple | None = None
 
     def _lookup_table(self) -> torch.Tensor:
-        first = self.mlp[0].weight
+        params = self.__dict__.get("_params")
+        if params is None:   # the Parameter objects (moves and loads update them in place)
+            params = (self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight, self.mlp[2].bias)
+            self.__dict__["_params"] = params
         # a parameter's version counter moves with every in-place update (optimizer step, load_state_dict);
-        # inference tensors (made under inference_mode) have none and can only change inside it
-        key = (first.device, first.dtype,
-               *((id(p), p.data_ptr(), -1 if p.is_inference() else p._version) for p in self.parameters()))
+        # a move (.to) changes its storage; inference tensors (made under inference_mode) have no counter
+        # and can only change inside it
+        key = (params[0].dtype,
+               *((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params))
         if self._table is None or self._table_key != key:
-            levels = torch.arange(-1, TABLE_TIMESTEPS - 1, device=first.device)
+            levels = torch.arange(-1, TABLE_TIMESTEPS - 1, device=params[0].device)
             with torch.inference_mode():
                 self._table = self.mlp(self.sinusoid(levels))
             self._table_key = key
