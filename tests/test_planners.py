@@ -273,6 +273,8 @@ def test_fastpolicy_train_trains_a_planner_from_store_rewards(linear_store, tmp_
     assert isinstance(policy, TrajectoryDiffuser) and model_id == "td" and policy.checkpoint_step == 3
     # return_scale is fitted from the store's rewards (all negative here → the neutral 1.0)
     assert policy.config.return_scale == 1.0 and policy.config.pred_horizon == 6
+    # the return target's anchor is the data's largest return, and the rule conditions above it
+    assert policy.config.return_max < 0 and policy.config.conditioning_return > policy.config.return_max
     obs = np.zeros((3, 1, 2), np.float32)
     result = policy.predict_chunk(obs, None, _gen())
     assert result.actions.shape == (3, 1, 1) and np.isfinite(result.actions).all()
@@ -327,3 +329,190 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     assert rows[2]["transformer_calls_per_plan"] == 3 and rows[1]["shares_networks_with"] == rows[2]["method"]
     assert len(read_results(tmp_path / "planners-test_maze2d-umaze.json")) == 3
     assert (tmp_path / "work" / "maze2d-umaze" / "decision-diffuser-ddpm10" / "config.json").exists()
+
+
+# --- issue 16: value guidance, return targets, one-pass and trimmed drafts ------------------------------
+
+class _GaussianCleanPlan(torch.nn.Module):
+    """The exact clean-plan predictor when plans are N(0, I): E[x0 | x_t] = sqrt(ᾱ_t) x_t."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.register_buffer("sqrt_ab", schedule.sqrt_alphas_cumprod.clone())
+
+    def forward(self, x, t, cond=None):
+        return self.sqrt_ab[t].view(-1, 1, 1) * x
+
+
+class _LinearValue(torch.nn.Module):
+    """An analytic value: the sum of the planned future (positions 1..H−1), all features."""
+
+    def forward(self, x, t):
+        return x[:, 1:].sum(dim=(1, 2))
+
+
+def _toy_guided_diffuser(**overrides):
+    policy = _policy("diffuser", value_guidance=True, value_hidden=16, num_candidates=16, **overrides)
+    policy.denoiser = _GaussianCleanPlan(policy.schedule)
+    policy.value = _LinearValue()
+    return policy
+
+
+def test_value_guidance_moves_samples_toward_higher_value():
+    """Same noise, exact denoiser for N(0, I) plans, analytic value: guided samples score higher, more so
+    with a larger scale, and not at all when every level is below t_stopgrad."""
+    obs = torch.zeros(1, 1, OBS)
+
+    def values(**overrides):
+        policy = _toy_guided_diffuser(**overrides)
+        return policy.value(policy.plan_states(obs, _gen(7)), torch.zeros(16, dtype=torch.long))
+
+    unguided = values(guide_scale=0.0)
+    guided = values()                                           # reference: scale 0.1, 2 steps, t_stopgrad 2
+    strong = values(guide_scale=1.0)
+    assert guided.mean() > unguided.mean() and (guided >= unguided - 1e-5).all()
+    assert strong.mean() > guided.mean() + 1.0
+    torch.testing.assert_close(values(t_stopgrad=10), unguided)   # N = 10: no level is guided
+
+
+def test_guided_diffuser_picks_the_candidate_of_highest_value_and_counts_calls():
+    policy = _toy_guided_diffuser(action_horizon=2)
+    obs = np.zeros((2, 1, OBS), np.float32)
+    plans = policy.plan_states(obs, _gen(3))
+    best = policy.plan_values(plans).view(2, 16).argmax(dim=1)
+    expected = policy._plan_actions(plans).view(2, 16, 2, ACT)[torch.arange(2), best]
+    expected = policy.bounded_actions(policy.normalize_action(expected))
+    result = policy.predict_chunk(obs, None, _gen(3))
+    np.testing.assert_allclose(result.actions, expected.numpy(), atol=1e-6)
+    stats = policy.last_plan_stats
+    # levels ≥ t_stopgrad (2..9 of ddpm:10) × 2 guide steps, plus the ranking call; the critic is unused
+    assert stats["value_calls"] == 8 * 2 + 1 and "critic_calls" not in stats
+
+
+def test_value_function_trains_on_noised_plans_and_is_absent_when_off(tmp_path):
+    obs, act, ends = _linear_system(episodes=4, length=20)
+    reward = obs[:, 0] / 10
+    ds = SequenceDataset({"episode_ends": ends, "obs": obs, "action": act,
+                          RTG_KEY: discounted_returns(reward, ends, 0.9)}, horizon=H,
+                         keys=("obs", "action", RTG_KEY))
+    batch = ds.sample_batch(np.arange(32))
+    plain = _policy("diffuser")
+    assert set(plain(batch, _gen())) == {"loss", "diffusion_loss", "critic_loss"}
+    assert not any(k.startswith("value") for k in plain.state_dict())
+    guided = _policy("diffuser", value_guidance=True, value_hidden=32).train()
+    # off by default and on: the other losses draw the same noise, so they are unchanged
+    torch.testing.assert_close(guided(batch, _gen())["diffusion_loss"],
+                               plain(batch, _gen())["diffusion_loss"])
+    opt = torch.optim.Adam(guided.value.parameters(), lr=3e-3)
+    first = None
+    for step in range(60):
+        loss = guided(batch, _gen(step))["value_loss"]
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    guided.eval()
+    save_planner(guided, tmp_path / "guided")
+    loaded = load_policy(tmp_path / "guided")
+    assert loaded.value is not None and loaded.config.value_guidance
+    window = obs[None, :1]
+    np.testing.assert_array_equal(guided.predict_chunk(window, None, _gen(2)).actions,
+                                  loaded.predict_chunk(window, None, _gen(2)).actions)
+
+
+def test_return_conditioning_changes_the_plan():
+    obs = torch.randn(2, 1, OBS)
+
+    def plans(target, weight=1.2):
+        dd = _policy("decision-diffuser", target_return=target, guidance_weight=weight)
+        return dd.plan_states(obs, _gen())
+
+    assert not torch.allclose(plans(0.1), plans(1.5), atol=1e-4)
+    # the target enters only the conditional branch: w = 0 (unconditional) plans ignore it
+    torch.testing.assert_close(plans(0.1, weight=0.0), plans(1.5, weight=0.0))
+
+
+def test_return_target_is_a_rule_fixed_in_advance():
+    dd = _policy("decision-diffuser", return_max=0.8)
+    assert dd.config.target_return is None and dd.config.conditioning_return == pytest.approx(1.1 * 0.8)
+    assert _policy("decision-diffuser", return_max=-2.0).config.conditioning_return == pytest.approx(-1.8)
+    assert _policy("decision-diffuser", target_return=0.7).config.conditioning_return == 0.7
+    with pytest.raises(ValueError, match="target_return_multiple"):
+        build_policy("decision-diffuser", {**SMALL, "target_return_multiple": 0.0})
+
+
+def test_training_drops_the_return_condition_at_the_configured_rate():
+    dd = _policy("decision-diffuser", cond_dropout=0.25).train()
+    seen = []
+    dd.denoiser.register_forward_hook(lambda mod, args, out: seen.append(args[2].detach().clone()))
+    n = 800
+    batch = {"obs": torch.randn(n, H, OBS), "action": torch.randn(n, H, ACT), RTG_KEY: torch.rand(n, H) + 0.5}
+    dd._state_losses(batch, _gen())
+    ret, present = seen[0][:, -2], seen[0][:, -1]
+    assert abs((present == 0).float().mean().item() - 0.25) < 0.05
+    assert torch.equal(ret[present == 0], torch.zeros(int((present == 0).sum())))
+    assert (ret[present == 1] > 0).all()
+
+
+def test_one_pass_draft_shapes_calls_and_loss_targets():
+    td = _policy("trajectory-diffuser", obs_horizon=2, draft_mode="one-pass")
+    obs_n = torch.randn(5, 2, OBS)
+    with torch.no_grad():
+        full, calls = td.draft(obs_n)
+        short, short_calls = td.draft(obs_n, length=3)
+    assert full.shape == (5, H, OBS) and calls == short_calls == 1
+    assert torch.equal(full[:, 0], obs_n[:, -1]) and torch.equal(short, full[:, :3])
+    result = td.predict_chunk(np.zeros((2, 2, OBS), np.float32), None, _gen())
+    assert result.actions.shape == (2, 1, ACT) and td.last_plan_stats["transformer_calls"] == 1
+    assert plan_cost(td)["transformer_calls"] == 1
+    # the loss's targets: every prefix p predicts states p+1.. of the window as offsets from state p;
+    # outputs past the window's end are masked (a "transformer" exact inside, garbage outside, scores 0)
+    window = torch.randn(3, H, OBS)
+    later = torch.arange(H)[:, None] + torch.arange(1, H)
+    exact = torch.where((later < H)[None, :, :, None], window[:, later.clamp(max=H - 1)] - window[:, :, None],
+                        torch.full((1,), 1e3))
+
+    class Exact(torch.nn.Module):
+        def forward(self, tokens):
+            return exact.flatten(2)
+
+    td.transformer = Exact()
+    assert td._one_pass_loss(window, torch.zeros(3, H, OBS + 1)).item() < 1e-10
+    with pytest.raises(ValueError, match="draft_mode"):
+        build_policy("trajectory-diffuser", {**TD_SMALL, "draft_mode": "parallel"})
+
+
+def test_one_pass_transformer_trains():
+    td = _policy("trajectory-diffuser", draft_mode="one-pass").train()
+    batch = {"obs": torch.randn(8, H, OBS), "action": torch.randn(8, H, ACT), RTG_KEY: torch.rand(8, H)}
+    losses = td(batch, _gen())
+    losses["transformer_loss"].backward()
+    assert torch.isfinite(losses["loss"]) and td.transformer.head.weight.grad.abs().sum() > 0
+
+
+def test_trimmed_draft_plans_only_the_states_the_action_needs_once():
+    """Without refinement the candidates are one draft: planned once (no critic), and with trim_draft only
+    the Ta + 1 states the inverse dynamics reads are drafted — same actions, fewer transformer calls."""
+    obs = np.random.default_rng(1).normal(size=(2, 1, OBS)).astype(np.float32)
+    full = _policy("trajectory-diffuser", refine_steps=0, action_horizon=2)
+    trimmed = _policy("trajectory-diffuser", refine_steps=0, action_horizon=2, trim_draft=True)
+    a = full.predict_chunk(obs, None, _gen()).actions
+    b = trimmed.predict_chunk(obs, None, _gen()).actions
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert full.last_plan_stats["candidates"] == 1 and "critic_calls" not in full.last_plan_stats
+    assert full.last_plan_stats["transformer_calls"] == H - 1
+    assert trimmed.last_plan_stats["transformer_calls"] == 2 == plan_cost(trimmed)["transformer_calls"]
+    obs_n = trimmed.normalize_obs(torch.from_numpy(obs))
+    with torch.no_grad():                                          # cached prefix == uncached full draft
+        short, calls = trimmed.draft(obs_n, length=3, use_cache=True)
+        long, _ = trimmed.draft(obs_n, use_cache=False)
+    assert calls == 2
+    torch.testing.assert_close(short, long[:, :3], atol=1e-5, rtol=0)
+    # refinement needs the whole plan: trim_draft is then ignored
+    assert trimmed.set_refinement(steps=1).draft_length() == H
+
+
+def test_guidance_options_are_validated():
+    with pytest.raises(ValueError, match="guide_scale"):
+        build_policy("diffuser", {**SMALL, "guide_scale": -0.1})

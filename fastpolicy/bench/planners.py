@@ -74,7 +74,8 @@ def planner_extra(policy: Any, train_seconds: float | None) -> dict[str, Any]:
     cost = plan_cost(policy)
     cfg = policy.config
     out = {"train_seconds": train_seconds, "denoiser_calls_per_plan": cost["denoiser_calls"],
-           "transformer_calls_per_plan": cost["transformer_calls"], "candidates": cfg.num_candidates,
+           "transformer_calls_per_plan": cost["transformer_calls"],
+           "candidates": policy.distinct_candidates(),      # identical copies of one draft count once
            "horizon": cfg.pred_horizon, "backbone": cfg.backbone,
            "num_train_timesteps": cfg.num_train_timesteps}
     if hasattr(cfg, "refine_steps"):

@@ -9,7 +9,9 @@ execute its first ``action_horizon`` actions and replan (receding horizon). What
 * **Return conditioning by classifier-free guidance** (state planners): the condition is the normalised
   discounted return-to-go ``[R, 1]``; in training it is replaced by ``[0, 0]`` with probability
   ``cond_dropout`` (0.25), and at sampling ``ε = ε_u + w (ε_c − ε_u)`` with ``w = guidance_weight``
-  (1.2), both halves in one batched denoiser call (Ajay et al., Decision Diffuser).
+  (1.2), both halves in one batched denoiser call (Ajay et al., Decision Diffuser). The return planned
+  for is fixed in advance by a rule, ``target_return_multiple`` (1.1) × the data's largest normalised
+  return ``return_max``, above the data as the reference conditions, never tuned on test episodes.
 * **Inverse dynamics** (``fastpolicy.nets.inverse_dynamics.InverseDynamics`` with ``history = 0``, the one
   implementation the proxy-labeling work uses too) turns consecutive planned states into actions.
 * **A critic** Q(s, a) (``fastpolicy.nets.critic``), trained on Monte-Carlo discounted returns, picks the
@@ -20,7 +22,9 @@ execute its first ``action_horizon`` actions and replan (receding horizon). What
 The three planners:
 
 ``DiffuserPlanner``          joint state-action trajectories (action first, then state, per position),
-                             unconditional, ``sampler`` steps (Diffuser uses 20) from pure noise.
+                             unconditional, ``sampler`` steps (Diffuser uses 20) from pure noise; with
+                             ``value_guidance`` a value function on noisy plans steers every step and
+                             ranks the candidates (:mod:`fastpolicy.policies.value_guidance`).
 ``DecisionDiffuserPlanner``  state trajectories, guidance, inverse dynamics, the full DDPM chain
                              (``ddpm:200`` over 200 training levels, the reference setting; any
                              ``sampler`` works, e.g. the strided ``ddpm:50``).
@@ -30,6 +34,9 @@ The three planners:
                              candidate's copy is noised to level ``refine_start·N`` and refined by
                              ``refine_steps`` deterministic DDIM steps of the same state denoiser
                              (inpainting + guidance); inverse dynamics gives the actions, the critic picks.
+                             ``draft_mode = "one-pass"`` drafts in a single transformer call instead;
+                             without refinement the one draft is planned once (no duplicate candidates)
+                             and ``trim_draft`` drafts only the states the actions read.
 
 NFE accounting: ``ChunkResult.nfe`` counts denoiser calls per plan (a batched call — candidates and the
 two guidance halves together — counts once); ``last_plan_stats`` adds the transformer calls.
@@ -39,13 +46,13 @@ the batch needs ``obs``, ``action`` (B, H, ·) and ``rtg`` (B, H) raw discounted
 :func:`planner_dataset` builds it from an EpisodeStore and :func:`train_planner` runs the whole thing.
 :func:`decision_diffuser_from` copies a trained Trajectory Diffuser's denoiser, inverse dynamics and
 critic into a Decision Diffuser, so the two planners can be compared with identical networks.
+Configurations live in :mod:`fastpolicy.policies.planner_configs` (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,131 +67,24 @@ from fastpolicy.diffusion import (
     make_schedule,
     training_target,
 )
-from fastpolicy.diffusion.samplers import PREDICTION_TYPES, Sampler
+from fastpolicy.diffusion.samplers import Sampler
 from fastpolicy.nets import make_backbone
 from fastpolicy.nets.critic import Critic
 from fastpolicy.nets.inverse_dynamics import InverseDynamics, InverseDynamicsConfig
 from fastpolicy.nets.transformer import CausalTransformer
 from fastpolicy.policies.base import ChunkResult, PolicyState
-from fastpolicy.policies.torch_policy import PolicyConfig, TorchPolicy
+from fastpolicy.policies.planner_configs import (
+    DiffuserConfig,
+    PlannerConfig,
+    StatePlannerConfig,
+    TrajectoryDiffuserConfig,
+)
+from fastpolicy.policies.torch_policy import TorchPolicy
+from fastpolicy.policies.value_guidance import ValueFunction, guide, posterior_variance, value_loss
 
 RTG_KEY = "rtg"
 PlanOutput = tuple[torch.Tensor, dict[str, int]]
 """candidate plans (N, H, D) and the network calls spent on them"""
-
-
-# --- configs -----------------------------------------------------------------------------------------
-
-@dataclass
-class PlannerConfig(PolicyConfig):
-    """What every planner shares. ``pred_horizon`` is the planning horizon H (position 0 = now)."""
-
-    obs_horizon: int = 1
-    pred_horizon: int = 16
-    action_horizon: int = 1
-    backbone: str = "mlp"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    num_train_timesteps: int = 20
-    beta_schedule: str = "squaredcos_cap_v2"
-    clip_sample: bool = True
-    prediction_type: str = "sample"
-    """what the denoiser predicts: the clean plan (``sample``, the Diffuser reference's
-    ``predict_epsilon: False``; measured: Diffuser on hopper-medium 10 → 66, Decision Diffuser on
-    maze2d-umaze 45 → 152 against ``epsilon``), ``epsilon`` or ``v_prediction``"""
-    sampler: str = "ddpm:20"
-    """how plans are sampled from noise (Diffuser and Decision Diffuser)"""
-    obs_cond: bool = True
-    """FiLM-condition the denoiser on the current normalised state (in addition to inpainting)"""
-    num_candidates: int = 1
-    """plans sampled per control step; the critic picks one when > 1"""
-    noise_scale: float = 1.0
-    """sampling temperature: the starting noise and every ancestral step's noise are scaled by it (the
-    Decision Diffuser samples at 0.5, Diffuser at 1)"""
-    discount: float = 0.99
-    return_scale: float = 1.0
-    """normalised return = discounted return-to-go × return_scale (set from the data by train_planner)"""
-    critic_hidden: int = 256
-    critic_depth: int = 2
-
-    def validate(self) -> None:
-        super().validate()
-        if self.pred_horizon < 2:
-            raise ValueError(f"a plan needs pred_horizon >= 2 (now and next), got {self.pred_horizon}")
-        if self.action_horizon > self.pred_horizon - 1:
-            raise ValueError(f"action_horizon {self.action_horizon} needs {self.action_horizon + 1} planned "
-                             f"states, more than pred_horizon {self.pred_horizon}")
-        if self.num_candidates < 1:
-            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
-                             f"got {self.prediction_type!r}")
-        if not 0.0 < self.noise_scale <= 1.0:
-            raise ValueError(f"noise_scale must be in (0, 1], got {self.noise_scale}")
-        if not 0.0 < self.discount <= 1.0:
-            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
-        spec = SamplerSpec.parse(self.sampler)
-        if spec.steps > self.num_train_timesteps:
-            raise ValueError(f"sampler {self.sampler} has more steps than num_train_timesteps "
-                             f"{self.num_train_timesteps}")
-
-
-@dataclass
-class DiffuserConfig(PlannerConfig):
-    """Diffuser: 20 diffusion steps, sampled in full (Janner et al. use 20 for locomotion)."""
-
-
-@dataclass
-class StatePlannerConfig(PlannerConfig):
-    """State-trajectory planners with return guidance and inverse dynamics (Decision Diffuser)."""
-
-    num_train_timesteps: int = 200
-    """Decision Diffuser's reference setting (Ajay et al.: 200 levels, sampled in full)"""
-    sampler: str = "ddpm:200"
-    noise_scale: float = 0.5
-    """low-temperature sampling, as in the Decision Diffuser's reference code (x_T and each step's noise
-    × 0.5)"""
-    guidance_weight: float = 1.2
-    cond_dropout: float = 0.25
-    target_return: float = 0.7
-    """the normalised return the plans are conditioned on"""
-    idm_hidden: int = 256
-    idm_depth: int = 2
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 <= self.cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-
-
-@dataclass
-class TrajectoryDiffuserConfig(StatePlannerConfig):
-    """Transformer draft + few-step refinement; transformer sizes follow the reference."""
-
-    num_candidates: int = 16
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 512
-    transformer_batch: int = 32
-    """rows of each training batch the transformer trains on (it costs most per row)"""
-    refine_steps: int = 1
-    """k: DDIM steps of the refinement (0: use the draft as it is)"""
-    refine_start: float = 0.02
-    """noise level the draft is lifted to, as a fraction of num_train_timesteps. The defaults (k = 1 from
-    level 3 of 200) come from the maze2d-umaze ablation at CPU training budgets (bench/bench_planners.py):
-    the draft, which predicts state increments, is more precise step to step than the MLP denoiser, and
-    deeper refinement (k ≥ 2 or higher levels) cost most of the score; the reference refines from level 5
-    of a 100-level chain."""
-    kv_cache: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if self.refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
-        if self.refine_steps and not 0.0 < self.refine_start <= 1.0:
-            raise ValueError(f"refine_start must be in (0, 1], got {self.refine_start}")
-        if self.transformer_batch < 1:
-            raise ValueError(f"transformer_batch must be >= 1, got {self.transformer_batch}")
 
 
 # --- shared machinery ------------------------------------------------------------------------------
@@ -301,12 +201,16 @@ class _Planner(TorchPolicy):
 
     # --- planning ------------------------------------------------------------------------------------
     def _sample_from_noise(self, shape: tuple[int, ...], state: torch.Tensor, cond: torch.Tensor | None,
-                           eps_fn, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-        """Run ``self.sampler`` from pure noise with inpainting after every step; returns (x0, calls)."""
+                           eps_fn, generator: torch.Generator | None,
+                           guide_fn=None) -> tuple[torch.Tensor, int]:
+        """Run ``self.sampler`` from pure noise with inpainting after every step; returns (x0, calls).
+        ``guide_fn(x_t, t) -> x_t`` (value guidance) moves each noisy plan before the model sees it."""
         sampler, scale = self.sampler, self.config.noise_scale
         x = self._inpaint_(self._noise(shape, generator) * scale, state)
         for i in range(sampler.num_steps):
             t = sampler.timesteps[i].expand(shape[0])
+            if guide_fn is not None:
+                x = guide_fn(x, t)
             out = eps_fn(x, t, cond)
             noise = sampler.draw_noise(x, generator) * scale if sampler.needs_noise[i] else None
             x, _ = sampler.step(i, x, out, noise=noise)
@@ -322,6 +226,17 @@ class _Planner(TorchPolicy):
         """Raw actions (N, Ta, action_dim) of plans (N, H, D)."""
         raise NotImplementedError
 
+    def distinct_candidates(self) -> int:
+        """Candidates that can differ from each other; identical copies are never planned twice."""
+        return self.config.num_candidates
+
+    def _candidate_scores(self, obs_n: torch.Tensor, plans: torch.Tensor, actions: torch.Tensor,
+                          candidates: int) -> tuple[torch.Tensor, str]:
+        """Scores (B·C,) the best candidate is picked by, and the stats key counting that call: the
+        critic Q(s, a) of the first (state, action) pair."""
+        s0 = obs_n[:, -1].repeat_interleave(candidates, dim=0)
+        return self.critic(s0, self.normalize_action(actions[:, 0])), "critic_calls"
+
     @torch.inference_mode()
     def predict_chunk(
         self,
@@ -331,16 +246,15 @@ class _Planner(TorchPolicy):
     ) -> ChunkResult:
         cfg = self.config
         obs_n = self.encode_obs(obs_window).view(-1, cfg.obs_horizon, cfg.obs_dim)
-        batch, c = obs_n.shape[0], cfg.num_candidates
+        batch, c = obs_n.shape[0], self.distinct_candidates()
         plans, stats = self._plan(obs_n, c, generator)
         # raw, inside the trained action range whatever the sampler or inverse dynamics produced
         actions = self.bounded_actions(self.normalize_action(self._plan_actions(plans)))   # (B·C, Ta, A)
         if c > 1:
-            s0 = obs_n[:, -1].repeat_interleave(c, dim=0)
-            q = self.critic(s0, self.normalize_action(actions[:, 0])).view(batch, c)
-            best = q.argmax(dim=1)
+            scores, key = self._candidate_scores(obs_n, plans, actions, c)
+            best = scores.view(batch, c).argmax(dim=1)
             actions = actions.view(batch, c, *actions.shape[1:])[torch.arange(batch), best]
-            stats["critic_calls"] = 1
+            stats[key] = stats.get(key, 0) + 1
         self.last_plan_stats = {"candidates": c, **stats}
         return ChunkResult(actions.float().cpu().numpy(), stats["denoiser_calls"], state)
 
@@ -360,6 +274,14 @@ class DiffuserPlanner(_Planner):
     policy_type = "diffuser"
     config_cls = DiffuserConfig
 
+    def __init__(self, config: DiffuserConfig, normalizer_state: dict[str, torch.Tensor] | None = None):
+        super().__init__(config, normalizer_state)
+        # built only when used, so unguided checkpoints keep their exact state dict
+        self.value: ValueFunction | None = None
+        if config.value_guidance:
+            self.value = ValueFunction(config.pred_horizon, self.plan_dim, config.value_hidden,
+                                       config.value_depth)
+
     @property
     def plan_dim(self) -> int:
         return self.config.action_dim + self.config.obs_dim
@@ -375,14 +297,48 @@ class DiffuserPlanner(_Planner):
         cond = torch.cat(self._obs_cond(state), -1) if self.config.obs_cond else None
         diffusion = self._diffusion_loss(x0, state, cond, generator)
         critic = self._critic_loss(obs_n, act_n, returns)
-        return {"loss": diffusion + critic, "diffusion_loss": diffusion, "critic_loss": critic}
+        losses = {"diffusion_loss": diffusion, "critic_loss": critic}
+        if self.value is not None:
+            # the reference's value model: noisy plans at random levels (state inpainted) → the window's
+            # discounted return-to-go; drawn after the other losses' noise so those stay as without it
+            noise = self._noise(tuple(x0.shape), generator)
+            t = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+            t = t.to(self.device)
+            xt = self.inpaint(add_noise(self.schedule, x0, noise, t), state)
+            losses["value_loss"] = value_loss(self.value, xt, t, returns[:, 0])
+        return {"loss": sum(losses.values()), **losses}
 
     def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
+        cfg = self.config
         state = obs_n[:, -1].repeat_interleave(candidates, dim=0)
-        cond = state if self.config.obs_cond else None
-        shape = (state.shape[0], self.config.pred_horizon, self.plan_dim)
-        plans, calls = self._sample_from_noise(shape, state, cond, self.denoiser, generator)
-        return plans, {"denoiser_calls": calls, "transformer_calls": 0}
+        cond = state if cfg.obs_cond else None
+        shape = (state.shape[0], cfg.pred_horizon, self.plan_dim)
+        guide_fn, value_calls = None, 0
+        if self.value is not None and cfg.guide_scale > 0 and cfg.n_guide_steps > 0:
+            variance = posterior_variance(self.schedule)
+            value = self.value
+
+            def guide_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return guide(value, x, t, variance, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                             lambda y: self._inpaint_(y, state))
+
+            guided_steps = int((self.sampler.timesteps >= cfg.t_stopgrad).sum())
+            value_calls = guided_steps * cfg.n_guide_steps
+        plans, calls = self._sample_from_noise(shape, state, cond, self.denoiser, generator, guide_fn)
+        stats = {"denoiser_calls": calls, "transformer_calls": 0}
+        return plans, stats if self.value is None else {**stats, "value_calls": value_calls}
+
+    def plan_values(self, plans: torch.Tensor) -> torch.Tensor:
+        """V(plan, level 0) (N,) of finished plans: what candidates are sorted by."""
+        if self.value is None:
+            raise RuntimeError("plan values need a Diffuser trained with value_guidance=True")
+        return self.value(plans, torch.zeros(plans.shape[0], dtype=torch.long, device=plans.device))
+
+    def _candidate_scores(self, obs_n: torch.Tensor, plans: torch.Tensor, actions: torch.Tensor,
+                          candidates: int) -> tuple[torch.Tensor, str]:
+        if self.value is None:
+            return super()._candidate_scores(obs_n, plans, actions, candidates)
+        return self.plan_values(plans), "value_calls"
 
     def _plan_actions(self, plans: torch.Tensor) -> torch.Tensor:
         ta = self.config.action_horizon
@@ -427,16 +383,16 @@ class _StatePlanner(_Planner):
         return torch.cat([*self._obs_cond(state), self.return_condition(returns, present)], dim=-1)
 
     def guidance_cond(self, state: torch.Tensor) -> torch.Tensor:
-        """The (2N, cond_dim) denoiser condition of a guided call: N conditional rows at ``target_return``,
-        then N unconditional ones. Built once per plan and reused by every denoising step."""
+        """The (2N, cond_dim) denoiser condition of a guided call: N conditional rows at the conditioning
+        return, then N unconditional ones. Built once per plan and reused by every denoising step."""
         n = state.shape[0]
-        target = torch.full((2 * n,), self.config.target_return, device=state.device)
+        target = torch.full((2 * n,), self.config.conditioning_return, device=state.device)
         present = torch.cat([torch.ones(n, device=state.device), torch.zeros(n, device=state.device)])
         return self._cond(state.repeat(2, 1), target, present)
 
     def guided_eps(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor,
                    weight: float | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Classifier-free guidance at ``target_return``: ε_u + w(ε_c − ε_u), one batched call
+        """Classifier-free guidance at the conditioning return: ε_u + w(ε_c − ε_u), one batched call
         (``cond``: :meth:`guidance_cond` of ``state``, when the caller has it already)."""
         w = self.config.guidance_weight if weight is None else weight
         n = x.shape[0]
@@ -446,9 +402,9 @@ class _StatePlanner(_Planner):
         return eps_u + w * (eps_c - eps_u)
 
     def conditional_eps(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """The return-conditional denoiser alone (no guidance), at ``target_return``."""
+        """The return-conditional denoiser alone (no guidance), at the conditioning return."""
         n = x.shape[0]
-        target = torch.full((n,), self.config.target_return, device=x.device)
+        target = torch.full((n,), self.config.conditioning_return, device=x.device)
         return self.denoiser(x, t, self._cond(state, target, torch.ones(n, device=x.device)))
 
     def _state_losses(self, batch: dict[str, torch.Tensor],
@@ -502,7 +458,9 @@ class TrajectoryDiffuser(_StatePlanner):
                  normalizer_state: dict[str, torch.Tensor] | None = None):
         super().__init__(config, normalizer_state)
         o = config.obs_dim
-        self.transformer = CausalTransformer(o + 1, o + 1, d_model=config.d_model, n_layers=config.n_layers,
+        # one-pass: each position's output holds the H−1 following states' offsets from its own state
+        out_dim = o + 1 if config.draft_mode == "autoregressive" else (config.pred_horizon - 1) * o
+        self.transformer = CausalTransformer(o + 1, out_dim, d_model=config.d_model, n_layers=config.n_layers,
                                              n_heads=config.n_heads, d_ff=config.d_ff,
                                              max_len=config.obs_horizon + config.pred_horizon)
 
@@ -524,20 +482,34 @@ class TrajectoryDiffuser(_StatePlanner):
         o = self.config.obs_dim
         return prev_state + out[..., :o], out[..., o]
 
-    def draft(self, obs_n: torch.Tensor, returns: torch.Tensor | None = None,
-              use_cache: bool | None = None) -> tuple[torch.Tensor, int]:
-        """Autoregressive draft (N, H, obs_dim) from context states ``obs_n`` (N, To, obs_dim).
+    def draft_length(self) -> int:
+        """States the plan needs drafted: all H, or with ``trim_draft`` and no refinement only the
+        ``action_horizon + 1`` the inverse dynamics reads."""
+        cfg = self.config
+        return cfg.action_horizon + 1 if cfg.trim_draft and cfg.refine_steps == 0 else cfg.pred_horizon
 
-        Position 0 is the current state; positions 1..H−1 come from H−1 transformer calls: one prefill of
-        the context, then one new token per call with the KV cache (``use_cache``) or, as the reference
-        does, a full pass over the growing sequence.
+    def draft(self, obs_n: torch.Tensor, returns: torch.Tensor | None = None,
+              use_cache: bool | None = None, length: int | None = None) -> tuple[torch.Tensor, int]:
+        """Draft (N, L, obs_dim) of ``length`` states (default H) from context states ``obs_n`` (N, To,
+        obs_dim); returns it and the transformer calls spent.
+
+        Position 0 is the current state. Autoregressive: positions 1..L−1 come from L−1 transformer calls,
+        one prefill of the context, then one new token per call with the KV cache (``use_cache``) or, as
+        the reference does, a full pass over the growing sequence. One-pass: one call over the context.
         """
         cfg = self.config
+        length = cfg.pred_horizon if length is None else length
+        if not 2 <= length <= cfg.pred_horizon:
+            raise ValueError(f"draft length must be in [2, {cfg.pred_horizon}], got {length}")
         use_cache = cfg.kv_cache if use_cache is None else use_cache
         n = obs_n.shape[0]
         if returns is None:
-            returns = torch.full((n, obs_n.shape[1]), cfg.target_return, device=obs_n.device)
+            returns = torch.full((n, obs_n.shape[1]), cfg.conditioning_return, device=obs_n.device)
         tokens = torch.cat([obs_n, returns.unsqueeze(-1)], dim=-1)
+        if cfg.draft_mode == "one-pass":
+            offsets = self.transformer(tokens)[:, -1].view(n, cfg.pred_horizon - 1, cfg.obs_dim)
+            now = obs_n[:, -1:]
+            return torch.cat([now, now + offsets[:, : length - 1]], dim=1), 1
         if use_cache:
             out, cache = self.transformer.prefill(tokens)
         else:
@@ -545,9 +517,9 @@ class TrajectoryDiffuser(_StatePlanner):
         calls = 1
         states = [obs_n[:, -1]]
         nxt_s, nxt_r = self._decode(out[:, -1], states[-1])
-        for step in range(cfg.pred_horizon - 1):
+        for step in range(length - 1):
             states.append(nxt_s)
-            if step == cfg.pred_horizon - 2:
+            if step == length - 2:
                 break
             token = torch.cat([nxt_s, nxt_r.unsqueeze(-1)], dim=-1).unsqueeze(1)
             if use_cache:
@@ -563,9 +535,21 @@ class TrajectoryDiffuser(_StatePlanner):
         m = min(self.config.transformer_batch, obs_n.shape[0])
         obs_n, returns = obs_n[:m], returns[:m]
         tokens = torch.cat([obs_n, returns.unsqueeze(-1)], dim=-1)
+        if self.config.draft_mode == "one-pass":
+            return self._one_pass_loss(obs_n, tokens)
         out = self.transformer(tokens[:, :-1])
         pred_s, pred_r = self._decode(out, obs_n[:, :-1])
         return (pred_s - obs_n[:, 1:]).square().mean() + (pred_r - returns[:, 1:]).square().mean()
+
+    def _one_pass_loss(self, obs_n: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Every prefix of the window predicts all the window's later states at once (offsets from the
+        prefix's last state); targets past the window's end are masked out."""
+        m, h, o = obs_n.shape
+        pred = obs_n.unsqueeze(2) + self.transformer(tokens).view(m, h, h - 1, o)   # (B, p, k−1, O)
+        later = torch.arange(h, device=obs_n.device)[:, None] + torch.arange(1, h, device=obs_n.device)
+        valid = (later < h).to(obs_n.dtype)[None, :, :, None]
+        target = obs_n[:, later.clamp(max=h - 1)]
+        return ((pred - target).square() * valid).sum() / (valid.sum() * m * o)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
         losses, (_, _, obs_n, _, returns) = self._state_losses(batch, generator)
@@ -606,10 +590,14 @@ class TrajectoryDiffuser(_StatePlanner):
             x = self._inpaint_(x, state)
         return x, len(levels) - 1
 
+    def distinct_candidates(self) -> int:
+        """Without refinement every candidate is the same draft: plan it once, no critic needed."""
+        return self.config.num_candidates if self.config.refine_steps > 0 else 1
+
     def _plan(self, obs_n: torch.Tensor, candidates: int, generator: torch.Generator | None) -> PlanOutput:
         # the draft is a deterministic function of the context: draft once per window, not per candidate
         # (candidates differ by the refinement's noise), which divides the transformer's work by C
-        draft, t_calls = self.draft(obs_n)
+        draft, t_calls = self.draft(obs_n, length=self.draft_length())
         plans, d_calls = self.refine(draft.repeat_interleave(candidates, dim=0), generator)
         return plans, {"denoiser_calls": d_calls, "transformer_calls": t_calls}
 
@@ -649,7 +637,8 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
 
     Normalisers are fitted on the store (``limits`` for obs and action, as ``fastpolicy train`` does);
     ``return_scale`` defaults to 1 / the largest discounted return-to-go of the data, so returns lie in
-    [0, 1]. Resuming rebuilds the policy from the run's own checkpoint.
+    [0, 1], and ``return_max`` records that largest return in those units (the return-target rule's
+    anchor). Resuming rebuilds the policy from the run's own checkpoint.
     """
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
@@ -674,13 +663,13 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
         options = dict(policy_options or {})
         first = store.episode(0)
         options.update(obs_dim=int(first["obs"].shape[-1]), action_dim=int(first["action"].shape[-1]))
-        if "return_scale" not in options:
+        if "return_scale" not in options or "return_max" not in options:
             from fastpolicy.policies.registry import policy_class
 
             discount = options.get("discount", policy_class(policy_type).config_cls.discount)
-            rtg = discounted_returns(store.array("reward"), store.episode_ends, discount)
-            top = float(rtg.max())
-            options["return_scale"] = 1.0 / top if top > 0 else 1.0
+            top = float(discounted_returns(store.array("reward"), store.episode_ends, discount).max())
+            options.setdefault("return_scale", 1.0 / top if top > 0 else 1.0)
+            options.setdefault("return_max", top * float(options["return_scale"]))
         normalizer = NormalizerSet.fit_from_store(store, modes={"obs": "limits", "action": "limits"})
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
     dataset = planner_dataset(store, policy.config.pred_horizon, policy.config.discount)
@@ -721,8 +710,8 @@ def plan_cost(policy: _Planner) -> dict[str, int]:
     """Network calls per plan implied by the config (denoiser, transformer), for result rows."""
     cfg = policy.config
     if isinstance(policy, TrajectoryDiffuser):
-        return {"denoiser_calls": max(len(policy.refine_levels()) - 1, 0),
-                "transformer_calls": cfg.pred_horizon - 1}
+        drafted = 1 if cfg.draft_mode == "one-pass" else policy.draft_length() - 1
+        return {"denoiser_calls": max(len(policy.refine_levels()) - 1, 0), "transformer_calls": drafted}
     return {"denoiser_calls": policy.sampler.num_steps, "transformer_calls": 0}
 
 

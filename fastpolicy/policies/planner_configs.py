@@ -1,0 +1,182 @@
+"""Configurations of the diffusion planners (:mod:`fastpolicy.policies.planners`): typed, validated data.
+
+Kept apart from the modeling code, as LeRobot splits configuration from modeling, so every option a
+planner has — and why it has its default — reads in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastpolicy.diffusion import SamplerSpec
+from fastpolicy.diffusion.samplers import PREDICTION_TYPES
+from fastpolicy.policies.torch_policy import PolicyConfig
+
+DRAFT_MODES: tuple[str, ...] = ("autoregressive", "one-pass")
+"""how the Trajectory Diffuser's transformer drafts (``TrajectoryDiffuserConfig.draft_mode``)"""
+
+
+@dataclass
+class PlannerConfig(PolicyConfig):
+    """What every planner shares. ``pred_horizon`` is the planning horizon H (position 0 = now)."""
+
+    obs_horizon: int = 1
+    pred_horizon: int = 16
+    action_horizon: int = 1
+    backbone: str = "mlp"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_train_timesteps: int = 20
+    beta_schedule: str = "squaredcos_cap_v2"
+    clip_sample: bool = True
+    prediction_type: str = "sample"
+    """what the denoiser predicts: the clean plan (``sample``, the Diffuser reference's
+    ``predict_epsilon: False``; measured: Diffuser on hopper-medium 10 → 66, Decision Diffuser on
+    maze2d-umaze 45 → 152 against ``epsilon``), ``epsilon`` or ``v_prediction``"""
+    sampler: str = "ddpm:20"
+    """how plans are sampled from noise (Diffuser and Decision Diffuser)"""
+    obs_cond: bool = True
+    """FiLM-condition the denoiser on the current normalised state (in addition to inpainting)"""
+    num_candidates: int = 1
+    """plans sampled per control step; the critic picks one when > 1"""
+    noise_scale: float = 1.0
+    """sampling temperature: the starting noise and every ancestral step's noise are scaled by it (the
+    Decision Diffuser samples at 0.5, Diffuser at 1)"""
+    discount: float = 0.99
+    return_scale: float = 1.0
+    """normalised return = discounted return-to-go × return_scale (set from the data by train_planner)"""
+    return_max: float = 1.0
+    """the data's largest normalised discounted return-to-go (set by train_planner; 1 when return_scale is
+    fitted): the anchor of the rule that fixes the conditioning return in advance"""
+    critic_hidden: int = 256
+    critic_depth: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pred_horizon < 2:
+            raise ValueError(f"a plan needs pred_horizon >= 2 (now and next), got {self.pred_horizon}")
+        if self.action_horizon > self.pred_horizon - 1:
+            raise ValueError(f"action_horizon {self.action_horizon} needs {self.action_horizon + 1} planned "
+                             f"states, more than pred_horizon {self.pred_horizon}")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                             f"got {self.prediction_type!r}")
+        if not 0.0 < self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in (0, 1], got {self.noise_scale}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        spec = SamplerSpec.parse(self.sampler)
+        if spec.steps > self.num_train_timesteps:
+            raise ValueError(f"sampler {self.sampler} has more steps than num_train_timesteps "
+                             f"{self.num_train_timesteps}")
+
+
+@dataclass
+class DiffuserConfig(PlannerConfig):
+    """Diffuser: 20 diffusion steps, sampled in full (Janner et al. use 20 for locomotion). Value guidance
+    is off by default, so unguided Diffusers keep their plans, networks and checkpoints unchanged."""
+
+    value_guidance: bool = False
+    """train a value function V(x_t, t) on noised plans beside the denoiser, push every reverse step along
+    its gradient and pick the candidate of highest value instead of the critic's choice (the reference
+    guides 64 candidates: ``num_candidates = 64``); see :mod:`fastpolicy.policies.value_guidance`"""
+    guide_scale: float = 0.1
+    """the reference's ``scale``: step size of each push, × the posterior variance (0: sort only)"""
+    n_guide_steps: int = 2
+    """gradient pushes per reverse step (reference 2)"""
+    t_stopgrad: int = 2
+    """no guidance at training levels below this (reference 2: near the data the gradient is noise)"""
+    value_hidden: int = 256
+    value_depth: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        if self.guide_scale < 0 or self.n_guide_steps < 0 or self.t_stopgrad < 0:
+            raise ValueError("guide_scale, n_guide_steps and t_stopgrad must be >= 0, got "
+                             f"{self.guide_scale}, {self.n_guide_steps}, {self.t_stopgrad}")
+
+
+@dataclass
+class StatePlannerConfig(PlannerConfig):
+    """State-trajectory planners with return guidance and inverse dynamics (Decision Diffuser)."""
+
+    num_train_timesteps: int = 200
+    """Decision Diffuser's reference setting (Ajay et al.: 200 levels, sampled in full)"""
+    sampler: str = "ddpm:200"
+    noise_scale: float = 0.5
+    """low-temperature sampling, as in the Decision Diffuser's reference code (x_T and each step's noise
+    × 0.5)"""
+    guidance_weight: float = 1.2
+    cond_dropout: float = 0.25
+    """probability that training drops the return condition (the reference's 0.25): it trains the
+    unconditional model that classifier-free guidance subtracts"""
+    target_return: float | None = None
+    """the normalised return plans are conditioned on; None: the rule below, fixed before any evaluation
+    (a value tuned on test episodes would flatter the planner)"""
+    target_return_multiple: float = 1.1
+    """rule: target = this × ``return_max`` (on its magnitude when negative). The Decision Diffuser
+    conditions above the data's maximum (0.9 × a per-task ``returns_scale`` chosen above the largest
+    return, about 1.1 × it on hopper); the former fixed 0.7 was the 24th percentile of hopper-medium's
+    returns-to-go"""
+    idm_hidden: int = 256
+    idm_depth: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.target_return_multiple <= 0:
+            raise ValueError(f"target_return_multiple must be > 0, got {self.target_return_multiple}")
+
+    @property
+    def conditioning_return(self) -> float:
+        """The normalised return plans are conditioned on: ``target_return`` or the fixed rule."""
+        if self.target_return is not None:
+            return float(self.target_return)
+        # on the magnitude, so a multiple > 1 lands above the maximum whatever its sign
+        return self.return_max + (self.target_return_multiple - 1.0) * abs(self.return_max)
+
+
+@dataclass
+class TrajectoryDiffuserConfig(StatePlannerConfig):
+    """Transformer draft + few-step refinement; transformer sizes follow the reference."""
+
+    num_candidates: int = 16
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    transformer_batch: int = 32
+    """rows of each training batch the transformer trains on (it costs most per row)"""
+    refine_steps: int = 1
+    """k: DDIM steps of the refinement (0: use the draft as it is)"""
+    refine_start: float = 0.02
+    """noise level the draft is lifted to, as a fraction of num_train_timesteps. The defaults (k = 1 from
+    level 3 of 200) come from the maze2d-umaze ablation at CPU training budgets (bench/bench_planners.py):
+    the draft, which predicts state increments, is more precise step to step than the MLP denoiser, and
+    deeper refinement (k ≥ 2 or higher levels) cost most of the score; the reference refines from level 5
+    of a 100-level chain."""
+    kv_cache: bool = True
+    draft_mode: str = "autoregressive"
+    """``autoregressive``: H−1 transformer calls, one state each (KV-cached with ``kv_cache``), as the
+    reference drafts; ``one-pass``: a single call over the context whose last output holds every future
+    state (a non-autoregressive head trained on every prefix of the window)"""
+    trim_draft: bool = False
+    """with ``refine_steps = 0`` (the draft is the plan), draft only the ``action_horizon + 1`` states the
+    inverse dynamics reads (Ta transformer calls instead of H−1); plans are then that long"""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.draft_mode not in DRAFT_MODES:
+            raise ValueError(f"draft_mode must be one of {', '.join(DRAFT_MODES)}, got {self.draft_mode!r}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        if self.refine_steps and not 0.0 < self.refine_start <= 1.0:
+            raise ValueError(f"refine_start must be in (0, 1], got {self.refine_start}")
+        if self.transformer_batch < 1:
+            raise ValueError(f"transformer_batch must be >= 1, got {self.transformer_batch}")
+
+
+__all__ = ["DRAFT_MODES", "DiffuserConfig", "PlannerConfig", "StatePlannerConfig", "TrajectoryDiffuserConfig"]
