@@ -82,7 +82,7 @@ SCORE_LABELS = {
 #: x-axis label per latency column.
 LATENCY_LABELS = {
     "step_latency_ms_max_p99": "worst-case control step (one that replans), p99 (ms)",
-    "step_latency_ms_p50": "control-step latency, p50 (ms)",
+    "step_latency_ms_p50": "planning step (a control step that calls the denoiser), median (ms)",
     "latency_ms_p99": "latency per action, p99 (ms)",
     "latency_ms_p50": "latency per action, p50 (ms)",
 }
