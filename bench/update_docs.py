@@ -43,7 +43,7 @@ _STUDENT_COLUMNS = [
     ("plan p50 ms", "step_latency_ms_p50", "{:.3f}"),
     ("plan p99 ms", "step_latency_ms_max_p99", "{:.2f}"),
     ("plan samples", "step_latency_samples", "{}"),
-    ("per action p50 ms", "latency_ms_p50", "{:.3f}"),
+    ("per action mean ms", "latency_ms_mean_per_action", "{:.3f}"),
     ("load 1m before/after", "load_avg_1m_before", "{:.1f}"),
     ("distill s", "distill_seconds", "{:.0f}"),
 ]
