@@ -108,6 +108,7 @@ def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]
         time_methods,
     )
     from fastpolicy.bench.schema import read_results, write_results
+    from fastpolicy.utils.misc import git_commit
 
     path = out / f"students_{task}.json"
     rows = read_results(path)
@@ -118,6 +119,8 @@ def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]
         raise ValueError(f"{path}: rows {[r['method'] for r in rows]} do not match the suite's methods")
     obs = obs_windows_from_store(store, max(m.policy.obs_horizon for m in methods))
     rows = time_methods(methods, task, suite, rows, obs)
+    for row in rows:   # ``commit`` stays the scoring run's; the timing's own commit beside it
+        row["timing_commit"] = git_commit()
     write_results(path, rows)
     targets = summarize_targets(rows)
     extra = ["step_latency_ms_p50", "step_latency_ms_max_p99", "distill_seconds"]
