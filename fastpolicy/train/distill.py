@@ -55,7 +55,7 @@ from torch import nn
 from fastpolicy.diffusion import add_noise, ddim_ode_step, training_target
 from fastpolicy.diffusion.samplers import predict_x0_eps
 from fastpolicy.diffusion.schedule import broadcast_to_sample
-from fastpolicy.policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig
+from fastpolicy.policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig, student_grid
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy
 from fastpolicy.policies.streaming import StreamingPolicy, StreamLayout, num_chunks, parse_stream
 
@@ -463,6 +463,14 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
     teacher = teacher.eval()
     base = dataclasses.replace(base, teacher_sampler=base.teacher_sampler
                                or evaluated_sampler(teacher, base.streaming))
+    grid = len(student_grid(base.teacher_sampler, teacher.config.num_train_timesteps, base.streaming)) - 1
+    if base.target == "ode" and grid > 20:
+        import warnings
+
+        warnings.warn(f"distilling {base.teacher_sampler!r}: the exact target runs up to {grid} teacher "
+                      "calls per training batch; if the teacher is as good with fewer steps (e.g. 'ddim:10', "
+                      "compare with `fastpolicy eval --sampler`), pass that as the teacher sampler",
+                      UserWarning, stacklevel=2)
     out = Path(out)
     prev: ConsistencyPolicy | None = None
     prev_seconds = 0.0
