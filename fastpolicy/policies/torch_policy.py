@@ -9,7 +9,9 @@ path is two fused multiply-adds on the model's device, whatever the normaliser's
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,6 +91,36 @@ class TorchPolicy(nn.Module, Policy):
 
     def normalizer_state(self) -> dict[str, torch.Tensor]:
         return self._normalizer_state
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write this policy as a checkpoint directory that ``fastpolicy.load(path)`` rebuilds.
+
+        Saves the weights this object holds (after ``train_offline`` that is the raw, not the EMA,
+        model — ``fastpolicy.load(run_dir)`` gives the EMA one), its config and its normaliser, in
+        the format the trainer writes (safetensors + JSON, atomically: a killed save leaves any
+        checkpoint already at ``path`` intact). Returns the checkpoint's path.
+
+        ``overwrite`` replaces a *checkpoint* already at ``path``; any other existing file or non-empty
+        directory (a run directory, a dataset) is refused, since the atomic swap would delete it.
+        """
+        # Imported here, not at the top: fastpolicy.train imports the policies, so a module-level
+        # import would close a cycle (policies -> train -> policies).
+        from fastpolicy.train.checkpoint import save_checkpoint
+
+        target = Path(path)
+        if target.exists() and not (target / "config.json").is_file() \
+                and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(f"{target} exists and is not a checkpoint directory; policy.save replaces "
+                                  "only a checkpoint — choose a new path")
+        return save_checkpoint(
+            target,
+            policy_type=self.policy_type,
+            policy_config=self.config_dict(),
+            model_state=self.state_dict(),
+            normalizer_state=self.normalizer_state(),
+            step=int(getattr(self, "checkpoint_step", 0)),
+            overwrite=overwrite,
+        )
 
     @property
     def device(self) -> torch.device:

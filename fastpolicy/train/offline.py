@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastpolicy.train.trainer import TrainConfig, Trainer
 from fastpolicy.utils.misc import seed_everything
+
+if TYPE_CHECKING:
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.policies.torch_policy import TorchPolicy
 
 
 def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: int):
@@ -37,33 +41,45 @@ def build_dataset(store, obs_horizon: int, pred_horizon: int, action_horizon: in
 
 
 def train_offline(
-    store_path: str | os.PathLike,
+    store_path: str | os.PathLike | EpisodeStore,
     run_dir: str | os.PathLike,
     policy_type: str = "diffusion",
     policy_options: dict[str, Any] | None = None,
     train_config: TrainConfig | None = None,
     resume: bool = False,
     task: str | None = None,
-):
+) -> tuple[TorchPolicy, dict[str, float]]:
     """Train ``policy_type`` on the store; returns (policy, fit stats). ``policy_options`` override the
     config (e.g. backbone, horizons); obs/action dims come from the store.
+
+    ``store_path`` is a store's path or an opened :class:`~fastpolicy.data.store.EpisodeStore` (so a
+    store just built in Python — ``make_dataset(...)`` or ``EpisodeStore.from_arrays(path, {"obs": ...,
+    "action": ...}, episode_ends)`` — trains without reopening it by name). The returned policy holds
+    the raw weights; the run's checkpoint (``fastpolicy.load(run_dir)``) holds the EMA ones.
 
     The diffusion planners (``diffuser``, ``decision-diffuser``, ``trajectory-diffuser``) learn from
     return-to-go targets as well: they train through
     :func:`fastpolicy.policies.planners.train_planner`, which turns the store's rewards into per-episode
     discounted returns (their own horizons; the task card's are for action-chunk policies).
     """
+    from fastpolicy.data.store import EpisodeStore
+
+    if isinstance(store_path, EpisodeStore):
+        # the object is a read-only view of a store on disk: its path is what the run records
+        store, store_path = store_path, store_path.path
+    else:
+        store = None
     if _is_planner(run_dir, policy_type, resume):
         from fastpolicy.policies.planners import train_planner
 
         return train_planner(store_path, run_dir, policy_type, policy_options, train_config, resume=resume,
                              task=task)
     from fastpolicy.data.normalize import DEFAULT_MODES, NormalizerSet
-    from fastpolicy.data.store import EpisodeStore
     from fastpolicy.policies.registry import build_policy
     from fastpolicy.train.checkpoint import load_tensors, read_config, resolve_checkpoint
 
-    store = EpisodeStore.open(store_path)
+    if store is None:
+        store = EpisodeStore.open(store_path)
     for key in ("obs", "action"):
         if key not in store.keys:
             raise ValueError(f"store {store_path} has no {key!r} array (keys: {store.keys})")
