@@ -43,5 +43,6 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
         p.name for p in (tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints").iterdir()
     )
     run_demo(str(tmp_path / "demo"), **tiny)
-    after = sorted(p.name for p in (tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints").iterdir())
+    checkpoints = tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints"
+    after = sorted(p.name for p in checkpoints.iterdir())
     assert before == after
