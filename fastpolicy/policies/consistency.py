@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpolicy.diffusion import SamplerSpec, check_start_level, ddim_ode_step, inference_timesteps
+from fastpolicy.diffusion import SamplerSpec, check_start_level, inference_timesteps
+from fastpolicy.diffusion.samplers import _ode_step_from_tables, ode_tables
 from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
@@ -159,6 +160,7 @@ class ConsistencyPolicy(DiffusionPolicy):
         ac = self.schedule.alphas_cumprod.double().cpu()
         abar = [1.0 if t < 0 else float(ac[t]) for t in grid.tolist()]
         self._coef = [(a ** 0.5, (1.0 - a) ** 0.5) for a in abar]   # (α, σ) per grid point, floats
+        self._ode_tables = ode_tables(self.schedule, 1.0)               # DDIM step tables, once
         if cfg.streaming:
             self.layout = StreamLayout(cfg.pred_horizon, cfg.obs_horizon, cfg.action_horizon, cfg.segments)
             idx = torch.arange(cfg.segments + 1) * (cfg.grid // cfg.segments)
@@ -200,8 +202,8 @@ class ConsistencyPolicy(DiffusionPolicy):
         """
         net = backbone if backbone is not None else self.backbone
         raw = net(x, t.clamp_min(0), cond, stop_time=s)
-        f = ddim_ode_step(self.schedule, x, raw, t.clamp_min(0), s, self.config.prediction_type,
-                          clip_sample=self.config.clip_sample)
+        f = _ode_step_from_tables(*self._ode_tables, x, raw, t.clamp_min(0), s, self.config.prediction_type,
+                                  self.config.clip_sample, 1.0)
         f = torch.where(broadcast_to_sample(t.to(x.device) == s.to(x.device), x), x, f)
         return (f, raw) if return_raw else f
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastpolicy.diffusion import add_noise, ddim_ode_step, training_target
-from fastpolicy.diffusion.samplers import predict_x0_eps
+from fastpolicy.diffusion import add_noise, training_target
+from fastpolicy.diffusion.samplers import _ode_step_from_tables, ode_tables, predict_x0_eps
 from fastpolicy.diffusion.schedule import NoiseSchedule, broadcast_to_sample
 from fastpolicy.policies.base import ChunkResult, PolicyState
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy, DiffusionPolicyConfig, masked_mse
@@ -311,6 +311,7 @@ class StreamingPolicy(DiffusionPolicy):
         self._streamed = layout.streamed().to(self.device)
         self._post_warmup = layout.post_warmup_levels().to(self.device)
         self._start_levels = layout.start_levels().to(self.device)
+        self._ode_tables = ode_tables(self.schedule, 1.0)   # DDIM step tables, once per stream
         n, h = layout.num_levels, layout.chunks
         self._steady_calls = n // h if n % h == 0 else None
 
@@ -332,7 +333,8 @@ class StreamingPolicy(DiffusionPolicy):
               generator: torch.Generator | None) -> torch.Tensor:
         cfg = self.config
         if self.stream_kind == "ode":
-            return ddim_ode_step(self.schedule, x, out, t_from, t_to, cfg.prediction_type, cfg.clip_sample)
+            return _ode_step_from_tables(*self._ode_tables, x, out, t_from, t_to, cfg.prediction_type,
+                                         cfg.clip_sample, 1.0)
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         return ddpm_step_between(self.schedule, x, out, t_from, t_to, noise, cfg.prediction_type,
                                  cfg.clip_sample)
