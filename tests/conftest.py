@@ -40,3 +40,24 @@ def linear_store(tmp_path):
                 }
             )
     return path
+
+
+@pytest.fixture
+def run_script(monkeypatch):
+    """Run a benchmark script as ``__main__`` with ``argv`` (CleanRL-style smoke tests).
+
+    A ``SystemExit`` must carry code 0; the script's torch thread setting does not leak into other tests.
+    """
+    import runpy
+
+    def run(script, *argv: str) -> None:
+        monkeypatch.setattr("sys.argv", [str(script), *map(str, argv)])
+        threads = torch.get_num_threads()
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), f"{script} exited with {exit_.code}"
+        finally:
+            torch.set_num_threads(threads)
+
+    return run

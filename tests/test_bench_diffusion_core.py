@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
-
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_diffusion_core.py"
 
 
-def test_diffusion_core_ablation_smoke(tmp_path, monkeypatch):
-    argv = [str(SCRIPT), "--task", "maze2d-umaze", "--steps", "4", "--episodes", "1", "--size", "1500",
-            "--prediction-types", "sample", "v_prediction", "--horizons", "alt", "--samplers", "ddim:4",
-            "--temperatures", "1", "0.5", "--work", str(tmp_path / "work"),
-            "--results", str(tmp_path / "res"), "--store-root", str(tmp_path / "store")]
-    monkeypatch.setattr("sys.argv", argv)
-    threads = torch.get_num_threads()
-    try:
-        try:
-            runpy.run_path(str(SCRIPT), run_name="__main__")
-        except SystemExit as exit_:
-            assert exit_.code == 0
-    finally:
-        torch.set_num_threads(threads)
+def test_diffusion_core_ablation_smoke(tmp_path, run_script):
+    run_script(SCRIPT, "--task", "maze2d-umaze", "--steps", "4", "--episodes", "1", "--size", "1500",
+               "--prediction-types", "sample", "v_prediction", "--horizons", "alt", "--samplers", "ddim:4",
+               "--temperatures", "1", "0.5", "--work", tmp_path / "work",
+               "--results", tmp_path / "res", "--store-root", tmp_path / "store")
     rows = json.loads((tmp_path / "res" / "diffusion_core_maze2d-umaze.json").read_text())
     methods = {r["method"] for r in rows}
     assert methods == {"bc-alt", "sample-alt-mlp ddim:4", "sample-alt-mlp ddim:4,temperature=0.5",

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
-
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_students.py"
 
 
-def test_students_benchmark_smoke(tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", [str(SCRIPT), "--quick", "--task", "agv-bimodal-block",
-                                     "--out", str(tmp_path)])
-    threads = torch.get_num_threads()
-    try:
-        try:
-            runpy.run_path(str(SCRIPT), run_name="__main__")
-        except SystemExit as exit_:
-            assert exit_.code == 0
-    finally:
-        torch.set_num_threads(threads)
+def test_students_benchmark_smoke(tmp_path, run_script):
+    run_script(SCRIPT, "--quick", "--task", "agv-bimodal-block", "--out", tmp_path)
     rows = {r["method"]: r for r in json.loads((tmp_path / "students_agv-bimodal-block.json").read_text())}
     assert {"bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-onecall", "cm-1step", "cm-2step", "sdp-cm"} <= set(rows)
     assert rows["cm-1step"]["nfe_per_step_max"] == 1 and rows["sdp-cm"]["nfe_per_step_max"] == 1

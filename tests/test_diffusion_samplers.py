@@ -282,20 +282,14 @@ def test_sample_passes_cond_and_moves_device():
     assert torch.equal(moved.step(0, x, x)[0], sampler.step(0, x, x)[0])
 
 
-def test_benchmark_script_smoke(tmp_path, monkeypatch):
+def test_benchmark_script_smoke(tmp_path, run_script):
     # CleanRL-style smoke test: the real script on a tiny budget (in-process: no second torch import)
     import json
-    import runpy
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_sampling_overhead.py"
     out = tmp_path / "so.json"
-    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--out", str(out)])
-    threads = torch.get_num_threads()
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)     # the script pins threads; do not leak that into other tests
+    run_script(script, "--quick", "--out", out)
     rows = json.loads(out.read_text())
     kinds = {r["method"] for r in rows}
     assert {"mlp/ddim:10", "mlp/dpm:5", "ddim-step"} <= kinds

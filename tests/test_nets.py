@@ -238,20 +238,14 @@ def test_unet_can_fit_a_batch():
     assert loss.item() < 0.3 * first
 
 
-def test_benchmark_script_smoke(tmp_path, monkeypatch):
+def test_benchmark_script_smoke(tmp_path, run_script):
     # CleanRL-style smoke test: the real script on a tiny budget (in-process: no second torch import)
     import json
-    import runpy
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_backbones.py"
     out = tmp_path / "bb.json"
-    monkeypatch.setattr("sys.argv", [str(script), "--quick", "--out", str(out)])
-    threads = torch.get_num_threads()
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)     # the script pins threads; do not leak that into other tests
+    run_script(script, "--quick", "--out", out)
     rows = json.loads(out.read_text())
     assert {(r["method"], r["batch_size"]) for r in rows} == {("unet-small", 1), ("unet-small", 4),
                                                               ("mlp", 1), ("mlp", 4)}

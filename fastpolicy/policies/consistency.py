@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from fastpolicy.diffusion import SamplerSpec, check_start_level, inference_timesteps
-from fastpolicy.diffusion.samplers import _ode_step_from_tables, ode_tables
+from fastpolicy.diffusion.samplers import _ode_step_from_tables, ode_tables, predict_x0_eps
 from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
@@ -222,20 +222,11 @@ class ConsistencyPolicy(DiffusionPolicy):
         """
         b = x.shape[0]
         raw = self.backbone(x, self._grid[i].expand(b), cond, stop_time=self._grid[j].expand(b))
-        sa_i, s1_i = self._coef[i]
-        ptype = self.config.prediction_type
-        if ptype == "sample":
-            x0 = raw
-        elif ptype == "v_prediction":
-            x0 = sa_i * x - s1_i * raw
-        else:
-            x0 = (x - s1_i * raw) / sa_i
-        if j == 0:                      # the clean end: α = 1, σ = 0
-            return x0.clamp(-1.0, 1.0) if self.config.clip_sample else x0
-        eps = raw if ptype == "epsilon" else (sa_i * raw + s1_i * x if ptype == "v_prediction"
-                                               else (x - sa_i * raw) / s1_i)
+        x0, eps = predict_x0_eps(x, raw, *self._coef[i], self.config.prediction_type)
         if self.config.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
+        if j == 0:                      # the clean end: α = 1, σ = 0
+            return x0
         sa_j, s1_j = self._coef[j]
         return sa_j * x0 + s1_j * eps
 
