@@ -85,12 +85,12 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from fastpolicy.bench.schema import write_results
     from fastpolicy.data.recipes.agv import make_agv_expert_dataset
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.results import write_results
     from fastpolicy.train.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig

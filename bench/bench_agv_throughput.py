@@ -18,7 +18,7 @@ process start-up are excluded; medians over repeats):
 * ``procs2-syncvec`` (N >= 64): the measured alternative at scale: 2 worker processes, each stepping a
   gymnasium ``SyncVectorEnv`` of N/2 single envs, driven over pipes.
 
-Writes bench/results/agv_throughput.json (rows via fastpolicy.bench.schema) and docs/agv_throughput.png.
+Writes bench/results/agv_throughput.json (rows via fastpolicy.evaluation.results) and docs/agv_throughput.png.
 
     .venv/bin/python bench/bench_agv_throughput.py            # full run (~2 min on 2 cores)
     .venv/bin/python bench/bench_agv_throughput.py --quick    # smoke run (N = 1, 64; seconds)
@@ -261,7 +261,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main() -> None:
     import numba
 
-    from fastpolicy.bench.schema import make_row, write_results
+    from fastpolicy.evaluation.results import make_row, write_results
 
     args = parse_args()
     task = f"agv-{args.layout}"

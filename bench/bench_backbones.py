@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, write_results
+from fastpolicy.evaluation.results import make_row, write_results
 from fastpolicy.nets import count_parameters, make_backbone
 from fastpolicy.utils.args import parse_dataclass_args
 

@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fastpolicy.bench.runner import ensure_dataset
-    from fastpolicy.bench.schema import update_results
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.results import update_results
     from fastpolicy.train.checkpoint import load_policy, read_config
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig

@@ -149,7 +149,7 @@ def time_calls(policy, batch: int, args: Args, seed: int = 0) -> tuple[list[floa
 
 def latency_row(method: str, backbone: str, batch: int, variant: str, args: Args, device: str,
                 cache: dict) -> dict[str, Any]:
-    from fastpolicy.bench.schema import make_row
+    from fastpolicy.evaluation.results import make_row
     from fastpolicy.policies.cuda_graphs import GraphedPolicy, compare_precision
 
     key = (method, backbone)
@@ -184,7 +184,7 @@ def latency_row(method: str, backbone: str, batch: int, variant: str, args: Args
 
 
 def skipped_row(task: str, method: str, reason: str, args: Args, **fields: Any) -> dict[str, Any]:
-    from fastpolicy.bench.schema import make_row
+    from fastpolicy.evaluation.results import make_row
 
     return make_row(task, method, status=reason, weights="random-init", dry_run=args.quick, **fields)
 
@@ -198,7 +198,7 @@ def serve_row(args: Args, device: str) -> dict[str, Any]:
         sys.path.insert(0, str(ROOT / "bench"))
     import bench_serve_load as load
 
-    from fastpolicy.bench.schema import make_row
+    from fastpolicy.evaluation.results import make_row
     from fastpolicy.train.checkpoint import save_checkpoint
 
     policy = build_policy("cm-1step", args.backbones[0], args, "cpu")
@@ -236,7 +236,7 @@ def serve_row(args: Args, device: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from fastpolicy.bench.schema import write_results
+    from fastpolicy.evaluation.results import write_results
 
     args = parse_args(argv)
     if not args.quick and not torch.cuda.is_available():

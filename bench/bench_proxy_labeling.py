@@ -14,7 +14,7 @@ Per task (a task card + its EpisodeStore):
 5. optionally the proxy-labeled teacher distilled into a one-step consistency student
    (``fastpolicy.train.distill``) — the labeled data flows into the accelerated pipeline unchanged.
 
-Rows (``fastpolicy.bench.schema``) go to ``bench/results/proxy_labeling.json``: one per task × learner ×
+Rows (``fastpolicy.evaluation.results``) go to ``bench/results/proxy_labeling.json``: one per task × learner ×
 label condition (method ``<learner>``, field ``label_condition``), one per task × unlabeled part for the
 inverse dynamics (method ``inverse-dynamics``), and the distilled student. A markdown table is printed
 and written next to the run (``<work-dir>/proxy_labeling.md``).
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, update_results
+from fastpolicy.evaluation.results import make_row, update_results
 from fastpolicy.utils.args import parse_dataclass_args
 
 CONDITIONS = ("labeled", "proxy", "full")

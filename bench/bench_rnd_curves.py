@@ -124,7 +124,7 @@ def main() -> None:
     import numba
     import torch
 
-    from fastpolicy.bench.schema import make_row, write_results
+    from fastpolicy.evaluation.results import make_row, write_results
     from fastpolicy.rl.explore import ExploreConfig, explore
 
     # One thread for torch and numba alike (numba's OpenMP kernels would otherwise raise torch's count).

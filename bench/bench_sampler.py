@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, write_results
 from fastpolicy.data.sampler import SequenceDataset
+from fastpolicy.evaluation.results import make_row, write_results
 
 
 @dataclass

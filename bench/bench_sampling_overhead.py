@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastpolicy.bench.schema import make_row, write_results
 from fastpolicy.diffusion import SamplerSpec, make_sampler, make_schedule
+from fastpolicy.evaluation.results import make_row, write_results
 from fastpolicy.nets import make_backbone
 from fastpolicy.utils.args import parse_dataclass_args
 

@@ -14,7 +14,7 @@ and runs two workloads from one asyncio process:
   throughput ceiling, which is where micro-batching pays (reported as the batched/unbatched ratio).
 
 Traffic goes to 127.0.0.1 only; session count (≤ 256) and duration (≤ 120 s per run) are bounded.
-Rows go to bench/results/serve_load.json through ``fastpolicy.bench.schema``.
+Rows go to bench/results/serve_load.json through ``fastpolicy.evaluation.results``.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def summarize(stats: list[RobotStats], elapsed: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastpolicy.bench.schema import make_row, write_results
+    from fastpolicy.evaluation.results import make_row, write_results
 
     args = parse_args(argv)
     rows = []

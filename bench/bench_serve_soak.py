@@ -7,7 +7,7 @@ Memory growth is measured from the end of a warm-up (first 10% of the run, at le
 end, as a percentage of the warm-up RSS, alongside the fit slope (MB per minute) so a leak shows even
 when the run is short. Sessions reconnect periodically (``--churn-s``) so per-session state that is not
 freed on disconnect would show up as growth too. Bounded: ≤ 256 sessions, ≤ 120 minutes.
-Rows go to bench/results/serve_soak.json through ``fastpolicy.bench.schema``.
+Rows go to bench/results/serve_soak.json through ``fastpolicy.evaluation.results``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastpolicy.bench.schema import make_row, write_results
+    from fastpolicy.evaluation.results import make_row, write_results
 
     args = parse_args(argv)
     server = load.ServerProcess(

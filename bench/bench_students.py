@@ -107,7 +107,7 @@ def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]
         summarize_targets,
         time_methods,
     )
-    from fastpolicy.bench.schema import read_results, write_results
+    from fastpolicy.evaluation.results import read_results, write_results
     from fastpolicy.utils.misc import git_commit
 
     path = out / f"students_{task}.json"
@@ -173,7 +173,7 @@ def main() -> None:
     import torch
 
     from fastpolicy.bench.runner import run_suite
-    from fastpolicy.bench.schema import read_results, write_results
+    from fastpolicy.evaluation.results import read_results, write_results
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

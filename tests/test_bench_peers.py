@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastpolicy.bench.schema import REQUIRED_FIELDS, validate_row
 from fastpolicy.envs.registry import TaskSpec
+from fastpolicy.evaluation.results import REQUIRED_FIELDS, validate_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,14 +104,14 @@ def test_not_an_object_and_mismatched_seeds():
 def test_merge_replaces_only_rerun_methods():
     old = [{"method": "d3rlpy-bc", "v": 1}, {"method": "d3rlpy-iql", "v": 1}]
     new = [{"method": "d3rlpy-bc", "v": 2}]
-    from fastpolicy.bench.schema import merge_rows
+    from fastpolicy.evaluation.results import merge_rows
 
     merged = merge_rows(old, new, peers.row_key)
     assert merged == [{"method": "d3rlpy-iql", "v": 1}, {"method": "d3rlpy-bc", "v": 2}]
 
 
 def test_merge_rows_keeps_other_label_conditions():
-    from fastpolicy.bench.schema import merge_rows
+    from fastpolicy.evaluation.results import merge_rows
     old = [{"task": "t", "method": "d3rlpy-td3bc", "label_condition": c, "score_mean": 1.0}
            for c in ("labeled", "proxy")]
     new = [{"task": "t", "method": "d3rlpy-td3bc", "label_condition": "proxy", "score_mean": 2.0}]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpolicy.bench.schema import validate_row, write_results
+from fastpolicy.evaluation.results import validate_row, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastpolicy.bench.schema import make_row, read_results, validate_row, write_results
 from fastpolicy.bench.select import select_method
+from fastpolicy.evaluation.results import make_row, read_results, validate_row, write_results
 
 
 def _row(method, score, step_ms, **kw):
@@ -65,7 +65,8 @@ def test_bench_rows_validate_and_round_trip(tmp_path):
 
 
 def test_timing_fields_worst_step_uses_planning_steps_only():
-    from fastpolicy.bench.runner import summarize_targets, timing_fields
+    from fastpolicy.bench.runner import summarize_targets
+    from fastpolicy.evaluation.timing import timing_fields
 
     nfe = [4, 0, 0, 0] * 25
     lat = [0.010 if n else 0.001 for n in nfe]

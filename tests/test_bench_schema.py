@@ -1,9 +1,10 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from fastpolicy.bench.schema import REQUIRED_FIELDS, make_row, read_results, validate_row, write_results
+from fastpolicy.evaluation.results import REQUIRED_FIELDS, make_row, read_results, validate_row, write_results
 
 
 def _row(**kw):
@@ -57,3 +58,20 @@ def test_read_rejects_non_list(tmp_path):
     p.write_text('{"task": 1}')
     with pytest.raises(ValueError, match="list"):
         read_results(p)
+
+
+def test_schema_lives_with_evaluation_and_the_old_path_re_exports_it():
+    import fastpolicy.bench.schema as shim
+    import fastpolicy.evaluation.results as results
+
+    assert shim.make_row is results.make_row and shim.read_results is results.read_results
+    source = (Path(results.__file__).parent / "rollouts.py").read_text() + Path(results.__file__).read_text()
+    assert "fastpolicy.bench" not in source      # evaluation sits below bench
+
+
+def test_percentiles_have_one_home():
+    from fastpolicy.evaluation.timing import percentile, percentile_fields
+
+    assert percentile([], 50) is None and percentile([1.0, 3.0], 50) == 2.0
+    assert percentile_fields([0.001, 0.003], scale=1e3) == {"latency_ms_p50": 2.0,
+                                                            "latency_ms_p99": pytest.approx(2.98)}

@@ -290,7 +290,7 @@ def test_gpu_check_without_cuda_exits_with_one_line(capsys):
 
 
 def test_gpu_check_quick_dry_run_writes_valid_rows(tmp_path):
-    from fastpolicy.bench.schema import read_results
+    from fastpolicy.evaluation.results import read_results
 
     code = _bench_gpu().main(["--quick", "--out-dir", str(tmp_path), "--methods", "cm-1step", "sdp-cm",
                               "--samples", "2", "--warmup", "1", "--server-sessions", "2",

@@ -3,8 +3,8 @@
 import json
 
 from fastpolicy.bench.runner import SUITES
-from fastpolicy.bench.schema import validate_row
 from fastpolicy.demo import run_demo
+from fastpolicy.evaluation.results import validate_row
 
 
 def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from fastpolicy.bench.schema import REQUIRED_FIELDS
 from fastpolicy.cli import main
 from fastpolicy.evaluation import evaluate
+from fastpolicy.evaluation.results import REQUIRED_FIELDS
 from fastpolicy.train.checkpoint import load_policy
 from fastpolicy.train.offline import train_offline
 from fastpolicy.train.trainer import TrainConfig

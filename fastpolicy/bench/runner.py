@@ -250,78 +250,13 @@ def set_action_horizon(policy: Any, ta: int) -> Any:
 
 # --- measurement ----------------------------------------------------------------------------------
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
-
-
-def backbone_forward_ms(policy: Any, calls: int = 100) -> dict[str, float]:
-    """p50/p99 of one bare batch-1 backbone forward (no sampler, no session, no normalisation)."""
-    import torch
-
-    cfg = policy.config
-    x = torch.randn(1, cfg.pred_horizon, cfg.action_dim, device=policy.device)
-    t = torch.full((1,), cfg.num_train_timesteps - 1, device=policy.device)
-    cond = torch.randn(1, cfg.obs_dim * cfg.obs_horizon, device=policy.device)
-    times = []
-    with torch.inference_mode():
-        for i in range(calls + 5):
-            t0 = time.perf_counter()
-            policy.backbone(x, t, cond)
-            if i >= 5:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return {"backbone_forward_ms_p50": _percentile(times, 50),
-            "backbone_forward_ms_p99": _percentile(times, 99)}
-
-
-def measure_throughput(policy: Any, obs_windows: np.ndarray, calls: int) -> float:
-    """Chunks per second at batch ``len(obs_windows)`` (streaming state carried, warm-up call untimed)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    state = policy.init_state(len(obs_windows))
-    state = policy.predict_chunk(obs_windows, state, gen).state
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        state = policy.predict_chunk(obs_windows, state, gen).state
-    return calls * len(obs_windows) / (time.perf_counter() - t0)
-
-
-def first_step_ms(policy: Any, obs_window: np.ndarray, repeats: int = 2) -> float:
-    """Latency of the first call of an episode (fresh state) at batch 1, best of ``repeats``."""
-    import torch
-
-    best = float("inf")
-    for r in range(repeats):
-        gen = torch.Generator().manual_seed(r)
-        t0 = time.perf_counter()
-        policy.predict_chunk(obs_window, policy.init_state(1), gen)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
-def _load_average() -> float | None:
-    """1-minute load average (a quiet-machine check recorded beside every timing), None where unknown."""
-    import os
-
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return None
-
-
-def timing_fields(nfe: Sequence[int], latency_s: Sequence[float]) -> dict[str, Any]:
-    """Per-action and worst-case-step latency fields from interleaved batch-1 closed-loop samples."""
-    lat = np.asarray(latency_s, dtype=np.float64) * 1e3
-    nfe_arr = np.asarray(nfe)
-    planning = lat[nfe_arr > 0]
-    return {"latency_ms_p50": _percentile(lat, 50), "latency_ms_p99": _percentile(lat, 99),
-            # amortised: all control steps' time over the actions they returned (the median per action
-            # is a queue pop whenever Ta > 1)
-            "latency_ms_mean_per_action": float(lat.mean()) if lat.size else None,
-            "step_latency_ms_p50": _percentile(planning, 50),
-            "step_latency_ms_max_p99": _percentile(planning, 99),
-            "nfe_per_step_max_steady": int(nfe_arr.max()) if nfe_arr.size else None,
-            "latency_samples": int(lat.size), "step_latency_samples": int(planning.size)}
+from fastpolicy.evaluation.timing import (  # noqa: E402  (re-exported: older callers import them here)
+    backbone_forward_ms,
+    first_step_ms,
+    load_average,
+    measure_throughput,
+    timing_fields,
+)
 
 
 @dataclass
@@ -361,30 +296,16 @@ def score_method_seed(method: Method, task: str, suite: SuiteConfig, seed: int) 
 
 
 def merge_seed_results(method: Method, task: str, results: Sequence[SeedResult]) -> dict[str, Any]:
-    """One score row from per-seed results (in seed order), computed as ``evaluate`` computes it.
-
-    Keep in step with ``fastpolicy.evaluation.evaluate``: tests/test_dist_ray.py checks the two agree
-    field for field on a real sweep.
-    """
-    from fastpolicy.bench.schema import make_row
+    """One score row from per-seed results (in seed order), by ``score_row`` as ``evaluate`` makes it."""
     from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation.results import score_row
 
     if not results:
         raise ValueError(f"no seed results to merge for {method.name!r}")
-    spec = get_task(task)
-    returns = np.concatenate([r.returns for r in results])
-    success = np.concatenate([r.success for r in results])
-    scores = np.asarray(spec.normalized_score(returns), dtype=np.float64)
-    nfe = [n for r in results for n in r.nfe]
-    row = make_row(
-        spec.name, method.name, steps=getattr(method.policy, "checkpoint_step", None),
-        score_mean=float(scores.mean()), score_std=float(scores.std()), episodes=int(returns.size),
-        seeds=[r.seed for r in results], nfe_per_step_mean=float(np.mean(nfe)),
-        nfe_per_step_max=int(np.max(nfe)), latency_ms_p50=None, latency_ms_p99=None,
-        return_mean=float(returns.mean()), return_std=float(returns.std()),
-        success_rate=float(success.mean()),
-        episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
-        score_kind=spec.score.get("kind", "return"), latency_batch=1, **method.extra)
+    row = score_row(get_task(task), method.name, steps=getattr(method.policy, "checkpoint_step", None),
+                    seeds=[r.seed for r in results], returns=[r.returns for r in results],
+                    success=[r.success for r in results], lengths=[r.lengths for r in results],
+                    nfe=[n for r in results for n in r.nfe], **method.extra)
     row["eval_seconds"] = float(sum(r.seconds for r in results))
     return row
 
@@ -427,21 +348,21 @@ def time_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, rows:
     Timing always runs in one process on one machine (even when scores were computed on a Ray cluster):
     latencies are only comparable when measured side by side on the same hardware.
     """
-    from fastpolicy.bench.schema import validate_row
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import measure_latency
+    from fastpolicy.evaluation.results import validate_row
 
     spec = get_task(task)
     samples: list[tuple[list[int], list[float]]] = [([], []) for _ in methods]
     per_round = max(1, -(-suite.latency_steps // suite.latency_rounds))
-    load_before = _load_average()
+    load_before = load_average()
     for r in range(suite.latency_rounds):
         for i, m in enumerate(methods):
             m.configure()
             stats = measure_latency(m.policy, spec, seed=10_000 + r, planning_steps=per_round)
             samples[i][0].extend(stats.nfe)
             samples[i][1].extend(stats.latency_s)
-    load = {"load_avg_1m_before": load_before, "load_avg_1m_after": _load_average()}
+    load = {"load_avg_1m_before": load_before, "load_avg_1m_after": load_average()}
     for i, (m, row) in enumerate(zip(methods, rows)):
         row.update(load)
         m.configure()
@@ -666,8 +587,8 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
     (``fastpolicy.dist.ray_runner``); the dataset, training and the interleaved timing stay here.
     """
     from fastpolicy.bench.report import markdown_table, pareto_plot, print_table
-    from fastpolicy.bench.schema import write_results
     from fastpolicy.bench.select import select_method
+    from fastpolicy.evaluation.results import write_results
 
     suite = SUITES[suite] if isinstance(suite, str) else suite
     all_rows: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""Evaluation: closed-loop rollouts of a Policy on a task card, scored and timed in one result row.
+"""Closed-loop rollouts of a Policy on a task card, scored and timed in one result row.
 
 Score: episodes run in lockstep on a gymnasium vector env (one Session of batch B), so DDPM-100
 evaluations finish on a CPU. Latency: measured separately at batch 1 — what one robot sees per
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fastpolicy.bench.schema import make_row
 from fastpolicy.envs.registry import TaskSpec, get_task, make_env, make_vector_env
+from fastpolicy.evaluation.results import score_row
 from fastpolicy.policies.base import Policy, StepStats
 
 
@@ -151,28 +151,10 @@ def evaluate(
     results = [rollout(policy, task, episodes, seed * 1000, progress,
                        None if step_hook is None else functools.partial(step_hook, seed))
                for seed in seeds]
-    returns = np.concatenate([r.returns for r in results])
-    success = np.concatenate([r.success for r in results])
-    scores = np.asarray(task.normalized_score(returns), dtype=np.float64)
-    nfe = [n for r in results for n in r.stats.nfe]
     latency = measure_latency(policy, task, steps=latency_steps).summary() if latency_steps else {}
-    return make_row(
-        task.name,
-        method or getattr(policy, "method", type(policy).__name__),
-        steps=getattr(policy, "checkpoint_step", None),
-        score_mean=float(scores.mean()),
-        score_std=float(scores.std()),
-        episodes=int(returns.size),
-        seeds=seeds,
-        nfe_per_step_mean=float(np.mean(nfe)),
-        nfe_per_step_max=int(np.max(nfe)),
-        latency_ms_p50=latency.get("latency_ms_p50"),
-        latency_ms_p99=latency.get("latency_ms_p99"),
-        return_mean=float(returns.mean()),
-        return_std=float(returns.std()),
-        success_rate=float(success.mean()),
-        episode_length_mean=float(np.mean([r.lengths.mean() for r in results])),
-        score_kind=task.score.get("kind", "return"),
-        latency_batch=1,
-        **extra,
-    )
+    return score_row(
+        task, method or getattr(policy, "method", type(policy).__name__),
+        steps=getattr(policy, "checkpoint_step", None), seeds=seeds,
+        returns=[r.returns for r in results], success=[r.success for r in results],
+        lengths=[r.lengths for r in results], nfe=[n for r in results for n in r.stats.nfe],
+        latency=latency, **extra)
