@@ -55,7 +55,7 @@ _EXPORTS = {
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> TorchPolicy:
     """The policy saved at ``path``: a checkpoint directory (``policy.save``) or a training run
     directory (its latest checkpoint), rebuilt from config, weights and normaliser — no pickle."""
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
 
     return load_policy(path, device=device)
 

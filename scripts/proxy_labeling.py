@@ -117,7 +117,7 @@ def main() -> None:
     if args.task:
         from fastpolicy.bench.report import print_table
         from fastpolicy.evaluation import evaluate
-        from fastpolicy.train.checkpoint import load_policy
+        from fastpolicy.policies.checkpoint import load_policy
 
         print_table([evaluate(load_policy(out / "policy"), args.task, label_condition="proxy")])
 

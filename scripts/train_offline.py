@@ -48,7 +48,7 @@ def main(args: Args) -> None:
     from fastpolicy.data.recipes import make_dataset
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
 

@@ -87,7 +87,7 @@ def student_checkpoint(linear_store, tmp_path):
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.policies.registry import build_policy
-    from fastpolicy.train.checkpoint import save_checkpoint
+    from fastpolicy.utils.checkpoint import save_checkpoint
 
     norm = NormalizerSet.fit_from_store(EpisodeStore.open(linear_store)).state_dict()
     policy = build_policy("consistency", {"obs_dim": 2, "action_dim": 1, "backbone": "mlp",

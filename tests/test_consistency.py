@@ -111,9 +111,10 @@ def test_single_segment_chaining_spends_steps_calls():
 
 def test_checkpoint_loads_as_consistency_policy_with_identical_actions(linear_store, tmp_path):
     from fastpolicy.data.store import EpisodeStore
-    from fastpolicy.train.checkpoint import load_policy, save_checkpoint
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import build_dataset
     from fastpolicy.train.trainer import TrainConfig, Trainer
+    from fastpolicy.utils.checkpoint import save_checkpoint
 
     teacher = _teacher(obs_dim=2, action_dim=1)
     save_checkpoint(tmp_path / "teacher", policy_type="diffusion", policy_config=teacher.config_dict(),

@@ -12,8 +12,8 @@ from fastpolicy.cli import main
 from fastpolicy.data.split import split_store, store_content_hash
 from fastpolicy.data.store import EpisodeStore
 from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
-from fastpolicy.train.checkpoint import model_hash
 from fastpolicy.train.label import idm_errors, label_store, train_idm_on_store
+from fastpolicy.utils.checkpoint import model_hash
 
 A = np.array([[1.0, 0.1, 0], [0, 0.9, 0], [0, 0, 0.8]])
 B = np.array([[0.0, 0], [0.5, 0], [0, 0.5]])

@@ -9,6 +9,7 @@ import torch
 
 from fastpolicy.data.normalize import Normalizer
 from fastpolicy.data.sampler import SequenceDataset
+from fastpolicy.policies.checkpoint import load_policy
 from fastpolicy.policies.planners import (
     RTG_KEY,
     DecisionDiffuserPlanner,
@@ -20,7 +21,6 @@ from fastpolicy.policies.planners import (
     save_planner,
 )
 from fastpolicy.policies.registry import build_policy
-from fastpolicy.train.checkpoint import load_policy
 
 OBS, ACT, H = 4, 2, 8
 SMALL = {"obs_dim": OBS, "action_dim": ACT, "pred_horizon": H, "backbone_kwargs": {"hidden": 64, "depth": 2},

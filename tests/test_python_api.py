@@ -85,6 +85,20 @@ def test_save_replaces_a_checkpoint_but_never_another_directory(tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
 
 
+def test_load_is_a_method_of_the_policy_classes(tmp_path):
+    from fastpolicy.policies.bc import BCPolicy
+    from fastpolicy.policies.diffusion_policy import DiffusionPolicy
+    from fastpolicy.policies.torch_policy import TorchPolicy
+
+    policy = build_policy("bc", {"obs_dim": 2, "action_dim": 1, "hidden": 8, "depth": 1})
+    path = policy.save(tmp_path / "ckpt")
+    for cls in (BCPolicy, TorchPolicy):  # the saved class or any base of it
+        loaded = cls.load(path)
+        assert type(loaded) is BCPolicy and np.array_equal(_actions(loaded), _actions(policy))
+    with pytest.raises(ValueError, match="holds a 'bc' policy, not a DiffusionPolicy"):
+        DiffusionPolicy.load(path)
+
+
 def test_training_from_a_store_object_equals_training_from_its_path(linear_store, tmp_path):
     opts = {"hidden": 16, "depth": 1}
     by_path, _ = train_offline(linear_store, tmp_path / "a", "bc", opts, _cfg(ema=False))

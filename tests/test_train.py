@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastpolicy.train.checkpoint import CheckpointError, load_policy, resolve_checkpoint, save_checkpoint
+from fastpolicy.policies.checkpoint import load_policy
 from fastpolicy.train.offline import train_offline
 from fastpolicy.train.trainer import TrainConfig
+from fastpolicy.utils.checkpoint import CheckpointError, resolve_checkpoint, save_checkpoint
 
 TINY = {"backbone": "mlp", "backbone_kwargs": {"hidden": 32, "depth": 2}, "sampler": "ddim:4"}
 

@@ -20,7 +20,7 @@ Pieces:
 ``fit_inverse_dynamics``   trains on arrays: episode-level validation hold-out (10%), best-checkpoint
                            selection on validation loss, per ensemble member.
 ``save_inverse_dynamics`` / ``load_inverse_dynamics``   safetensors + ``config.json`` through
-                           ``fastpolicy.train.checkpoint`` (no pickle); the model hash is the hash of the
+                           ``fastpolicy.utils.checkpoint`` (no pickle); the model hash is the hash of the
                            weights file, as for policies.
 
 Normalisation: observations and actions are standardised (``gaussian`` normalisers) with statistics
@@ -491,7 +491,7 @@ def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, repor
                           extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` as a checkpoint directory (``model.safetensors``, ``normalizer.safetensors``,
     ``config.json`` with policy_type ``inverse-dynamics``), atomically."""
-    from fastpolicy.train.checkpoint import save_checkpoint
+    from fastpolicy.utils.checkpoint import save_checkpoint
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -505,7 +505,7 @@ def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, repor
 
 def load_inverse_dynamics(path: str | os.PathLike, device: str | torch.device = "cpu") -> InverseDynamics:
     """Rebuild a model saved by :func:`save_inverse_dynamics` (hashes checked); sets ``checkpoint_hash``."""
-    from fastpolicy.train.checkpoint import CheckpointError, load_tensors, read_config, resolve_checkpoint
+    from fastpolicy.utils.checkpoint import CheckpointError, load_tensors, read_config, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)

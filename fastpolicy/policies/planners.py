@@ -643,8 +643,8 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.policies.registry import build_policy
-    from fastpolicy.train.checkpoint import load_tensors, read_config, resolve_checkpoint
     from fastpolicy.train.trainer import TrainConfig, Trainer
+    from fastpolicy.utils.checkpoint import load_tensors, read_config, resolve_checkpoint
     from fastpolicy.utils.misc import seed_everything
 
     store = EpisodeStore.open(store_path)
@@ -692,7 +692,7 @@ def decision_diffuser_from(td: TrajectoryDiffuser, **overrides: Any) -> Decision
 
 def save_planner(policy: _Planner, path: str | os.PathLike, step: int = 0, overwrite: bool = True) -> Path:
     """Write a planner (e.g. one built by :func:`decision_diffuser_from`) as a loadable checkpoint."""
-    from fastpolicy.train.checkpoint import save_checkpoint
+    from fastpolicy.utils.checkpoint import save_checkpoint
 
     return save_checkpoint(path, policy_type=policy.policy_type, policy_config=policy.config_dict(),
                            model_state=policy.state_dict(), normalizer_state=policy.normalizer_state(),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fastpolicy.policies.base import Policy
+from fastpolicy.utils.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -103,10 +104,6 @@ class TorchPolicy(nn.Module, Policy):
         ``overwrite`` replaces a *checkpoint* already at ``path``; any other existing file or non-empty
         directory (a run directory, a dataset) is refused, since the atomic swap would delete it.
         """
-        # Imported here, not at the top: fastpolicy.train imports the policies, so a module-level
-        # import would close a cycle (policies -> train -> policies).
-        from fastpolicy.train.checkpoint import save_checkpoint
-
         target = Path(path)
         if target.exists() and not (target / "config.json").is_file() \
                 and (not target.is_dir() or any(target.iterdir())):
@@ -121,6 +118,20 @@ class TorchPolicy(nn.Module, Policy):
             step=int(getattr(self, "checkpoint_step", 0)),
             overwrite=overwrite,
         )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> TorchPolicy:
+        """The policy saved at ``path`` (a checkpoint or a run directory), rebuilt from its config.
+
+        Called on a subclass (``DiffusionPolicy.load(path)``) it also checks that the checkpoint holds
+        that kind of policy, so a wrong path fails here rather than at the first ``predict_chunk``.
+        """
+        from fastpolicy.policies.checkpoint import load_policy  # the registry imports this module
+
+        policy = load_policy(path, device=device)
+        if not isinstance(policy, cls):
+            raise ValueError(f"{path} holds a {policy.policy_type!r} policy, not a {cls.__name__}")
+        return policy
 
     @property
     def device(self) -> torch.device:

@@ -118,12 +118,8 @@ def load_policy_spec(spec: str, builtin_kwargs: dict[str, Any] | None = None) ->
         return policy, BUILTIN, policy_fingerprint(policy)
     if not os.path.exists(spec):
         raise FileNotFoundError(f"checkpoint {spec!r} not found (or pass {BUILTIN!r})")
-    try:
-        from fastpolicy.train.checkpoint import load_policy
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot load checkpoints: fastpolicy.train.checkpoint unavailable ({exc})"
-        ) from None
+    from fastpolicy.policies.checkpoint import load_policy
+
     policy = load_policy(spec)
     return policy, os.path.basename(os.path.normpath(spec)), checkpoint_fingerprint(spec)
 

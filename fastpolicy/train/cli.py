@@ -63,7 +63,7 @@ def parse_options(pairs: list[str]) -> dict:
 def check_resume(run_dir: Path, policy_type: str | None, options: dict, steps: int) -> None:
     """``--resume`` continues a run as it was configured: a different policy type or option, or a
     ``--steps`` the run is already past, is an error naming the difference (it used to be ignored)."""
-    from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
 
     if not (run_dir / "latest").exists():
         return  # nothing to resume: a fresh run starts

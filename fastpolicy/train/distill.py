@@ -402,7 +402,7 @@ def read_cost(run_dir: str | os.PathLike) -> dict[str, float] | None:
 
 
 def _run_is_complete(run_dir: Path, steps: int) -> bool:
-    from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
 
     try:
         return int(read_config(resolve_checkpoint(run_dir))["step"]) >= steps
@@ -440,7 +440,7 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
     With ``distill_config.streaming`` the teacher must be a StreamingPolicy and ``segments`` its chunks.
     Returns the final student (EMA weights, loaded from its checkpoint).
     """
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.trainer import TrainConfig
 
     train_config = train_config or TrainConfig(steps=1000, batch_size=64, warmup_steps=50)
@@ -502,8 +502,8 @@ def finetune_streaming(teacher: str | os.PathLike | DiffusionPolicy, store: str 
     ``options`` override the streaming config (default: the teacher's config with Ta = 4, i.e. h = 3
     chunks for To = 2, Tp = 16). Returns the trained policy (EMA weights, from its checkpoint).
     """
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.policies.streaming import StreamingPolicyConfig
-    from fastpolicy.train.checkpoint import load_policy
     from fastpolicy.train.trainer import TrainConfig
 
     train_config = train_config or TrainConfig(steps=1000, batch_size=64, warmup_steps=50)

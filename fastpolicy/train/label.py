@@ -141,7 +141,7 @@ def label_store(source: str | os.PathLike, idm: str | os.PathLike, out: str | os
     from fastpolicy.data.split import store_content_hash
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.nets.inverse_dynamics import load_inverse_dynamics
-    from fastpolicy.train.checkpoint import resolve_checkpoint
+    from fastpolicy.utils.checkpoint import resolve_checkpoint
 
     store = EpisodeStore.open(source)
     out = Path(out)

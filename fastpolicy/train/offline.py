@@ -76,7 +76,7 @@ def train_offline(
                              task=task)
     from fastpolicy.data.normalize import DEFAULT_MODES, NormalizerSet
     from fastpolicy.policies.registry import build_policy
-    from fastpolicy.train.checkpoint import load_tensors, read_config, resolve_checkpoint
+    from fastpolicy.utils.checkpoint import load_tensors, read_config, resolve_checkpoint
 
     if store is None:
         store = EpisodeStore.open(store_path)
@@ -130,7 +130,7 @@ def _is_planner(run_dir: str | os.PathLike, policy_type: str, resume: bool) -> b
     from fastpolicy.policies.planners import is_planner_type
 
     if resume and (Path(run_dir) / "latest").exists():
-        from fastpolicy.train.checkpoint import read_config, resolve_checkpoint
+        from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
 
         policy_type = read_config(resolve_checkpoint(run_dir))["policy_type"]
     return is_planner_type(policy_type)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastpolicy.train.checkpoint import (
+from fastpolicy.utils.checkpoint import (
     checkpoint_name,
     load_tensors,
     prune_checkpoints,
