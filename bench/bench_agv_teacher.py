@@ -127,10 +127,9 @@ def main() -> None:
                              "when idle (10k steps ~ 3.5 min), far fewer under load (see train_wall_s)"}
     rows = []
     for spec in args.samplers:
-        policy.set_sampler(spec)
         t0 = time.perf_counter()
         tracker = ModeTracker(task)
-        row = evaluate(policy, task, args.episodes, args.seeds, args.latency_steps, progress=False,
+        row = evaluate(policy.with_sampler(spec), task, args.episodes, args.seeds, args.latency_steps, progress=False,
                        sampler=spec, step_hook=tracker.hook, **budget)
         row.update(tracker.summary())
         row["eval_wall_s"] = round(time.perf_counter() - t0, 1)

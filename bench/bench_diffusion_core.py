@@ -152,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             evals = [(None, None)] if policy_type == "bc" else [
                 (s, t) for s in samplers for t in temperatures]
             for spec, temperature in evals:
-                label = name
+                label, mode = name, policy
                 if spec is not None:
                     from fastpolicy.diffusion import SamplerSpec
 
-                    policy.set_sampler(SamplerSpec.parse(spec, temperature=temperature))
-                    label = f"{name} {policy.sampler.spec.name}"
-                row = evaluate(policy, task, episodes, args.seeds, latency_steps=16, progress=False,
+                    mode = policy.with_sampler(SamplerSpec.parse(spec, temperature=temperature))
+                    label = f"{name} {mode.sampler.spec.name}"
+                row = evaluate(mode, task, episodes, args.seeds, latency_steps=16, progress=False,
                                method=label, sampler=spec, temperature=temperature, **common)
                 row["steps"] = steps
                 rows.append(row)

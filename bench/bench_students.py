@@ -79,7 +79,7 @@ def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | Non
     if onecall_row is not None:
         rows.append({**onecall_row, "method": "cm-1step", "distill_steps": 0})
     for ckpt in sorted((run / "checkpoints").glob("step_*")):
-        student = load_policy(ckpt).set_steps(1).eval()
+        student = load_policy(ckpt).eval().with_steps(1)
         tracker = ModeTracker(spec) if task.startswith("agv-") else None
         row = evaluate(student, spec, suite.episodes, suite.seeds, latency_steps=0, progress=False,
                        method="cm-1step", step_hook=tracker.hook if tracker else None,

@@ -50,10 +50,36 @@ def test_same_generator_seed_gives_same_actions():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_set_sampler_changes_nfe_and_method():
-    policy = _dp().eval()
-    policy.set_sampler("ddpm:100")
-    assert policy.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 100 and policy.method == "dp-ddpm100"
+def test_with_sampler_changes_nfe_and_method_on_a_view_only():
+    policy = _dp(sampler="ddim:10").eval()
+    config_before = dict(policy.config_dict())
+    view = policy.with_sampler("ddpm:100", action_horizon=4)
+    assert view.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 100 and view.method == "dp-ddpm100"
+    assert view.config.sampler == "ddpm:100" and view.action_horizon == view.config.action_horizon == 4
+    # the shared policy is untouched: same mode, same config; the view shares its weights (no copy)
+    assert policy.method == "dp-ddim10" and policy.config_dict() == config_before
+    assert policy.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 10
+    assert all(a is b for a, b in zip(policy.parameters(), view.parameters()))
+    with pytest.warns(DeprecationWarning, match="with_sampler"):
+        policy.set_sampler("ddim:4")
+
+
+def test_mode_evaluation_order_does_not_matter():
+    """Evaluating mode A then B gives what B then A gives, and the policy's config is unchanged after."""
+    from fastpolicy.evaluation import evaluate
+
+    policy = _dp(obs_dim=6, sampler="ddim:10").eval()
+    config_before = dict(policy.config_dict())
+
+    def run(spec):
+        row = evaluate(policy.with_sampler(spec), "maze2d-umaze", episodes=1, seeds=[0], latency_steps=0,
+                       progress=False)
+        return {k: row[k] for k in ("method", "score_mean", "return_mean", "nfe_per_step_mean")}
+
+    a_then_b = [run("ddim:4"), run("ddpm:10")]
+    b_then_a = [run("ddpm:10"), run("ddim:4")]
+    assert a_then_b == b_then_a[::-1]
+    assert policy.config_dict() == config_before and policy.method == "dp-ddim10"
 
 
 def test_bad_observation_window_is_named():
@@ -134,8 +160,7 @@ def test_every_sampler_stays_within_the_trained_action_bounds(prediction_type):
     specs = ["ddpm:10", "ddim:10", "dpm:5,spacing=leading", "ddim:10,clip=false",
              "dpm:10,spacing=leading,order=1"]
     for spec in specs:
-        policy.set_sampler(spec)
-        out = policy.predict_chunk(rng.normal(size=(4, 2, 3)).astype(np.float32),
+        out = policy.with_sampler(spec).predict_chunk(rng.normal(size=(4, 2, 3)).astype(np.float32),
                                    generator=torch.Generator().manual_seed(0))
         assert np.isfinite(out.actions).all()
         assert (out.actions >= np.array([-0.5, 0.0]) - 1e-6).all(), spec
@@ -143,14 +168,13 @@ def test_every_sampler_stays_within_the_trained_action_bounds(prediction_type):
 
 
 def test_sampler_spec_text_carries_spacing_and_temperature_into_the_policy():
-    policy = _dp()
-    policy.set_sampler("ddim:10,spacing=trailing,temperature=0.5")
+    policy = _dp().with_sampler("ddim:10,spacing=trailing,temperature=0.5")
     assert policy.sampler.spec.timestep_spacing == "trailing" and policy.sampler.spec.temperature == 0.5
     assert policy.sampler.spec.prediction_type == policy.config.prediction_type == "sample"
     assert int(policy.sampler.timesteps[0]) == 99 and policy.method == "dp-ddim10-trailing-t0.5"
     eps = _dp(prediction_type="epsilon")
     with pytest.raises(ValueError, match="amplifies"):
-        eps.set_sampler("dpm:5")                  # unclipped from t = 99 with an ε model
+        eps.with_sampler("dpm:5")                # unclipped from t = 99 with an ε model
 
 
 def test_training_windows_let_the_last_frame_condition(linear_store):

@@ -154,7 +154,7 @@ def test_dp_mode_is_ordinary_diffusion_sampling():
                                           action_horizon=4,
                                           backbone_kwargs={"per_position_time": True})).eval()
     dp.load_state_dict(sdp.state_dict())
-    sdp.set_sampler("ddim:4")
+    sdp = sdp.with_sampler("ddim:4")
     assert sdp.init_state(2) is None
     a = sdp.predict_chunk(OBS, None, torch.Generator().manual_seed(5))
     b = dp.predict_chunk(OBS, None, torch.Generator().manual_seed(5))
@@ -164,7 +164,7 @@ def test_dp_mode_is_ordinary_diffusion_sampling():
 def test_stale_state_from_another_grid_is_named():
     policy = _sdp(stream="ddpm:100")
     state = policy.init_state(1)
-    policy.set_stream("ode:6")
+    policy = policy.with_stream("ode:6")
     with pytest.raises(ValueError, match="another"):
         policy.predict_chunk(OBS[:1], state)
 
@@ -181,3 +181,12 @@ def test_zero_initialised_first_step_costs_the_steady_calls():
             calls.append(out.nfe)
             assert np.isfinite(out.actions).all()
         assert calls == expected, (first, calls)
+
+
+def test_stream_and_sampler_views_leave_the_shared_policy_as_it_was():
+    policy = _sdp(stream="ddpm:100")
+    config_before = dict(policy.config_dict())
+    ode, dp = policy.with_stream("ode:6"), policy.with_sampler("ddim:4")
+    assert (ode.method, dp.method, policy.method) == ("sdp-ode6", "sdp-net-dp-ddim4", "sdp-ddpm100")
+    assert ode.config.stream == "ode:6" and dp.config.mode == "dp" and dp.init_state(1) is None
+    assert policy.config_dict() == config_before and policy.init_state(1) is not None

@@ -177,11 +177,14 @@ SUITES: dict[str, SuiteConfig] = {
 
 @dataclass
 class Method:
-    """One benchmarked configuration: a policy object plus how to put it in this method's mode."""
+    """One benchmarked configuration: a policy already in this method's mode (a view: see
+    ``fastpolicy.policies.modes``) and the extra fields of its rows."""
 
     name: str
     policy: Any
     configure: Callable[[], None] = lambda: None
+    """an in-place switch run before each use, for callers that still switch a shared policy (the
+    planner ablations); new methods pass a view as ``policy`` instead"""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -238,14 +241,6 @@ def ensure_trained(store: Path, run: Path, policy_type: str, options: dict[str, 
                                  task=task)
         _record_cost(run, time.perf_counter() - t0, int(stats["step"]))
     return run
-
-
-def set_action_horizon(policy: Any, ta: int) -> Any:
-    """Execute ``ta`` actions per replan (``pred[To-1 : To-1+ta]``) without retraining."""
-    policy.config.action_horizon = ta
-    policy.config.validate()
-    policy.action_horizon = ta
-    return policy
 
 
 # --- measurement ----------------------------------------------------------------------------------
@@ -421,8 +416,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
 
     own_ta = teacher.config.action_horizon
 
-    def sampler(spec: str, ta: int = own_ta) -> Callable[[], None]:
-        return lambda: set_action_horizon(teacher.set_sampler(spec), ta)
+    def sampler(spec: str, ta: int = own_ta) -> Any:
+        return teacher.with_sampler(spec, action_horizon=ta)
 
     if _wanted(suite, "bc-mlp"):
         log(f"[bench] BC-MLP ({suite.bc_steps} steps)")
@@ -438,7 +433,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                        ("dp-ddpm100-t0", "ddpm:100,temperature=0"),
                        ("dp-ddim10-t0", "ddim:10,temperature=0")):
         if _wanted(suite, name):
-            methods.append(Method(name, teacher, sampler(spec), dict(teacher_extra)))
+            methods.append(Method(name, sampler(spec), extra=dict(teacher_extra)))
 
     sdp_names = ("sdp-ddpm100", f"sdp-ode{suite.sdp_ode_levels}", "sdp-ode6", "sdp-net-dp-ddim10", "sdp-cm",
                  "dp-ddim10-ta4")
@@ -450,17 +445,15 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                                  resume=True, options=dict(suite.sdp_options))
         sdp_extra = {**teacher_extra, "train_seconds": None, "distill_seconds": _cost(sdp_run).get("seconds")}
         if _wanted(suite, "dp-ddim10-ta4"):  # the teacher at the SDP's Ta: a like-for-like reference
-            methods.append(Method("dp-ddim10-ta4", teacher, sampler("ddim:10", sdp.config.action_horizon),
-                                  dict(teacher_extra)))
+            methods.append(Method("dp-ddim10-ta4", sampler("ddim:10", sdp.config.action_horizon),
+                                  extra=dict(teacher_extra)))
         if _wanted(suite, "sdp-net-dp-ddim10"):
-            methods.append(Method("sdp-net-dp-ddim10", sdp, lambda: sdp.set_sampler("ddim:10"),
-                                  dict(sdp_extra)))
+            methods.append(Method("sdp-net-dp-ddim10", sdp.with_sampler("ddim:10"), extra=dict(sdp_extra)))
         if _wanted(suite, "sdp-ddpm100"):
-            methods.append(Method("sdp-ddpm100", sdp, lambda: sdp.set_stream("ddpm:100"), dict(sdp_extra)))
+            methods.append(Method("sdp-ddpm100", sdp.with_stream("ddpm:100"), extra=dict(sdp_extra)))
         ode = f"sdp-ode{suite.sdp_ode_levels}"
         if _wanted(suite, ode, "sdp-ode6"):
-            methods.append(Method(ode, sdp, lambda: sdp.set_stream(f"ode:{suite.sdp_ode_levels}"),
-                                  dict(sdp_extra)))
+            methods.append(Method(ode, sdp.with_stream(f"ode:{suite.sdp_ode_levels}"), extra=dict(sdp_extra)))
 
     dcfg = DistillConfig(teacher_sampler=suite.distill_sampler, denoise_weight=suite.denoise_weight)
     if _wanted(suite, "dp-onecall"):
@@ -480,7 +473,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                     "distill_seconds": _cost(cm_run).get("total_seconds")}
         for k in (1, 2, 4):
             if _wanted(suite, f"cm-{k}step"):
-                methods.append(Method(f"cm-{k}step", cm, (lambda k=k: cm.set_steps(k)), dict(cm_extra)))
+                methods.append(Method(f"cm-{k}step", cm.with_steps(k), extra=dict(cm_extra)))
     if suite.seg_stages and _wanted(suite, *(f"cm-seg{k}" for k in suite.seg_stages)):
         log(f"[bench] segmented students {list(suite.seg_stages)} ({suite.seg_steps} steps per stage)")
         seg_run = work / "cmseg"

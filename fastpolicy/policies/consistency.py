@@ -50,6 +50,7 @@ from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy, DiffusionPolicyConfig
+from fastpolicy.policies.modes import policy_view, warn_mutator
 from fastpolicy.policies.streaming import (
     StreamLayout,
     grid_timesteps,
@@ -137,14 +138,24 @@ class ConsistencyPolicy(DiffusionPolicy):
                                       global_cond_dim=config.obs_dim * config.obs_horizon, stop_time=True,
                                       **config.backbone_kwargs)
         self.temperature = sampler_temperature(config.teacher_sampler, config.streaming)
-        self.set_steps(config.steps)
+        self._use_steps(config.steps)
 
     @classmethod
     def per_position_time(cls, config: DiffusionPolicyConfig) -> bool:
         return bool(getattr(config, "streaming", False))
 
+    def with_steps(self, steps: int) -> ConsistencyPolicy:
+        """This student spending ``steps`` calls per replan (single-segment students: chained re-noising):
+        a view over the same weights whose config says so; this policy is unchanged."""
+        return policy_view(self, steps=int(steps))._use_steps(steps)
+
     def set_steps(self, steps: int) -> ConsistencyPolicy:
-        """Number of calls per replan (single-segment students: chained re-noising)."""
+        """Deprecated: switches this (possibly shared) student in place; use :meth:`with_steps`."""
+        warn_mutator("set_steps", "with_steps")
+        return self._use_steps(steps)
+
+    def _use_steps(self, steps: int) -> ConsistencyPolicy:
+        """Build the grid tables for ``steps`` calls on this object (construction and views only)."""
         cfg = self.config
         if cfg.segments > 1 and steps != cfg.segments and not cfg.streaming:
             raise ValueError(f"a {cfg.segments}-segment student samples with exactly {cfg.segments} steps")
@@ -175,16 +186,16 @@ class ConsistencyPolicy(DiffusionPolicy):
             self.method = f"cm-{self.steps}step"
         return self
 
-    def set_sampler(self, spec: str) -> ConsistencyPolicy:  # the teacher's samplers do not apply
-        super().set_sampler(spec)
+    def _use_sampler(self, spec: str) -> ConsistencyPolicy:  # the teacher's samplers do not apply
+        super()._use_sampler(spec)
         if hasattr(self, "steps"):
-            self.set_steps(self.steps)
+            self._use_steps(self.steps)
         return self
 
     def _apply(self, fn, *args, **kwargs):  # keep the grid tables on the module's device
         out = super()._apply(fn, *args, **kwargs)
         if hasattr(self, "steps"):
-            self.set_steps(self.steps)
+            self._use_steps(self.steps)
         return out
 
     # --- the consistency function ------------------------------------------------------------------
@@ -217,7 +228,7 @@ class ConsistencyPolicy(DiffusionPolicy):
         """f(x, grid point i → grid point j < i) with one level for the whole batch: the sampling path.
 
         The same function as :meth:`consistency_fn` (tested equal), with the level's coefficients as
-        Python floats from tables built once in :meth:`set_steps` — no table rebuild, no identity mask,
+        Python floats from tables built once in :meth:`_use_steps` — no table rebuild, no identity mask,
         no per-call tensor bookkeeping around the one network call.
         """
         b = x.shape[0]

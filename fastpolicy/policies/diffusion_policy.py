@@ -5,7 +5,8 @@ default — measured, see docs/benchmarks.md "Diffusion core"; ``epsilon`` and `
 conditioned on the flattened window of To
 normalised observations (global FiLM conditioning); receding horizon execution of
 ``pred[To-1 : To-1+Ta]``. Training noise tables and samplers come from ``fastpolicy.diffusion``;
-the sampler is swappable at evaluation time (``set_sampler("ddim:10")``) without retraining.
+the sampler is chosen at evaluation time without retraining: ``policy.with_sampler("ddim:10")`` returns a
+view over the same weights (``fastpolicy.policies.modes``), leaving the shared policy as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastpolicy.diffusion import SamplerSpec, add_noise, make_sampler, make_sche
 from fastpolicy.diffusion.samplers import PREDICTION_TYPES
 from fastpolicy.nets import make_backbone
 from fastpolicy.policies.base import ChunkResult, PolicyState
+from fastpolicy.policies.modes import policy_view, warn_mutator
 from fastpolicy.policies.torch_policy import PolicyConfig, TorchPolicy
 
 
@@ -63,7 +65,7 @@ class DiffusionPolicy(TorchPolicy):
             **config.backbone_kwargs,
         )
         self.schedule = make_schedule(config.num_train_timesteps, config.beta_schedule)
-        self.set_sampler(config.sampler)
+        self._use_sampler(config.sampler)
 
     @classmethod
     def per_position_time(cls, config: DiffusionPolicyConfig) -> bool:
@@ -79,12 +81,31 @@ class DiffusionPolicy(TorchPolicy):
             overrides["clip_sample"] = self.config.clip_sample
         return dataclasses.replace(parsed, **overrides)  # SamplerSpec is frozen
 
-    def set_sampler(self, spec: str | SamplerSpec) -> DiffusionPolicy:
-        """Choose how to sample (``ddpm:100``, ``ddim:10,spacing=trailing``, ``ddpm:100,temperature=0.5``).
+    def with_sampler(self, spec: str | SamplerSpec, action_horizon: int | None = None) -> DiffusionPolicy:
+        """This policy sampling with ``spec`` (``ddpm:100``, ``ddim:10,spacing=trailing``,
+        ``ddpm:100,temperature=0.5``), executing ``action_horizon`` actions per plan if given: a view over
+        the same weights whose config says so; this policy is unchanged.
 
         The tables are built once here; a start level whose clean estimate is unbounded for this
         model's parametrisation is refused (see :func:`fastpolicy.diffusion.check_start_level`).
         """
+        changes: dict[str, Any] = {"sampler": spec if isinstance(spec, str) else spec.name}
+        if action_horizon is not None:
+            changes["action_horizon"] = int(action_horizon)
+        view = policy_view(self, **self._sampler_config_changes(), **changes)
+        return view._use_sampler(spec)
+
+    def _sampler_config_changes(self) -> dict[str, Any]:
+        """Config fields a subclass changes with the sampler (a streaming policy leaves its stream)."""
+        return {}
+
+    def set_sampler(self, spec: str | SamplerSpec) -> DiffusionPolicy:
+        """Deprecated: switches this (possibly shared) policy in place; use :meth:`with_sampler`."""
+        warn_mutator("set_sampler", "with_sampler")
+        return self._use_sampler(spec)
+
+    def _use_sampler(self, spec: str | SamplerSpec) -> DiffusionPolicy:
+        """Build the sampler's tables on this object (construction and views only)."""
         full = self._sampler_spec(spec)
         self.sampler = make_sampler(self.schedule, full, device=self.device)
         self.sampler_name = full.name

@@ -36,6 +36,7 @@ same grid and re-noises it to the chunk-wise levels — in distribution thanks t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from fastpolicy.diffusion.samplers import _ode_step_from_tables, ode_tables, pre
 from fastpolicy.diffusion.schedule import NoiseSchedule, broadcast_to_sample
 from fastpolicy.policies.base import ChunkResult, PolicyState
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy, DiffusionPolicyConfig, masked_mse
+from fastpolicy.policies.modes import policy_view, warn_mutator
 
 STREAM_KINDS = ("ddpm", "ode")
 
@@ -279,22 +281,40 @@ class StreamingPolicy(DiffusionPolicy):
         self.train_layout = StreamLayout(config.pred_horizon, config.obs_horizon, config.action_horizon,
                                          config.num_train_timesteps)
         if config.mode == "stream":
-            self.set_stream(config.stream)
+            self._use_stream(config.stream)
 
     @classmethod
     def per_position_time(cls, config: DiffusionPolicyConfig) -> bool:
         return True
 
-    # --- mode switches ----------------------------------------------------------------------------
+    # --- modes (views over the same weights; see fastpolicy.policies.modes) ---------------------------
+    def _sampler_config_changes(self) -> dict[str, Any]:
+        return {"mode": "dp"}
+
+    def with_stream(self, spec: str) -> StreamingPolicy:
+        """This policy streaming with ``ddpm:N`` or ``ode:N``: a view over the same weights whose config
+        says so; this policy is unchanged. Sessions must be opened on the view (levels are grid indices)."""
+        return policy_view(self, mode="stream", stream=spec)._use_stream(spec)
+
     def set_sampler(self, spec: str) -> StreamingPolicy:
+        """Deprecated: switches this (possibly shared) policy in place; use :meth:`with_sampler`."""
+        warn_mutator("set_sampler", "with_sampler")
+        return self._use_sampler(spec)
+
+    def set_stream(self, spec: str) -> StreamingPolicy:
+        """Deprecated: switches this (possibly shared) policy in place; use :meth:`with_stream`."""
+        warn_mutator("set_stream", "with_stream")
+        return self._use_stream(spec)
+
+    def _use_sampler(self, spec: str) -> StreamingPolicy:
         """Ordinary (constant-level) sampling, e.g. ``ddim:10``: the network used as a plain DP teacher."""
-        super().set_sampler(spec)
+        super()._use_sampler(spec)
         self.mode = "dp"
         self.method = f"sdp-net-dp-{self.sampler.spec.slug}"
         return self
 
-    def set_stream(self, spec: str) -> StreamingPolicy:
-        """Stream with ``ddpm:N`` or ``ode:N``; reset sessions afterwards (levels are grid indices)."""
+    def _use_stream(self, spec: str) -> StreamingPolicy:
+        """Build the stream's layout and tables on this object (construction and views only)."""
         kind, levels = parse_stream(spec)
         cfg = self.config
         self.layout = StreamLayout(cfg.pred_horizon, cfg.obs_horizon, cfg.action_horizon, levels)
