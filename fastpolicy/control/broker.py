@@ -11,8 +11,11 @@ a target timestamp (on the robot's clock) and the broker
   do not jerk (a soft version of real-time chunking's frozen prefix).
 
 ``ChunkQueue`` is the pure, thread-free core (also used by the asyncio load benchmark);
-``ActionBroker`` adds the history, the prefetch thread and the bookkeeping. Sources: a local ``Policy``
-(``LocalChunkSource``) or a remote server (``RemoteChunkSource``) — the loop cannot tell them apart.
+``ActionBroker`` adds the history (the ``ObservationHistory`` a local ``Session`` and the server use),
+the prefetch thread and the bookkeeping. A chunk with a NaN or inf action is refused as a failed
+request (``require_finite_actions``, as ``Session.act`` refuses it): the loop's fallback covers the gap.
+Sources: a local ``Policy`` (``LocalChunkSource``) or a remote server (``RemoteChunkSource``) — the
+loop cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from fastpolicy.policies.base import Policy, PolicyState
+from fastpolicy.policies.history import ObservationHistory, require_finite_actions
 
 
 @dataclass
@@ -194,7 +198,7 @@ class ActionBroker:
         self.low_watermark = low_watermark
         self.clock = clock
         self.queue = ChunkQueue(source.period_s, blend_steps=blend_steps)
-        self._history: collections.deque[np.ndarray] = collections.deque(maxlen=source.obs_horizon)
+        self._history = ObservationHistory(source.obs_horizon, batch_size=1)
         self._lock = threading.Lock()
         # OpenMP thread counts are per thread: give the inference thread the caller's torch setting.
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -212,10 +216,12 @@ class ActionBroker:
         self.nfe: collections.deque[int] = collections.deque(maxlen=max_records)
 
     def observe(self, obs: np.ndarray, t: float | None = None) -> None:
-        self._history.append(np.asarray(obs, dtype=np.float32).reshape(-1))
+        """Record this tick's observation (NaN / inf refused with ``ValueError``)."""
+        self._history.append(obs)
 
     def window(self) -> np.ndarray:
-        return np.stack(list(self._history))
+        """(To, obs_dim), left-padded with the oldest frame at episode start."""
+        return self._history.window()[0]
 
     @property
     def busy(self) -> bool:
@@ -227,7 +233,7 @@ class ActionBroker:
         with self._lock:
             action = self.queue.pop(t)
             low = self.queue.remaining(t) <= self.low_watermark
-        if low and not self.busy and self._history:
+        if low and not self.busy and len(self._history):
             self._launch(t)
         return action
 
@@ -240,6 +246,7 @@ class ActionBroker:
         self.wait_idle()
         chunk = self.source.request(self.window(), self.clock())
         self.requests += 1
+        require_finite_actions(chunk.actions, "the chunk source")
         now = self.clock()
         taus = np.asarray(chunk.target_times, dtype=np.float64)
         shifted = Chunk(chunk.actions, taus - taus[0] + now, chunk.nfe, now)
@@ -261,6 +268,7 @@ class ActionBroker:
         start = self.clock()
         try:
             chunk = self.source.request(window, t)
+            require_finite_actions(chunk.actions, "the chunk source")
         except Exception as exc:  # the loop's fallback covers the gap; the next tick retries
             self.errors += 1
             self.last_error = exc
@@ -277,7 +285,7 @@ class ActionBroker:
         with self._lock:
             self._epoch += 1
             self.queue.clear()
-            self._history.clear()
+            self._history.reset()
         self.wait_idle()
         self.source.reset()
 

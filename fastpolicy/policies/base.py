@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fastpolicy.policies.history import ObservationHistory, require_finite_actions
+
 PolicyState = dict[str, torch.Tensor] | None
 
 
@@ -102,6 +104,7 @@ class Session:
 
     ``act(obs)`` takes (B, obs_dim) (or (obs_dim,) when B == 1) and returns one action per robot. It
     replans when the action queue is empty: receding horizon, execute Ta actions, then plan again.
+    The observation history (padding, reset, refusing NaN) is the shared ``ObservationHistory``.
     """
 
     def __init__(self, policy: Policy, batch_size: int = 1, seed: int | None = None) -> None:
@@ -112,30 +115,23 @@ class Session:
         self.reset()
 
     def reset(self) -> None:
-        self._history: deque[np.ndarray] = deque(maxlen=self.policy.obs_horizon)
+        self._history = ObservationHistory(self.policy.obs_horizon, self.batch_size)
         self._queue: deque[np.ndarray] = deque()
         self.state: PolicyState = self.policy.init_state(self.batch_size)
 
     def observation_window(self) -> np.ndarray:
         """(B, To, obs_dim): the history, left-padded with the first frame (as the training sampler pads)."""
-        frames = list(self._history)
-        frames = [frames[0]] * (self.policy.obs_horizon - len(frames)) + frames
-        return np.stack(frames, axis=1)
+        return self._history.window()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         single = np.ndim(obs) == 1
-        obs = np.asarray(obs, dtype=np.float32).reshape(self.batch_size, -1)
-        if not np.all(np.isfinite(obs)):
-            raise ValueError("observation contains NaN or inf")
-        self._history.append(obs)
+        self._history.append(obs)  # refuses NaN / inf
         nfe = 0
         if not self._queue:
             result = self.policy.predict_chunk(self.observation_window(), self.state, self.generator)
-            if not np.all(np.isfinite(result.actions)):
-                # Never hand NaN/inf to an actuator: fail loudly so a caller's fallback takes over.
-                raise FloatingPointError(f"{getattr(self.policy, 'method', type(self.policy).__name__)} "
-                                         "produced non-finite actions")
+            # Never hand NaN/inf to an actuator: fail loudly so a caller's fallback takes over.
+            require_finite_actions(result.actions, getattr(self.policy, "method", type(self.policy).__name__))
             self.state = result.state
             nfe = result.nfe
             self._queue.extend(np.swapaxes(result.actions, 0, 1))  # queue of (B, act_dim)
@@ -146,7 +142,7 @@ class Session:
 
     def observe_only(self, obs: np.ndarray) -> None:
         """Record an observation without acting (used by the control loop when a chunk is in flight)."""
-        self._history.append(np.asarray(obs, dtype=np.float32).reshape(self.batch_size, -1))
+        self._history.append(obs)
 
     @property
     def queued(self) -> int:

@@ -35,7 +35,6 @@ import signal
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 from fastpolicy.policies.base import ChunkResult, Policy, PolicyState
+from fastpolicy.policies.history import ObservationHistory, all_finite
 from fastpolicy.serve import protocol as P
 from fastpolicy.serve.batching import MicroBatcher
 
@@ -233,7 +233,11 @@ class ServerConfig:
 
 @dataclass
 class ServerSession:
-    """One connection's state, kept outside the model: observation history and policy state."""
+    """One connection's state, kept outside the model: observation history and policy state.
+
+    The history is the ``ObservationHistory`` the local ``Session`` and the control broker use, so a
+    served robot's window is padded and reset exactly as a local one's.
+    """
 
     policy: Policy
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -245,25 +249,23 @@ class ServerSession:
         self.reset()
 
     def reset(self) -> None:
-        self.history: deque[np.ndarray] = deque(maxlen=self.policy.obs_horizon)
+        self.history = ObservationHistory(self.policy.obs_horizon, batch_size=1)
         self.state: PolicyState = self.policy.init_state(1)
 
     def observe(self, frames: np.ndarray) -> None:
-        for frame in frames:
-            self.history.append(frame)
+        """Append a request's (k, obs_dim) frames in order (NaN / inf refused with ``ValueError``)."""
+        self.history.extend(frames)
 
     def snapshot(self) -> list[np.ndarray]:
-        return list(self.history)
+        return self.history.snapshot()
 
     def restore(self, frames: list[np.ndarray]) -> None:
         """Undo :meth:`observe` of a request whose result was refused."""
-        self.history = deque(frames, maxlen=self.policy.obs_horizon)
+        self.history.restore(frames)
 
     def window(self) -> np.ndarray:
         """(To, obs_dim), left-padded with the oldest frame as the training sampler pads."""
-        frames = list(self.history)
-        frames = [frames[0]] * (self.policy.obs_horizon - len(frames)) + frames
-        return np.stack(frames)
+        return self.history.window()[0]
 
 
 # --------------------------------------------------------------------------- server
@@ -518,7 +520,7 @@ class PolicyServer:
         n = result.actions.shape[0]
         period = self.config.control_period_s
         target_times = request.client_time + period * np.arange(n, dtype=np.float64)
-        if not (_all_finite(result.actions) and _all_finite(result.state) and _all_finite(target_times)):
+        if not (all_finite(result.actions) and all_finite(result.state) and all_finite(target_times)):
             # Keep NaN out of the reply and out of the session: the next request sees the state from before.
             session.restore(before)
             return self._error(
@@ -557,23 +559,6 @@ class PolicyServer:
             ),
         )
         return P.encode_error(code, message, request_id)
-
-
-def _all_finite(value: Any) -> bool:
-    """True when every float in ``value`` (array, tensor, or a dict / list / tuple of them) is finite."""
-    if value is None:
-        return True
-    if isinstance(value, torch.Tensor):
-        return not value.is_floating_point() or bool(torch.isfinite(value).all())
-    if isinstance(value, np.ndarray):
-        return value.dtype.kind != "f" or bool(np.isfinite(value).all())
-    if isinstance(value, dict):
-        return all(_all_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return all(_all_finite(v) for v in value)
-    if isinstance(value, float):
-        return bool(np.isfinite(value))
-    return True
 
 
 async def _with_timeout(awaitable: Any, timeout_s: float) -> Any:
