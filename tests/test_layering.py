@@ -40,8 +40,6 @@ CLI = "cli"
 #: Known upward edges, (importer prefix, imported prefix) → why it is still here. Each entry is work
 #: left to do; remove it with the import it excuses, never add one to make a new import pass.
 ALLOWED: dict[tuple[str, str], str] = {
-    # The result row and report are moving from bench into evaluation (a separate change).
-    ("fastpolicy.evaluation", "fastpolicy.bench"): "result schema being moved into evaluation",
     # ``train_planner`` is a training driver that still lives in policies/planners.py.
     ("fastpolicy.policies.planners", "fastpolicy.train.trainer"): "train_planner belongs in train",
     # score_remote / score_methods_on_ray are benchmark code that still lives in dist.
