@@ -129,8 +129,8 @@ def main() -> None:
     for spec in args.samplers:
         t0 = time.perf_counter()
         tracker = ModeTracker(task)
-        row = evaluate(policy.with_sampler(spec), task, args.episodes, args.seeds, args.latency_steps, progress=False,
-                       sampler=spec, step_hook=tracker.hook, **budget)
+        row = evaluate(policy.with_sampler(spec), task, args.episodes, args.seeds, args.latency_steps,
+                       progress=False, sampler=spec, step_hook=tracker.hook, **budget)
         row.update(tracker.summary())
         row["eval_wall_s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fastpolicy.bench.runner import ensure_dataset
+    from fastpolicy.bench.methods import ensure_dataset
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
     from fastpolicy.evaluation.results import update_results

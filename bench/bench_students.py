@@ -52,7 +52,7 @@ TASKS: dict[str, dict[str, Any]] = {
 
 
 def suite_for(task: str, quick: bool, quick_work: Path | None = None) -> tuple[Any, Path]:
-    from fastpolicy.bench.runner import SUITES
+    from fastpolicy.bench.suites import SUITES
 
     over = dict(TASKS.get(task, {}))
     work = Path(over.pop("work_dir", "runs/bench/students"))
@@ -98,15 +98,10 @@ def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]
     Scores are deterministic given the runs and seeds; timing is the machine's. Used when a timing
     protocol changes or a run was measured on a loaded machine (the rows keep their load average).
     """
-    from fastpolicy.bench.report import markdown_table, pareto_plot
-    from fastpolicy.bench.runner import (
-        build_methods,
-        ensure_dataset,
-        obs_windows_from_store,
-        suite_store_path,
-        summarize_targets,
-        time_methods,
-    )
+    from fastpolicy.bench.methods import ensure_dataset, suite_store_path
+    from fastpolicy.bench.report import markdown_table, pareto_plot, summarize_targets
+    from fastpolicy.bench.runner import obs_windows_from_store, time_methods
+    from fastpolicy.bench.teacher_methods import build_methods
     from fastpolicy.evaluation.results import read_results, write_results
     from fastpolicy.utils.misc import git_commit
 

@@ -97,7 +97,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
     Decision Diffusers are saved as checkpoints under ``work/decision-diffuser-<sampler>`` so they are
     servable like any policy.
     """
-    from fastpolicy.bench.runner import Method
+    from fastpolicy.bench.methods import Method
     from fastpolicy.policies.planners import decision_diffuser_from, save_planner
 
     wanted = set(PLANNER_METHODS if methods is None else methods)

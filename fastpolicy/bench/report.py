@@ -1,4 +1,8 @@
-"""Tables and plots from result rows: a terminal table, a markdown table, and the Pareto plot."""
+"""The one report of a benchmark: terminal and markdown tables, the Pareto plot, the targets' verdicts.
+
+Everything here reads result rows (``fastpolicy.evaluation.results``) and nothing else, so a suite run,
+``fastpolicy report`` over committed JSON and ``bench/update_docs.py`` render the same tables.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, extra:
 
 def markdown_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (),
                    columns: Sequence[Column] = COLUMNS) -> str:
+    """A markdown table of ``columns`` (those some row fills) and ``extra`` keys."""
     cols = _columns(rows, extra, columns)
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r, key, fmt) for _, key, fmt in cols) + " |" for r in rows]
@@ -154,3 +159,66 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-ddpm100") -> dict[str, Any]:
+    """The students' targets, computed from the rows (nothing hidden: misses are reported as such).
+
+    Ratios are of *median* planning-step latencies measured in this run (interleaved): a student
+    must keep ≥ 95 % of the teacher's DDPM-100 score while planning ≥ 50× faster than DDPM-100 and
+    ≥ 5× faster than DDIM-10; the streaming student must keep ≥ 95 % at one call per control step.
+    """
+    by = {r["method"]: r for r in rows}
+    out: dict[str, Any] = {}
+    ddpm, ddim = by.get(teacher_method), by.get("dp-ddim10")
+    key = "step_latency_ms_p50"
+    if ddpm is None or ddpm.get(key) is None or ddpm.get("score_mean") is None:
+        return out
+    floor = 0.95 * ddpm["score_mean"] if ddpm["score_mean"] >= 0 else 1.05 * ddpm["score_mean"]
+    out["teacher_score"] = ddpm["score_mean"]
+    out["score_floor_95pct"] = floor
+
+    def check(r: dict[str, Any]) -> dict[str, Any]:
+        res = {"score_ratio": r["score_mean"] / ddpm["score_mean"] if ddpm["score_mean"] else None,
+               "keeps_95pct": bool(r["score_mean"] >= floor),
+               "speedup_vs_ddpm100": ddpm[key] / r[key]}
+        if ddim and ddim.get(key):
+            res["speedup_vs_ddim10"] = ddim[key] / r[key]
+        res["meets_all"] = bool(res["keeps_95pct"] and res["speedup_vs_ddpm100"] >= 50
+                                and res.get("speedup_vs_ddim10", 0.0) >= 5)
+        return res
+
+    students = [r for r in rows
+                if r["method"].startswith("cm-") and r.get(key) and r.get("score_mean") is not None]
+    checked = {r["method"]: check(r) for r in students}
+    winners = [m for m, c in checked.items() if c["meets_all"]]
+    pick = min(winners or checked, key=lambda m: by[m][key], default=None)
+    if pick is not None:
+        out["best_student"] = pick
+        out.update({f"best_student_{k}": v for k, v in checked[pick].items()})
+    scm = by.get("sdp-cm")
+    if scm is not None and scm.get("score_mean") is not None:
+        out["sdp_cm_keeps_95pct"] = bool(scm["score_mean"] >= floor)
+        out["sdp_cm_calls_per_step_max"] = scm.get("nfe_per_step_max")
+        if scm.get(key):
+            out["sdp_cm_speedup_vs_ddpm100"] = ddpm[key] / scm[key]
+    return out
+
+
+def write_suite_report(rows: Sequence[dict[str, Any]], name: str, results_dir: str | os.PathLike,
+                       plot_dir: str | os.PathLike, targets: dict[str, Any], extra: Sequence[str] = (),
+                       budget_ms: float | None = None) -> list[Path]:
+    """``<name>.json`` (schema rows) and ``<name>.md`` (table + targets) in ``results_dir``, and
+    ``pareto_<name>.png`` in ``plot_dir``; returns the three paths."""
+    from fastpolicy.evaluation.results import write_results
+
+    task = rows[0]["task"] if rows else ""
+    path = write_results(Path(results_dir) / f"{name}.json", rows)
+    md = Path(results_dir) / f"{name}.md"
+    notes = [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in targets.items()]
+    md.write_text(markdown_table(rows, extra=extra) + "\n\n" + "\n".join(notes) + "\n")
+    # medians: a p99 of a few hundred samples on a shared machine is the machine, not the method
+    png = pareto_plot(rows, Path(plot_dir) / f"pareto_{name}.png",
+                      title=f"{task}: score vs median planning-step latency (batch 1)",
+                      latency_key="step_latency_ms_p50", budget_ms=budget_ms)
+    return [path, md, png]
