@@ -2,11 +2,14 @@
 
 Each module in ``COMMAND_MODULES`` defines ``register(subparsers)`` and imports only argparse-level
 things at import time (heavy imports happen inside the handlers), so ``fastpolicy --help`` is fast.
-A module that cannot be imported (an optional extra missing) is skipped with a note, never a crash.
+A command module that cannot be imported is an error naming the module — never a silently missing
+command (optional extras are imported inside the handlers, so a failed import here is a bug).
 
 What every command gets from here, so no subcommand has to remember it: an example in its ``--help``
 (``EXAMPLES``), defaults shown, docstring markup stripped, and one clear line with a non-zero exit
-status for bad input, unwritable outputs, Ctrl-C and a closed pipe instead of a traceback.
+status for bad input (``ValueError``, ``FileNotFoundError`` and other ``OSError``), unwritable outputs,
+Ctrl-C and a closed pipe instead of a traceback. A ``KeyError`` is not bad input: it is a bug and keeps
+its traceback (user-facing name lookups raise ``ValueError`` naming the known names).
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ COMMANDS: dict[str, str] = {
     "tasks": "fastpolicy.envs.cli",
     "data": "fastpolicy.data.cli",  # data make | import | info | verify | export | split | recipes
     "train": "fastpolicy.train.cli",
-    "distill": "fastpolicy.train.distill",
-    "label": "fastpolicy.train.label",
+    "distill": "fastpolicy.train.distill_cli",
+    "label": "fastpolicy.train.label_cli",
     "eval": "fastpolicy.eval_cli",
     "bench": "fastpolicy.bench.cli",
     "report": "fastpolicy.bench.cli",
-    "demo": "fastpolicy.demo",
+    "demo": "fastpolicy.demo_cli",
     "explore": "fastpolicy.rl.cli",
     "serve": "fastpolicy.serve.cli",
     "control": "fastpolicy.control.cli",
@@ -165,20 +168,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("fastpolicy"):
-                continue  # that part of the library is not built yet
-            print(f"note: commands from {name} unavailable ({exc})", file=sys.stderr)
-            continue
+        except ImportError as exc:
+            raise ImportError(f"the commands of {name} cannot be loaded: {exc}") from exc
         module.register(sub)
     _polish(parser, "")
     return parser
 
 
 def _message(exc: BaseException) -> str:
-    """One line for an exception: KeyError without its quotes, OSError with its file name."""
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
+    """One line for an exception: OSError with its file name."""
     if isinstance(exc, OSError) and exc.strerror and str(exc).startswith("[Errno"):
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"fastpolicy {command}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         # Bad input or an unusable path: one clear line naming the problem, not a traceback.
         print(f"fastpolicy {command}: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,7 +26,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
 def resource_dir(kind: str) -> Path:
     """The folder holding ``kind`` (``tasks`` or ``behavior``) files; see the module docstring."""
     if kind not in _KINDS:
-        raise KeyError(f"unknown resource kind {kind!r}; known: {', '.join(_KINDS)}")
+        raise ValueError(f"unknown resource kind {kind!r}; known: {', '.join(_KINDS)}")
     env_var, packaged, checkout = _KINDS[kind]
     override = os.environ.get(env_var)
     if override:

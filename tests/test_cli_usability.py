@@ -266,3 +266,27 @@ def test_pareto_plot_labels_axes_and_draws_the_budget(tmp_path, monkeypatch):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "budget 20 ms" in labels and {"a", "b", "c"} <= set(labels)
     assert not ax.texts  # no labels next to the points: they overlapped where methods cluster
+
+
+def test_a_command_module_that_fails_to_import_is_an_error_not_a_missing_command(monkeypatch):
+    from fastpolicy import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "broken", "fastpolicy.no_such_command_module")
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "fastpolicy.no_such_command_module"])
+    with pytest.raises(ImportError, match="commands of fastpolicy.no_such_command_module cannot be loaded"):
+        cli.build_parser("broken")
+    with pytest.raises(ImportError, match="no_such_command_module"):
+        cli.build_parser()  # `fastpolicy --help` lists every command, so it fails too
+
+
+def test_a_key_error_is_a_bug_with_its_traceback_not_bad_input(monkeypatch, capsys):
+    from fastpolicy import cli
+
+    def boom(args):
+        return {}["missing"]
+
+    monkeypatch.setattr("fastpolicy.envs.cli._cmd_tasks", boom)
+    with pytest.raises(KeyError, match="missing"):
+        cli.main(["tasks"])
+    assert cli.main(["train", "--store", "x", "--out", "y", "--task", "no-such-task"]) == cli.EXIT_USAGE
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err

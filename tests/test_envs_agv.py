@@ -169,7 +169,7 @@ def test_bad_layouts_name_the_problem(tmp_path, text, message):
 
 
 def test_unknown_layout_name():
-    with pytest.raises(KeyError, match="unknown AGV layout"):
+    with pytest.raises(ValueError, match="unknown AGV layout"):
         AGVEnv(layout="no-such-layout")
 
 

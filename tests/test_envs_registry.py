@@ -48,7 +48,7 @@ def test_get_task_fields():
 
 
 def test_unknown_task_lists_known_ones(tasks_dir):
-    with pytest.raises(KeyError, match="no-such-task") as err:
+    with pytest.raises(ValueError, match="no-such-task") as err:
         get_task("no-such-task")
     assert "alpha" in str(err.value) and "beta" in str(err.value)
 

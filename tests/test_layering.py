@@ -125,6 +125,25 @@ def test_every_module_has_a_layer():
         layer_of(module_name(file))  # raises for a package missing from LAYERS
 
 
+def command_code_outside_cli(root: Path = PACKAGE_ROOT) -> list[str]:
+    """Library modules that register commands (a ``register`` function or ``add_parser`` call)."""
+    found = []
+    for file in sorted(root.rglob("*.py")):
+        module = module_name(file, root)
+        if layer_of(module) == CLI:
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "register" or (
+                    isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_parser"):
+                found.append(f"{file.relative_to(root.parent)}:{node.lineno}: {module}")
+    return found
+
+
+def test_commands_are_registered_only_by_cli_modules():
+    """argparse sub-commands live in ``cli`` / ``*_cli`` modules, never in the library."""
+    assert command_code_outside_cli() == []
+
+
 def _write(root: Path, rel: str, text: str = "") -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +166,10 @@ def test_an_upward_import_fails(tmp_path):
     assert "fastpolicy.nets.mlp (nets) imports fastpolicy.train.trainer (train), upward" in problems[0]
     assert problems[0].startswith("fastpolicy/nets/mlp.py:2:")
     assert "nets.unet (nets) imports fastpolicy.diffusion.schedule (diffusion), peer" in problems[1]
+    _write(root, "train/distill.py", "def register(sub):\n    sub.add_parser('distill')\n")
+    _write(root, "train/cli.py", "def register(sub):\n    sub.add_parser('train')\n")
+    assert command_code_outside_cli(root) == ["fastpolicy/train/distill.py:1: fastpolicy.train.distill",
+                                              "fastpolicy/train/distill.py:2: fastpolicy.train.distill"]
     assert violations(root, allowed={("fastpolicy.nets", "fastpolicy.train"): "",
                                      ("fastpolicy.nets.unet", "fastpolicy.diffusion"): ""}) == []
 

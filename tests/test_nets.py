@@ -181,7 +181,7 @@ def test_make_backbone_names_and_errors():
     mlp = make_backbone("mlp", 16, 2, 12, stop_time=True, hidden=32)
     assert isinstance(mlp, MLPDenoiser) and mlp.stop_time_embedding is not None
     for bad in ("unet-huge", "transformer", "UNET-small"):
-        with pytest.raises(KeyError, match="unet-small, unet-base, mlp"):
+        with pytest.raises(ValueError, match="unet-small, unet-base, mlp"):
             make_backbone(bad, 16, 2, 12)
 
 
@@ -207,7 +207,7 @@ def test_mlp_block_options():
     assert ln(x).shape == (5, 3)
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in ln.modules()) == 3
     assert any(isinstance(m, torch.nn.ReLU) for m in ln.modules())
-    with pytest.raises(KeyError, match="mish"):
+    with pytest.raises(ValueError, match="mish"):
         MLP(7, 3, activation="swishy")
     with pytest.raises(ValueError):
         MLP(7, 3, depth=0)

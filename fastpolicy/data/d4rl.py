@@ -262,7 +262,7 @@ def qlearning_dataset(store: EpisodeStore | str | os.PathLike,
         store = EpisodeStore.open(store)
     for key in ("reward", "terminal"):
         if key not in store.keys:
-            raise KeyError(f"{store.path} has no {key!r} key; qlearning_dataset needs obs, action, reward, "
+            raise ValueError(f"{store.path} has no {key!r} key; qlearning_dataset needs obs, action, reward, "
                            "terminal")
     obs = store.array("obs")
     terminal, timeout = _flags_for_export(store)

@@ -558,7 +558,7 @@ class EpisodeStore:
     def episode_returns(self) -> np.ndarray:
         """Undiscounted return of every episode (float64)."""
         if "reward" not in self._keys:
-            raise KeyError(f"{self.path} has no 'reward' key; cannot compute returns")
+            raise ValueError(f"{self.path} has no 'reward' key; cannot compute returns")
         reward = self.array("reward").astype(np.float64)
         starts = np.concatenate([[0], self._ends[:-1]])
         return np.add.reduceat(reward, starts) if len(starts) else np.zeros(0)

@@ -325,7 +325,7 @@ def make_dataset_on_ray(name: str, out: str | Path, config: RayConfig, size: int
 
     out = Path(out)
     if name not in all_recipes():
-        raise KeyError(f"unknown dataset recipe {name!r}; known: {', '.join(sorted(all_recipes()))}")
+        raise ValueError(f"unknown dataset recipe {name!r}; known: {', '.join(sorted(all_recipes()))}")
     if out.exists() and not overwrite:  # fail before spending the cluster's time
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     size = _default_size(name) if size is None else int(size)

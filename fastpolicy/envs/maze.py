@@ -87,7 +87,7 @@ def get_maze_spec(name: str) -> MazeSpec:
     for spec in MAZES.values():
         if spec.env_id == name:
             return spec
-    raise KeyError(f"unknown maze {name!r}; known: {', '.join(MAZES)}")
+    raise ValueError(f"unknown maze {name!r}; known: {', '.join(MAZES)}")
 
 
 # ----------------------------------------------------------------------------- coordinates

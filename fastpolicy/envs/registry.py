@@ -134,7 +134,7 @@ def get_task(name: str) -> TaskSpec:
         from fastpolicy.resources import describe
 
         known = ", ".join(list_tasks()) or f"(none found in {describe('tasks')})"
-        raise KeyError(f"unknown task {name!r}; known tasks: {known} (list them: fastpolicy tasks)")
+        raise ValueError(f"unknown task {name!r}; known tasks: {known} (list them: fastpolicy tasks)")
     return load_task_card(path)
 
 

@@ -26,12 +26,12 @@ def make_backbone(name: str, horizon: int, input_dim: int, global_cond_dim: int,
                   **kw: Any) -> nn.Module:
     """Build the denoiser ``name`` (one of :data:`BACKBONES`); ``kw`` goes to its constructor.
 
-    Raises KeyError for an unknown name and ValueError when a U-Net cannot take ``horizon``.
+    Raises ValueError for an unknown name and when a U-Net cannot take ``horizon``.
     """
     if name.startswith("unet-"):
         size = name.removeprefix("unet-")
         if size not in UNET_SIZES:
-            raise KeyError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+            raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
         model = ConditionalUnet1D(input_dim, global_cond_dim, down_dims=kw.pop("down_dims", UNET_SIZES[size]),
                                   stop_time=stop_time, **kw)
         # fail at build time, not at the first forward deep inside training
@@ -41,7 +41,7 @@ def make_backbone(name: str, horizon: int, input_dim: int, global_cond_dim: int,
         return model
     if name == "mlp":
         return MLPDenoiser(horizon, input_dim, global_cond_dim, stop_time=stop_time, **kw)
-    raise KeyError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

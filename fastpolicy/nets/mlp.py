@@ -27,7 +27,7 @@ def _activation(activation: str | type[nn.Module]) -> type[nn.Module]:
         try:
             return _ACTIVATIONS[activation.lower()]
         except KeyError:
-            raise KeyError(f"unknown activation {activation!r}; valid: {sorted(_ACTIVATIONS)}") from None
+            raise ValueError(f"unknown activation {activation!r}; valid: {sorted(_ACTIVATIONS)}") from None
     return activation
 
 

@@ -20,7 +20,7 @@ POLICY_TYPES: dict[str, str] = {
 
 def policy_class(policy_type: str):
     if policy_type not in POLICY_TYPES:
-        raise KeyError(f"unknown policy type {policy_type!r}; known: {', '.join(sorted(POLICY_TYPES))}")
+        raise ValueError(f"unknown policy type {policy_type!r}; known: {', '.join(sorted(POLICY_TYPES))}")
     module, _, name = POLICY_TYPES[policy_type].partition(":")
     return getattr(importlib.import_module(module), name)
 

@@ -36,6 +36,6 @@ def make_dataset(name: str, out: str | Path, size: int | None = None, seed: int 
                  overwrite: bool = False, progress: bool = True):
     recipes = all_recipes()
     if name not in recipes:
-        raise KeyError(f"unknown dataset recipe {name!r}; known: {', '.join(sorted(recipes))} "
+        raise ValueError(f"unknown dataset recipe {name!r}; known: {', '.join(sorted(recipes))} "
                        "(fastpolicy data recipes)")
     return recipes[name](Path(out), size=size, seed=seed, overwrite=overwrite, progress=progress)

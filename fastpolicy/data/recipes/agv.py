@@ -47,7 +47,7 @@ def make_agv_expert_dataset(tier: str, out: Path, size: int | None = None, seed:
     from fastpolicy.envs.agv.expert import AGVExpert, ExpertConfig, run_expert_episode
 
     if tier not in TIERS:
-        raise KeyError(f"unknown AGV tier {tier!r}; known: {', '.join(TIERS)}")
+        raise ValueError(f"unknown AGV tier {tier!r}; known: {', '.join(TIERS)}")
     if size is not None and int(size) <= 0:
         raise ValueError(f"size must be a positive number of steps, got {size}")
     if episodes <= 0:

@@ -170,7 +170,7 @@ def make_maze_dataset(name: str, out: Path, size: int | None = None, seed: int =
     from fastpolicy.data.store import EpisodeStore
 
     if name not in MAZES:
-        raise KeyError(f"unknown maze recipe {name!r}; known: {', '.join(MAZES)}")
+        raise ValueError(f"unknown maze recipe {name!r}; known: {', '.join(MAZES)}")
     size = MAZES[name].dataset_size if size is None else int(size)
     if size <= 0:
         raise ValueError(f"size must be a positive number of steps, got {size}")

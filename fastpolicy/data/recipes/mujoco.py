@@ -86,7 +86,7 @@ def spec_for_env_id(env_id: str) -> MujocoSpec:
     for spec in MUJOCO.values():
         if spec.env_id == env_id:
             return spec
-    raise KeyError(f"no MuJoCo recipe for env id {env_id!r}; known: {[s.env_id for s in MUJOCO.values()]}")
+    raise ValueError(f"no MuJoCo recipe for env id {env_id!r}; known: {[s.env_id for s in MUJOCO.values()]}")
 
 
 # -- checkpoint selection (pure) ----------------------------------------------------------------------
@@ -431,9 +431,9 @@ def make_mujoco_dataset(name: str, band: str, out: Path, size: int | None = None
     from fastpolicy.data.store import EpisodeStore
 
     if name not in MUJOCO:
-        raise KeyError(f"unknown MuJoCo env {name!r}; known: {', '.join(MUJOCO)}")
+        raise ValueError(f"unknown MuJoCo env {name!r}; known: {', '.join(MUJOCO)}")
     if band not in BANDS:
-        raise KeyError(f"unknown band {band!r}; known: {', '.join(BANDS)}")
+        raise ValueError(f"unknown band {band!r}; known: {', '.join(BANDS)}")
     spec = MUJOCO[name]
     if size is not None and int(size) <= 0:
         raise ValueError(f"size must be a positive number of steps, got {size}")

@@ -170,7 +170,7 @@ def get_layout(layout: str | os.PathLike | Layout) -> Layout:
         path = layouts_dir() / f"{layout}.yaml"
         if not path.exists():
             known = ", ".join(list_layouts()) or "(none)"
-            raise KeyError(f"unknown AGV layout {str(layout)!r}; known: {known}")
+            raise ValueError(f"unknown AGV layout {str(layout)!r}; known: {known}")
     return load_layout(path)
 
 
