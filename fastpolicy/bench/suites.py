@@ -91,11 +91,12 @@ class SuiteConfig:
 ALL_METHODS: tuple[str, ...] = (
     "bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "dp-ddim2-trailing", "dp-ddim1-trailing", "dp-onecall",
     "dp-dpm10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
-    "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim10-ta4", "sdp-net-dp-ddim10",
+    "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim1-trailing-t0", "dp-ddim10-ta4", "sdp-net-dp-ddim10",
     "sdp-ddpm100", "sdp-ode6", "cm-1step", "cm-2step", "cm-4step", "cm-seg2", "cm-seg1", "sdp-cm")
 """Method ids. Baselines that show what a student adds: ``bc-mlp``; ``dp-onecall``, the teacher's one-call
 clean estimate from the top of the distilled grid (the untrained student); ``dp-ddim{1,2}-trailing``,
-DDIM at the students' call counts."""
+DDIM at the students' call counts; ``dp-ddim1-trailing-t0``, one deterministic call from x_T = 0 (the
+teacher's estimate of the mean action: what scores on unimodal, noisy data such as hopper-medium)."""
 
 SUITES: dict[str, SuiteConfig] = {
     # Minutes from scratch on a busy 2-core CPU (README): a small goal-holding maze dataset, an MLP
@@ -138,14 +139,14 @@ SUITES: dict[str, SuiteConfig] = {
     # Each learner at the horizons its validation runs chose (bench/bench_diffusion_core.py, seed 100):
     # the teacher at the task card's To 1 / Tp 4 / Ta 1 and parametrisation (``teacher:``), BC at
     # To 2 / Tp 16 / Ta 2 (walker2d-medium validation: BC 85.4 there vs 78.4 at 1/4/1). Samplers at
-    # temperature 1, 0.5 and 0 (deterministic from x_T = 0), all reported.
+    # temperature 1, 0.5 and 0 (deterministic from x_T = 0), and one deterministic call, all reported.
     "d4rl": SuiteConfig("d4rl", dataset_size=None, store_root="datasets/store", teacher_steps=20_000,
                         bc_steps=20_000, batch_size=256, lr=1e-3, episodes=10, seeds=[0, 1, 2],
                         latency_steps=64, latency_rounds=2, throughput_calls=2,
                         teacher_options={"backbone": "mlp"},
                         bc_options={"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
-                                 "dp-ddpm100-t0", "dp-ddim10-t0")),
+                                 "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim1-trailing-t0")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
     # runs the same methods plus the KV-cache and refinement ablations. Mazes use the goal-holding data

@@ -59,7 +59,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                        ("dp-ddpm100-t0.5", "ddpm:100,temperature=0.5"),
                        ("dp-ddim10-t0.5", "ddim:10,temperature=0.5"),
                        ("dp-ddpm100-t0", "ddpm:100,temperature=0"),
-                       ("dp-ddim10-t0", "ddim:10,temperature=0")):
+                       ("dp-ddim10-t0", "ddim:10,temperature=0"),
+                       ("dp-ddim1-trailing-t0", "ddim:1,spacing=trailing,temperature=0")):
         if wanted(suite, name):
             methods.append(Method(name, sampler(spec), extra=dict(teacher_extra)))
 
