@@ -290,3 +290,27 @@ def test_a_key_error_is_a_bug_with_its_traceback_not_bad_input(monkeypatch, caps
         cli.main(["tasks"])
     assert cli.main(["train", "--store", "x", "--out", "y", "--task", "no-such-task"]) == cli.EXIT_USAGE
     assert "unknown task 'no-such-task'" in capsys.readouterr().err
+
+
+def test_training_flags_are_defined_once_from_the_config_dataclasses():
+    import dataclasses
+
+    from fastpolicy.cli import build_parser
+    from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
+    from fastpolicy.train.cli import TRAINING_FLAGS
+    from fastpolicy.train.config import TrainConfig
+
+    parser = build_parser()
+    train = vars(parser.parse_args(["train", "--store", "s", "--out", "o"]))
+    assert {k: train[k] for k in TRAINING_FLAGS} == {k: getattr(TrainConfig(), k) for k in TRAINING_FLAGS}
+    distill = vars(parser.parse_args(["distill", "--teacher", "t", "--store", "s", "--out", "o"]))
+    assert (distill["steps"], distill["lr"], distill["device"]) == (1000, TrainConfig.lr, "auto")
+    label = vars(parser.parse_args(["label", "s", "--idm", "m"]))
+    assert {k: label[k] for k in ("steps", "batch_size", "lr", "val_fraction", "seed")} == {
+        k: v for k, v in dataclasses.asdict(IDMTrainConfig()).items()
+        if k in ("steps", "batch_size", "lr", "val_fraction", "seed")}
+    root = Path(__file__).resolve().parents[1] / "fastpolicy" / "train"
+    source = "".join((root / m).read_text() for m in ("cli.py", "distill_cli.py", "label_cli.py"))
+    for flag in ("--steps", "--lr", "--warmup-steps", "--seed", "--device"):
+        assert f'add_argument("{flag}"' not in source, f"{flag} is written by hand again"
+    assert source.count('add_argument("--threads"') == 1  # add_threads_flag

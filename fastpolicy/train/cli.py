@@ -6,7 +6,30 @@ import argparse
 import json
 from pathlib import Path
 
+from fastpolicy.train.config import TrainConfig
+from fastpolicy.utils.args import add_config_flags, config_kwargs
+
 POLICY_TYPES = ["diffusion", "bc", "streaming", "diffuser", "decision-diffuser", "trajectory-diffuser"]
+
+#: The training flags every training command shares, each defined once by its ``TrainConfig`` field.
+TRAINING_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "checkpoint_every", "seed", "device")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, defaults: dict | None = None,
+                       helps: dict[str, str] | None = None) -> None:
+    """``--steps --batch-size --lr --warmup-steps --checkpoint-every --seed --device`` from
+    ``TrainConfig`` (``defaults`` / ``helps`` adjust them for one command), and ``--threads``."""
+    add_config_flags(parser, TrainConfig, TRAINING_FLAGS, defaults, helps)
+    add_threads_flag(parser)
+
+
+def add_threads_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def training_config(args: argparse.Namespace, **extra) -> TrainConfig:
+    """The ``TrainConfig`` the training flags describe (``extra``: fields without a flag)."""
+    return TrainConfig(**config_kwargs(args, TRAINING_FLAGS), **extra)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,15 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=JSON",
         help="extra policy config, e.g. --option sampler='\"ddim:10\"' (repeatable)",
     )
-    p.add_argument("--steps", type=int, default=5000, help="total optimizer steps (with --resume: the "
-                   "step to train up to)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_training_flags(p, helps={"steps": "total optimizer steps (with --resume: the step to train up to)"})
     p.add_argument("--no-ema", action="store_true", help="train without EMA weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -117,7 +132,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.train.offline import train_offline
-    from fastpolicy.train.trainer import TrainConfig
     from fastpolicy.utils.atomic import check_writable
     from fastpolicy.utils.misc import resolve_device
 
@@ -139,17 +153,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.resume:
         check_resume(out, args.policy, options, args.steps)
-    cfg = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        device=args.device,
-        ema=not args.no_ema,
-        progress=not args.no_progress,
-    )
+    cfg = training_config(args, ema=not args.no_ema, progress=not args.no_progress)
     _, stats = train_offline(
         args.store, args.out, args.policy or "diffusion", options, cfg, resume=args.resume, task=args.task
     )

@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from fastpolicy.train.cli import add_training_flags, training_config
 from fastpolicy.train.distill import SOLVERS, TARGETS, DistillConfig, distill, read_cost
 
 
@@ -20,10 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-sampler", default=None,
                    help="the sampler the teacher is evaluated with, whose grid, spacing and temperature the "
                         "student learns (default: the teacher's configured sampler; SDP: its ode:N stream)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per stage")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=50)
+    add_training_flags(p, defaults={"steps": 1000, "batch_size": 64, "warmup_steps": 50,
+                                    "checkpoint_every": 500}, helps={"steps": "optimizer steps per stage"})
     p.add_argument("--target", default="ode", choices=TARGETS,
                    help="ode: the teacher's sampler run to the segment boundary (exact); bootstrap: one "
                         "teacher step then the EMA target network")
@@ -31,10 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--denoise-weight", type=float, default=0.0,
                    help="weight of the denoising auxiliary loss (the teacher's own loss)")
     p.add_argument("--streaming", action="store_true", help="streaming student from an SDP teacher")
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue (or skip finished stages of) --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_distill)
@@ -51,17 +46,13 @@ def parse_segments(text: str) -> list[int]:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from fastpolicy.train.trainer import TrainConfig
-
     if args.threads:
         torch.set_num_threads(args.threads)
     from fastpolicy.utils.atomic import check_writable
 
     check_writable(args.out, inside=True)          # before the teacher is loaded and anything trains
     stages = parse_segments(args.segments)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
-                       seed=args.seed, device=args.device, progress=not args.no_progress)
+    tcfg = training_config(args, progress=not args.no_progress)
     dcfg = DistillConfig(teacher_sampler=args.teacher_sampler, segments=stages[-1], solver=args.solver,
                          target=args.target, target_decay=args.target_decay,
                          denoise_weight=args.denoise_weight, streaming=args.streaming)

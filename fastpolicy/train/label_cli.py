@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
 from fastpolicy.train import label as _label
+from fastpolicy.train.cli import add_threads_flag
 from fastpolicy.train.label import label_store, train_idm_on_store
+from fastpolicy.utils.args import add_config_flags, config_kwargs
+
+#: The inverse-dynamics training flags, each defined once by its ``IDMTrainConfig`` field.
+IDM_TRAINING_FLAGS = ("steps", "batch_size", "lr", "val_fraction", "seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,21 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ensemble", type=int, default=1, help="independently trained members")
     g.add_argument("--idm-loss", choices=("nll", "mse"), default="nll")
     g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--steps", type=int, default=4000, help="optimizer steps per member")
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--val-fraction", type=float, default=0.1, help="labeled episodes held out for selection")
-    g.add_argument("--seed", type=int, default=0)
+    add_config_flags(g, IDMTrainConfig, IDM_TRAINING_FLAGS,
+                     helps={"val_fraction": "labeled episodes held out for selection"})
     g.add_argument("--action-low", type=float, default=None, help="clip labels below (default: task / data)")
     g.add_argument("--action-high", type=float, default=None, help="clip labels above (default: task / data)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_flag(g)
     p.set_defaults(func=_cmd_label)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
     import torch
-
-    from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,8 +57,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.train_idm is not None:
         options = {"history": args.history, "hidden": args.hidden, "depth": args.depth,
                    "ensemble": args.ensemble, "loss": args.idm_loss, "dropout": args.dropout}
-        train = IDMTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                               val_fraction=args.val_fraction, seed=args.seed)
+        train = IDMTrainConfig(**config_kwargs(args, IDM_TRAINING_FLAGS))
         _, report = train_idm_on_store(args.store, args.train_idm, options, train, args.action_low,
                                        args.action_high, overwrite=args.overwrite, progress=True)
         print(f"wrote {args.train_idm}: inverse dynamics on {report.train_transitions} transitions "

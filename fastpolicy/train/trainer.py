@@ -25,13 +25,14 @@ import os
 import signal
 import threading
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fastpolicy.train.config import TrainConfig
 from fastpolicy.utils.checkpoint import (
     checkpoint_name,
     load_tensors,
@@ -42,43 +43,6 @@ from fastpolicy.utils.checkpoint import (
     write_latest,
 )
 from fastpolicy.utils.misc import resolve_device
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. Defaults follow Diffusion Policy (AdamW 1e-4, cosine, EMA power 0.75)."""
-
-    steps: int = 5000
-    """total optimizer steps"""
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    ema: bool = True
-    ema_power: float = 0.75
-    ema_max_decay: float = 0.9999
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    tensorboard: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
-        return cls(**d)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -3,12 +3,18 @@
 One implementation so every script parses the same way: ``--field-name`` per field; bools become
 ``--flag/--no-flag``; list fields take one or more values of their elements' type; ``X | None`` fields
 parse as X. Works with ``from __future__ import annotations`` (string annotations).
+
+``add_config_flags`` does the same for chosen fields of a config dataclass inside a larger parser (the
+``fastpolicy`` commands), taking each flag's help from the docstring under its field.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import textwrap
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -43,3 +49,44 @@ def parse_dataclass_args(cls: type[T], description: str | None = None,
         else:
             parser.add_argument(flag, type=_scalar_type(f.type, default), default=default)
     return cls(**vars(parser.parse_args(argv)))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (the convention tyro and IDEs read)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen build): flags simply get no help text
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for field_node, doc in zip(body, body[1:]):
+        if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str)):
+            docs[field_node.target.id] = " ".join(doc.value.value.split())
+    return docs
+
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                     names: Sequence[str], defaults: dict[str, Any] | None = None,
+                     helps: dict[str, str] | None = None) -> None:
+    """Add ``--field-name`` for each of ``names`` of the dataclass ``cls``: its type and default come
+    from the field (``defaults`` may change a default for one command) and its help from the field's
+    docstring (``helps`` may reword it). A flag is thus defined once, in the config it fills."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    docs = field_docs(cls)
+    for name in names:
+        f = by_name[name]  # a KeyError here is a typo in the caller, a bug
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = (defaults or {}).get(name, default)
+        flag = f"--{name.replace('_', '-')}"
+        text = (helps or {}).get(name, docs.get(name))
+        if isinstance(default, bool) or str(f.type) == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            parser.add_argument(flag, type=_scalar_type(f.type, default), default=default, help=text)
+
+
+def config_kwargs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The parsed values of ``names`` (flags added by :func:`add_config_flags`), ready for ``cls(**…)``."""
+    return {name: getattr(args, name) for name in names}
