@@ -1,13 +1,16 @@
 """Imports point one way: a module imports only its own package or the layers below it.
 
 Every module under ``fastpolicy/`` is parsed with ``ast`` — imports inside functions and under
-``TYPE_CHECKING`` count, because lazy imports are exactly where cycles used to hide. A new package
-must be placed in ``LAYERS`` before the test passes; docs/architecture.md explains each layer.
+``TYPE_CHECKING`` count, because lazy imports are exactly where cycles used to hide, and so does a
+string that is exactly a module name (``"fastpolicy.serve.server"`` in a lazy-export table or registry).
+A new package must be placed in ``LAYERS`` before the test passes; docs/architecture.md explains each
+layer.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,7 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 
 _RANK = {key: rank for rank, group in enumerate(LAYERS) for key in group}
+_MODULE_NAME = re.compile(r"fastpolicy(\.\w+)+(:\w+)?")
 
 
 def module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:
@@ -86,6 +90,11 @@ def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> l
                     continue  # a constant of the root package, which imports nothing eagerly
                 sub = f"{base}.{alias.name}"
                 found.append((sub if sub in known else base, node.lineno))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and _MODULE_NAME.fullmatch(node.value):
+            # a module named in a string (lazy exports, registries): imported at run time all the same
+            name = node.value.partition(":")[0]
+            found.append((name if name in known else name.rpartition(".")[0], node.lineno))
     return [(name, line) for name, line in dict.fromkeys(found)
             if name == "fastpolicy" or name.startswith("fastpolicy.")]
 
@@ -161,8 +170,12 @@ def test_an_upward_import_fails(tmp_path):
     _write(root, "nets/mlp.py", "def fit():\n    from fastpolicy.train.trainer import Trainer\n")
     _write(root, "nets/unet.py", "from ..diffusion import schedule\nfrom fastpolicy.utils import x\n")
     _write(root, "diffusion/schedule.py")
+    _write(root, "utils/lazy.py", '"""See fastpolicy.train.trainer."""\n'
+                                  'T = {"T": "fastpolicy.train.trainer:T"}\n')
     problems = violations(root, allowed={})
-    assert len(problems) == 2, problems
+    assert len(problems) == 3, problems
+    assert "fastpolicy/utils/lazy.py:2: fastpolicy.utils.lazy (utils) imports fastpolicy.train.trainer" \
+        in problems.pop()  # a module named in a string counts; one named inside prose does not
     assert "fastpolicy.nets.mlp (nets) imports fastpolicy.train.trainer (train), upward" in problems[0]
     assert problems[0].startswith("fastpolicy/nets/mlp.py:2:")
     assert "nets.unet (nets) imports fastpolicy.diffusion.schedule (diffusion), peer" in problems[1]
@@ -171,6 +184,7 @@ def test_an_upward_import_fails(tmp_path):
     assert command_code_outside_cli(root) == ["fastpolicy/train/distill.py:1: fastpolicy.train.distill",
                                               "fastpolicy/train/distill.py:2: fastpolicy.train.distill"]
     assert violations(root, allowed={("fastpolicy.nets", "fastpolicy.train"): "",
+                                     ("fastpolicy.utils", "fastpolicy.train"): "",
                                      ("fastpolicy.nets.unet", "fastpolicy.diffusion"): ""}) == []
 
 
