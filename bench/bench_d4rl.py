@@ -54,6 +54,9 @@ class Args:
     """also run the d3rlpy peers (bench/bench_d4rl_peers.py)"""
     peer_args: str = ""
     """extra arguments for bench_d4rl_peers.py, one quoted string (e.g. "--algos bc --steps 45000")"""
+    methods: list[str] | None = None
+    """re-run only these suite methods (their training runs are reused): their rows replace the same
+    methods' rows in ``d4rl_<task>.json`` and every other row stays (e.g. a sampler added to the suite)"""
     merge_only: bool = False
     """skip training/evaluation; merge the per-task JSON files already under bench/results/"""
     threads: int = 1
@@ -71,16 +74,35 @@ def run_task(task: str, args: Args) -> None:
     from fastpolicy.bench.cli import COMMITTED_RESULTS
 
     exe = sys.executable
-    if Path(args.results_dir) == Path(COMMITTED_RESULTS):
-        where = ["--refresh-committed"]
+    bench = [exe, "-m", "fastpolicy.cli", "bench", "--suite", "d4rl", "--task", task,
+             "--threads", str(args.threads)]
+    if args.methods:
+        _run_some_methods(bench, task, args)
     else:
-        where = ["--results-dir", str(ROOT / args.results_dir)]
-    subprocess.run([exe, "-m", "fastpolicy.cli", "bench", "--suite", "d4rl", "--task", task,
-                    "--threads", str(args.threads), *where], check=True, cwd=ROOT)
+        if Path(args.results_dir) == Path(COMMITTED_RESULTS):
+            where = ["--refresh-committed"]
+        else:
+            where = ["--results-dir", str(ROOT / args.results_dir)]
+        subprocess.run([*bench, *where], check=True, cwd=ROOT)
     if args.peers:
         subprocess.run([exe, str(ROOT / "bench" / "bench_d4rl_peers.py"), "--tasks", task,
                         *shlex.split(args.peer_args)],
                        check=True, cwd=ROOT)
+
+
+def _run_some_methods(bench: list[str], task: str, args: Args) -> None:
+    """The suite restricted to ``args.methods``, written to a scratch folder, then merged by method into
+    the task's results file (the suite itself rewrites its file whole)."""
+    import tempfile
+
+    from fastpolicy.bench.schema import read_results, update_results
+
+    with tempfile.TemporaryDirectory(prefix="d4rl-methods-") as tmp:
+        subprocess.run([*bench, "--methods", *args.methods, "--results-dir", tmp, "--plot-dir", tmp],
+                       check=True, cwd=ROOT)
+        rows = read_results(Path(tmp) / f"d4rl_{task}.json")
+    target = ROOT / args.results_dir / f"d4rl_{task}.json"
+    update_results(target, rows, key=lambda r: (r["task"], r["method"]))
 
 
 def merge(tasks: list[str], results_dir: Path) -> list[dict[str, Any]]:
