@@ -17,6 +17,15 @@ from fastpolicy.bench.methods import Method, ensure_trained, run_cost, train_con
 from fastpolicy.bench.suites import SuiteConfig
 from fastpolicy.evaluation.timing import backbone_forward_ms
 
+#: The teacher's sampler choices as benchmark methods (each a sampler view of the one trained teacher).
+TEACHER_SAMPLERS: dict[str, str] = {
+    "dp-ddpm100": "ddpm:100", "dp-ddim10": "ddim:10", "dp-ddim4": "ddim:4",
+    "dp-ddim2-trailing": "ddim:2,spacing=trailing", "dp-ddim1-trailing": "ddim:1,spacing=trailing",
+    "dp-dpm10": "dpm:10", "dp-ddpm100-t0.5": "ddpm:100,temperature=0.5",
+    "dp-ddim10-t0.5": "ddim:10,temperature=0.5", "dp-ddpm100-t0": "ddpm:100,temperature=0",
+    "dp-ddim10-t0": "ddim:10,temperature=0", "dp-ddim1-trailing-t0": "ddim:1,spacing=trailing,temperature=0",
+}
+
 
 def train_teacher(suite: SuiteConfig, task: str, store: Path, work: Path, progress: bool = True) -> Path:
     """Train (or reuse) the suite's teacher under ``work/teacher``; returns the run."""
@@ -53,14 +62,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         bc = load_policy(bc_run)
         bc_extra = {**teacher_extra, "train_seconds": run_cost(bc_run).get("seconds")}
         methods.append(Method("bc-mlp", bc, extra=bc_extra))
-    for name, spec in (("dp-ddpm100", "ddpm:100"), ("dp-ddim10", "ddim:10"), ("dp-ddim4", "ddim:4"),
-                       ("dp-ddim2-trailing", "ddim:2,spacing=trailing"),
-                       ("dp-ddim1-trailing", "ddim:1,spacing=trailing"), ("dp-dpm10", "dpm:10"),
-                       ("dp-ddpm100-t0.5", "ddpm:100,temperature=0.5"),
-                       ("dp-ddim10-t0.5", "ddim:10,temperature=0.5"),
-                       ("dp-ddpm100-t0", "ddpm:100,temperature=0"),
-                       ("dp-ddim10-t0", "ddim:10,temperature=0"),
-                       ("dp-ddim1-trailing-t0", "ddim:1,spacing=trailing,temperature=0")):
+    for name, spec in TEACHER_SAMPLERS.items():
         if wanted(suite, name):
             methods.append(Method(name, sampler(spec), extra=dict(teacher_extra)))
 
