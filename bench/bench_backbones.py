@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fastpolicy.evaluation.results import make_row, write_results
+from fastpolicy.evaluation.timing import percentile
 from fastpolicy.nets import count_parameters, make_backbone
 from fastpolicy.utils.args import parse_dataclass_args
 
@@ -95,7 +96,7 @@ def main() -> None:
             with torch.inference_mode():
                 ms = time_calls(lambda m=model, x=x, t=t, g=g: m(x, t, g), args.runs, args.warmup,
                                 args.max_seconds)
-            p50, p99 = float(np.median(ms)), float(np.percentile(ms, 99))
+            p50, p99 = percentile(ms, 50), percentile(ms, 99)
             print(f"{name:<12}{params:>12,}{batch:>7}{len(ms):>6}{p50:>10.3f}{p99:>10.3f}")
             rows.append(make_row("backbone-forward", name, latency_ms_p50=p50, latency_ms_p99=p99,
                                  batch_size=batch, params=params, runs=len(ms), horizon=args.horizon,

@@ -23,6 +23,7 @@ import torch
 
 from fastpolicy.diffusion import SamplerSpec, make_sampler, make_schedule
 from fastpolicy.evaluation.results import make_row, write_results
+from fastpolicy.evaluation.timing import percentile
 from fastpolicy.nets import make_backbone
 from fastpolicy.utils.args import parse_dataclass_args
 
@@ -136,14 +137,14 @@ def main() -> None:
 
             with torch.inference_mode():
                 loop_ms, bare_ms = interleaved_ms(loop, bare, args.loop_runs, args.max_seconds)
-            lp, bp = float(np.median(loop_ms)), float(np.median(bare_ms))
+            lp, bp = percentile(loop_ms, 50), percentile(bare_ms, 50)
             overhead = 100.0 * (lp - bp) / bp
             # the minimum is the least contended run of each: a steadier estimate on a shared machine
             overhead_min = 100.0 * (loop_ms.min() - bare_ms.min()) / bare_ms.min()
             print(f"{name:<12}{text:<10}{sampler.num_steps:>5}{lp:>10.2f}{bp:>10.2f}{overhead:>9.1f}%"
                   f"{overhead_min:>9.1f}%{len(loop_ms):>7}")
             rows.append(make_row("sampling-overhead", f"{name}/{text}", latency_ms_p50=lp,
-                                 latency_ms_p99=float(np.percentile(loop_ms, 99)),
+                                 latency_ms_p99=percentile(loop_ms, 99),
                                  nfe_per_step_mean=sampler.num_steps, nfe_per_step_max=sampler.num_steps,
                                  bare_forward_ms_p50=bp, overhead_pct=overhead,
                                  loop_ms_min=float(loop_ms.min()), bare_forward_ms_min=float(bare_ms.min()),

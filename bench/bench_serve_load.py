@@ -306,7 +306,8 @@ async def run_fleet(
 def summarize(stats: list[RobotStats], elapsed: float) -> dict:
     rtt = np.concatenate([s.rtt_s for s in stats]) * 1e3 if any(s.rtt_s for s in stats) else np.zeros(0)
     cat = lambda name: np.concatenate([getattr(s, name) for s in stats]) if rtt.size else np.zeros(0)  # noqa: E731
-    pct = lambda a, q: float(np.percentile(a, q)) if a.size else None  # noqa: E731
+    from fastpolicy.evaluation.timing import percentile as pct
+
     ticks = sum(s.ticks for s in stats)
     misses = sum(s.misses for s in stats)
     queue_ms, inf_ms, batch = cat("queue_ms"), cat("inference_ms"), cat("batch")

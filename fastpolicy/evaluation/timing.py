@@ -1,31 +1,24 @@
 """Latency arithmetic shared by evaluation, the benchmark runner and the benchmark scripts.
 
-One home for "p50/p99 of these samples": every latency column in ``bench/results`` is computed by
-:func:`percentile` (numpy's linear interpolation), so two files' p99 mean the same thing. The
-measurements that need a policy (bare backbone forward, batch-64 throughput, first call of an
-episode) live here too, beside the 1-minute load average recorded with every timing.
+The percentiles themselves come from ``fastpolicy.utils.timing`` (one definition of "p99" for every
+latency column, re-exported here); this module adds the measurements that need a policy (bare backbone
+forward, batch-64 throughput, first call of an episode), the benchmark's timing fields, and the
+1-minute load average recorded with every timing.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from fastpolicy.utils.timing import percentile, percentile_fields
 
-def percentile(values: Sequence[float] | np.ndarray, q: float, scale: float = 1.0) -> float | None:
-    """The ``q``-th percentile of ``values`` × ``scale`` (e.g. 1e3: seconds → ms); None when empty."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(arr * scale, q)) if arr.size else None
-
-
-def percentile_fields(values: Sequence[float] | np.ndarray, prefix: str = "latency_ms",
-                      qs: Iterable[int] = (50, 99), scale: float = 1.0) -> dict[str, float | None]:
-    """``{f"{prefix}_p{q}": ...}`` for each ``q`` — the columns a result row carries."""
-    return {f"{prefix}_p{q}": percentile(values, q, scale) for q in qs}
+__all__ = ["backbone_forward_ms", "first_step_ms", "load_average", "measure_throughput", "percentile",
+           "percentile_fields", "timing_fields"]
 
 
 def timing_fields(nfe: Sequence[int], latency_s: Sequence[float]) -> dict[str, Any]:
