@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 # Idle OpenMP threads sleep rather than spin (see fastpolicy/cli.py); tests and demo inherit it.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,13 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Every study of bench/manifest.toml (hours; writes the committed results). bench-quick: their smoke
+# runs into a temp dir (minutes); tests/test_bench_manifest.py runs the same in `make test`.
 bench: setup
 	$(PY) bench/run_all.py
+
+bench-quick: setup
+	$(PY) bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo_out

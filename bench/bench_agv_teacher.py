@@ -58,6 +58,8 @@ class Args:
     """torch CPU threads (the machine is shared)"""
     retrain: bool = False
     """train from scratch even if the run has a checkpoint"""
+    dataset_size: int | None = None
+    """transitions of a store that must be built (None: the recipe's default); smoke runs use a few"""
 
 
 def parse_args() -> Args:
@@ -77,6 +79,7 @@ def parse_args() -> Args:
     p.add_argument("--latency-steps", type=int, default=d.latency_steps)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--retrain", action="store_true")
+    p.add_argument("--dataset-size", type=int, default=d.dataset_size)
     return Args(**vars(p.parse_args()))
 
 
@@ -100,7 +103,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if not (args.store / "meta").exists():
         tier = args.task.removeprefix("agv-")
-        make_agv_expert_dataset(tier, args.store, seed=0)
+        make_agv_expert_dataset(tier, args.store, size=args.dataset_size, seed=0)
     store = EpisodeStore.open(args.store)
     t_data = time.perf_counter() - t0
 

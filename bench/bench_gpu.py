@@ -3,7 +3,7 @@
     bash bench/gpu_check.sh             # on a GPU machine: ≤ 5 min, rows → bench/results/gpu_*.json
     python bench/bench_gpu.py --quick   # CPU dry run of the same logic (tiny nets, graphs in dry-run mode)
 
-What it measures (issue 19's acceptance):
+What it measures (the real-time path's acceptance checks on a GPU):
 
 * ``gpu_latency.json``: the wall time of one planning call (``predict_chunk``: a replanning control step,
   noise drawn, actions back on the host) — median, p99 and the sample count (≥ 200) — at batch 1 and 64
@@ -150,6 +150,7 @@ def time_calls(policy, batch: int, args: Args, seed: int = 0) -> tuple[list[floa
 def latency_row(method: str, backbone: str, batch: int, variant: str, args: Args, device: str,
                 cache: dict) -> dict[str, Any]:
     from fastpolicy.evaluation.results import make_row
+    from fastpolicy.evaluation.timing import percentile_fields
     from fastpolicy.policies.cuda_graphs import GraphedPolicy, compare_precision
 
     key = (method, backbone)
@@ -175,7 +176,7 @@ def latency_row(method: str, backbone: str, batch: int, variant: str, args: Args
     return make_row(
         "gpu-latency", method, steps=None, nfe_per_step_mean=float(np.mean(nfe)),
         nfe_per_step_max=int(max(nfe)),
-        latency_ms_p50=float(np.percentile(ms, 50)), latency_ms_p99=float(np.percentile(ms, 99)),
+        **percentile_fields(ms),
         latency_ms_mean=float(ms.mean()), samples=len(lat), backbone=backbone, batch_size=batch,
         variant=variant, weights="random-init", status="ok", dry_run=args.quick,
         per_step="one predict_chunk call (a replanning step): noise drawn, actions back on the host",

@@ -1,0 +1,85 @@
+"""bench/manifest.toml: every study is listed, smoke-runs in quick mode, and feeds fresh docs tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """A module of bench/ (not a package: its scripts import each other from their own folder)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module          # dataclasses look their module up while being defined
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+manifest = _load("manifest")
+STUDIES = manifest.load()
+#: studies smoke-tested here (the others name the test file that runs their script: ``smoke_test``)
+QUICK = [s for s in STUDIES if s.quick is not None and s.smoke_test is None]
+
+
+def test_every_benchmark_script_is_a_study_and_every_study_is_runnable():
+    listed = set().union(*(s.scripts for s in STUDIES))
+    scripts = {f"bench/{p.name}" for p in (ROOT / "bench").glob("bench_*.py")}
+    assert scripts - listed == set(), "benchmark scripts missing from bench/manifest.toml"
+    assert all((ROOT / script).is_file() for script in listed)
+    for study in STUDIES:
+        assert study.about and study.results, study.name
+        if study.smoke_test is not None:
+            assert (ROOT / study.smoke_test).is_file(), f"{study.name}: no {study.smoke_test}"
+        if study.quick is not None:   # a smoke run writes under {out}, never into the committed results
+            assert any("{out}" in a for a in study.quick), study.name
+
+
+def test_every_docs_table_comes_from_a_study_with_a_layout():
+    update_docs = _load("update_docs")
+    tables = manifest.tables()
+    markers = set(re.findall(r"<!-- table:(\S+) -->", (ROOT / "docs" / "benchmarks.md").read_text()))
+    assert markers - set(tables) == set(), "docs tables that no study feeds"
+    for study in STUDIES:
+        for table in study.tables:
+            assert table.layout in update_docs.LAYOUTS, f"{table.name}: unknown layout {table.layout!r}"
+            assert table.file in study.results, f"{table.name}: {table.file} is not in {study.name}'s results"
+
+
+def test_run_all_lists_every_study_from_the_manifest():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--list"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = set(re.findall(r"^==> (\S+):", done.stdout, re.M)) | set(re.findall(r"^--- (\S+):", done.stdout,
+                                                                                   re.M))
+    assert listed == {s.name for s in STUDIES}
+
+
+@pytest.mark.parametrize("study", QUICK, ids=[s.name for s in QUICK])
+def test_study_quick_run(study, tmp_path):
+    """The study's quick command end to end (seconds), outputs in a temp dir."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    committed = _committed_outputs()
+    done = subprocess.run(manifest.argv(study.quick, tmp_path), capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written, f"{study.name}: the quick run wrote nothing under its output folder"
+    assert _committed_outputs() == committed, f"{study.name}: the quick run touched bench/results or docs"
+
+
+def _committed_outputs() -> dict[str, int]:
+    """Modification times of the committed results and plots (a smoke run must leave them alone)."""
+    files = [*(ROOT / "bench" / "results").glob("*"), *(ROOT / "docs").glob("*.png")]
+    return {str(p): p.stat().st_mtime_ns for p in files}
