@@ -57,6 +57,14 @@ class Args:
     methods: list[str] | None = None
     """re-run only these suite methods (their training runs are reused): their rows replace the same
     methods' rows in ``d4rl_<task>.json`` and every other row stays (e.g. a sampler added to the suite)"""
+    validate: bool = False
+    """instead of the test runs: score BC and the trained teacher's samplers on the validation seeds
+    (``d4rl_validation_<task>.json``); the merge then marks, per task, the sampler that won there as
+    "the teacher" (``selected_on_validation``) — chosen before, and never from, the test rows"""
+    validation_seeds: list[int] = field(default_factory=lambda: [100, 101, 102])
+    """validation env seeds (episodes at s·1000 + i: disjoint from the test seeds 0, 1, 2)"""
+    validation_methods: list[str] | None = None
+    """samplers to validate (default: every teacher sampler of the d4rl suite)"""
     merge_only: bool = False
     """skip training/evaluation; merge the per-task JSON files already under bench/results/"""
     threads: int = 1
@@ -103,6 +111,62 @@ def _run_some_methods(bench: list[str], task: str, args: Args) -> None:
         rows = read_results(Path(tmp) / f"d4rl_{task}.json")
     target = ROOT / args.results_dir / f"d4rl_{task}.json"
     update_results(target, rows, key=lambda r: (r["task"], r["method"]))
+
+
+def validate(task: str, args: Args) -> Path:
+    """BC and every teacher sampler of the d4rl suite on the validation seeds, from the suite's trained
+    runs (``runs/bench/d4rl/<task>/{bc,teacher}``); rows already there for the same checkpoint and seeds
+    are kept, so an interrupted validation resumes."""
+    from tqdm.auto import tqdm
+
+    import fastpolicy
+    from fastpolicy.bench.schema import read_results, update_results
+    from fastpolicy.bench.suites import SUITES
+    from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+    from fastpolicy.evaluation import evaluate
+
+    suite = SUITES["d4rl"]
+    work = ROOT / "runs" / "bench" / "d4rl" / task
+    for run in ("teacher", "bc"):
+        if not (work / run / "latest").exists():
+            raise FileNotFoundError(f"{work / run} has no trained run: run `bench/bench_d4rl.py --tasks "
+                                    f"{task}` first (validation scores the suite's own runs)")
+    names = args.validation_methods or ["bc-mlp", *(m for m in suite.methods if m in TEACHER_SAMPLERS)]
+    path = ROOT / args.results_dir / f"d4rl_validation_{task}.json"
+    done = {(r["method"], r.get("checkpoint_hash"), tuple(r["seeds"])) for r in
+            (read_results(path) if path.exists() else [])}
+    teacher, bc = fastpolicy.load(work / "teacher"), fastpolicy.load(work / "bc")
+    for name in tqdm(names, desc=f"validate {task}"):
+        if name != "bc-mlp" and name not in TEACHER_SAMPLERS:
+            raise ValueError(f"unknown teacher sampler {name!r}; known: {sorted(TEACHER_SAMPLERS)}")
+        policy = bc if name == "bc-mlp" else teacher.with_sampler(TEACHER_SAMPLERS[name])
+        ckpt = getattr(bc if name == "bc-mlp" else teacher, "checkpoint_hash", None)
+        if (name, ckpt, tuple(args.validation_seeds)) in done:
+            continue
+        row = evaluate(policy, task, episodes=suite.episodes, seeds=args.validation_seeds, latency_steps=0,
+                       progress=False, method=name, split="validation", checkpoint_hash=ckpt)
+        update_results(path, [row], key=lambda r: r["method"])
+        print(f"[validate] {task} {name}: {row['score_mean']:.1f} ± {row['score_std']:.1f} "
+              f"({row['episodes']} episodes)", flush=True)
+    return path
+
+
+def mark_selected(rows: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
+    """Per task with validation rows: the teacher sampler with the best validation mean becomes "the
+    teacher" (``selected_on_validation``; its validation score beside it). Test rows are never read."""
+    from fastpolicy.bench.schema import read_results
+    from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+
+    for task in dict.fromkeys(r["task"] for r in rows):
+        path = results_dir / f"d4rl_validation_{task}.json"
+        val = [r for r in read_results(path) if r["method"] in TEACHER_SAMPLERS] if path.exists() else []
+        best = max(val, key=lambda r: r["score_mean"]) if val else None
+        for r in rows:
+            if r["task"] == task and r["method"] in TEACHER_SAMPLERS:
+                r["selected_on_validation"] = None if best is None else r["method"] == best["method"]
+                hit = [v for v in val if v["method"] == r["method"]]
+                r["validation_score"] = hit[0]["score_mean"] if hit else None
+    return rows
 
 
 def merge(tasks: list[str], results_dir: Path) -> list[dict[str, Any]]:
@@ -160,12 +224,15 @@ def main(args: Args) -> None:
     from fastpolicy.bench.report import print_table
     from fastpolicy.bench.schema import read_results, update_results
 
-    if not args.merge_only:
+    if args.validate:
+        for task in args.tasks:
+            print(f"wrote {validate(task, args)}")
+    elif not args.merge_only:
         for task in args.tasks:
             run_task(task, args)
     results_dir = ROOT / args.results_dir
     out = results_dir / "d4rl.json"
-    new = merge(args.tasks, results_dir)
+    new = mark_selected(merge(args.tasks, results_dir), results_dir)
     if not new:
         raise SystemExit("no D4RL rows to merge")
     update_results(out, new, key=lambda r: r["task"])  # rows of tasks not run this time stay

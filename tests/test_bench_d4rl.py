@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,57 @@ def test_another_results_dir_is_passed_on(monkeypatch):
     cmd = _bench_command(monkeypatch, results_dir="runs/d4rl-results")
     assert "--refresh-committed" not in cmd
     assert cmd[cmd.index("--results-dir") + 1] == str(ROOT / "runs/d4rl-results")
+
+
+def _row(task: str, method: str, score: float, **extra) -> dict:
+    from fastpolicy.evaluation.results import make_row
+
+    return make_row(task, method, steps=1, score_mean=score, score_std=1.0, episodes=30, seeds=[0, 1, 2],
+                    nfe_per_step_mean=1.0, nfe_per_step_max=1, latency_ms_p50=None, latency_ms_p99=None,
+                    **extra)
+
+
+def test_the_teacher_is_the_sampler_that_won_on_validation_not_on_test(tmp_path):
+    """The validation winner is marked even where another sampler scores higher on the test rows."""
+    from fastpolicy.evaluation.results import write_results
+
+    write_results(tmp_path / "d4rl_validation_hopper-medium.json",
+                  [_row("hopper-medium", "bc-mlp", 90.0), _row("hopper-medium", "dp-ddpm100", 50.0),
+                   _row("hopper-medium", "dp-ddim10-t0", 70.0)])
+    rows = [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "dp-ddpm100", 65.0),
+            _row("hopper-medium", "dp-ddim10-t0", 55.0), _row("hopper-medium", "dp-ddim10", 99.0),
+            _row("walker2d-medium", "dp-ddpm100", 80.0)]
+    marked = {(r["task"], r["method"]): r for r in d4rl.mark_selected(rows, tmp_path)}
+    assert marked[("hopper-medium", "dp-ddim10-t0")]["selected_on_validation"] is True
+    assert marked[("hopper-medium", "dp-ddim10-t0")]["validation_score"] == 70.0
+    assert marked[("hopper-medium", "dp-ddpm100")]["selected_on_validation"] is False
+    assert marked[("hopper-medium", "dp-ddim10")]["validation_score"] is None  # not validated: never chosen
+    assert marked[("hopper-medium", "dp-ddim10")]["selected_on_validation"] is False
+    assert "selected_on_validation" not in marked[("hopper-medium", "bc-mlp")]  # BC is not a teacher sampler
+    assert marked[("walker2d-medium", "dp-ddpm100")]["selected_on_validation"] is None  # no validation run
+
+
+def test_validation_refuses_a_task_without_trained_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(d4rl, "ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no trained run"):
+        d4rl.validate("hopper-medium", d4rl.Args(validate=True))
+
+
+def test_some_methods_replace_only_their_rows(tmp_path, monkeypatch):
+    """``--methods``: the suite writes a scratch file; only those methods' rows change in the task file."""
+    from fastpolicy.evaluation.results import read_results, write_results
+
+    monkeypatch.setattr(d4rl, "ROOT", tmp_path)
+    (tmp_path / "res").mkdir()
+    write_results(tmp_path / "res" / "d4rl_hopper-medium.json",
+                  [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "dp-ddpm100", 50.0)])
+
+    def fake_suite(cmd, **kw):
+        out = Path(cmd[cmd.index("--results-dir") + 1])
+        assert cmd[cmd.index("--methods") + 1] == "dp-ddpm100"
+        write_results(out / "d4rl_hopper-medium.json", [_row("hopper-medium", "dp-ddpm100", 55.0)])
+
+    monkeypatch.setattr(d4rl.subprocess, "run", fake_suite)
+    d4rl.run_task("hopper-medium", d4rl.Args(peers=False, methods=["dp-ddpm100"], results_dir="res"))
+    rows = {r["method"]: r["score_mean"] for r in read_results(tmp_path / "res" / "d4rl_hopper-medium.json")}
+    assert rows == {"bc-mlp": 60.0, "dp-ddpm100": 55.0}
