@@ -44,10 +44,10 @@ def parse_args() -> Args:
 
 def main(args: Args) -> None:
     from fastpolicy.bench.report import print_table
-    from fastpolicy.bench.schema import write_results
     from fastpolicy.data.recipes import make_dataset
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.results import write_results
     from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
@@ -70,9 +70,7 @@ def main(args: Args) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for spec in args.samplers.split(",") if args.policy == "diffusion" else [None]:
-        if spec:
-            policy.set_sampler(spec)
-        rows.append(evaluate(policy, task, args.episodes, seeds))
+        rows.append(evaluate(policy.with_sampler(spec) if spec else policy, task, args.episodes, seeds))
     print_table(rows)
     write_results(Path(args.out) / "eval.json", rows)
 

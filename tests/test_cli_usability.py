@@ -248,7 +248,7 @@ def test_defaults_help_listing_and_version(tmp_path):
 
 def test_pareto_plot_labels_axes_and_draws_the_budget(tmp_path, monkeypatch):
     import fastpolicy.bench.report as report
-    from fastpolicy.bench.schema import make_row
+    from fastpolicy.evaluation.results import make_row
 
     captured = {}
 

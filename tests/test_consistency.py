@@ -106,7 +106,7 @@ def test_segmented_sampling_spends_k_calls(k):
 def test_single_segment_chaining_spends_steps_calls():
     student = student_from_teacher(_teacher(), "ddim:8", segments=1).eval()
     for steps in (1, 2, 3):
-        assert student.set_steps(steps).predict_chunk(OBS).nfe == steps
+        assert student.with_steps(steps).predict_chunk(OBS).nfe == steps
 
 
 def test_checkpoint_loads_as_consistency_policy_with_identical_actions(linear_store, tmp_path):

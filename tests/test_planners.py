@@ -309,7 +309,7 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     """`fastpolicy bench --suite planners` at toy size: train, derive, score, time, write schema rows
     (a 300-step episode per method: ~20 s on a quiet 2-core machine, minutes under load)."""
     from fastpolicy.bench.runner import SuiteConfig, run_suite
-    from fastpolicy.bench.schema import read_results
+    from fastpolicy.evaluation.results import read_results
 
     tiny = {"backbone_kwargs": {"hidden": 32, "depth": 1}, "critic_hidden": 16, "num_train_timesteps": 10,
             "pred_horizon": 4}
