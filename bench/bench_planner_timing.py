@@ -74,12 +74,12 @@ def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> list[fl
 
 def planner_variants(work: Path, task: str, unet: bool) -> dict[tuple[str, str], Any]:
     """(method, denoiser) → policy: the trained planners, the derived Decision Diffusers, U-Net rebuilds."""
-    from fastpolicy.bench.planners import set_default_refinement
+    from fastpolicy.bench.planners import with_default_refinement
     from fastpolicy.policies.planners import decision_diffuser_from
     from fastpolicy.policies.registry import build_policy
     from fastpolicy.train.checkpoint import load_policy
 
-    td = set_default_refinement(load_policy(work / task / "trajectory-diffuser").eval())
+    td = with_default_refinement(load_policy(work / task / "trajectory-diffuser").eval())
     planners = []
     diffuser_run = work / task / "diffuser"
     if (diffuser_run / "latest").exists():

@@ -205,22 +205,17 @@ def main(args: Args) -> None:
         write_results(path, rows)
 
     if args.ablate:
-        base_k, base_start = td.config.refine_steps, td.config.refine_start
+        base_start = td.config.refine_start
         # k = 0 is the draft alone; (5, 0.05) is the reference's setting (its draft enters a 100-level chain
         # at level 5 and takes 5 reverse steps); the others go deeper in steps or in starting level
         grid = [(0, base_start), (1, 0.05), (2, 0.05), (3, 0.1), (3, 0.3), (5, 0.05)]
         ab_methods = []
         for k, start in grid:
-            def configure(k=k, start=start) -> None:
-                td.set_refinement(k, start)
+            view = td.with_refinement(k, start)           # a view: td itself keeps its refinement
             name = f"trajectory-diffuser-k{k}-start{start:g}"
-            ab_methods.append(Method(name, td, configure,
-                                     extra={**planner_extra(td, td_seconds), "refine_steps": k,
-                                            "refine_start": start, "denoiser_calls_per_plan": k,
-                                            "ablation": True}))
+            ab_methods.append(Method(name, view, extra={**planner_extra(view, td_seconds), "ablation": True}))
         ab_suite = dataclasses.replace(suite, episodes=args.ablation_episodes)
         ab_rows = fill_plan_latency(evaluate_methods(ab_methods, args.task, ab_suite, windows, progress=True))
-        td.set_refinement(base_k, base_start)
         for r in ab_rows:
             r["suite"] = "planners-ablation"
             r["dataset"] = store.name

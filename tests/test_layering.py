@@ -43,8 +43,6 @@ CLI = "cli"
 #: Known upward edges, (importer prefix, imported prefix) → why it is still here. Each entry is work
 #: left to do; remove it with the import it excuses, never add one to make a new import pass.
 ALLOWED: dict[tuple[str, str], str] = {
-    # ``train_planner`` is a training driver that still lives in policies/planners.py.
-    ("fastpolicy.policies.planners", "fastpolicy.train.trainer"): "train_planner belongs in train",
     # score_remote / score_methods_on_ray are benchmark code that still lives in dist.
     ("fastpolicy.dist.ray_runner", "fastpolicy.bench.runner"): "bench sweep helpers belong in bench",
 }

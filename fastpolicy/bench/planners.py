@@ -42,8 +42,9 @@ def ensure_planner(store: str | Path, run: str | Path, policy_type: str, options
 
     The wall time of the training lands in ``run/cost.json`` (a resumed run counts this session only).
     """
-    from fastpolicy.policies.planners import train_planner
-    from fastpolicy.train.checkpoint import load_policy, read_config
+    from fastpolicy.policies.checkpoint import load_policy
+    from fastpolicy.train.planners import train_planner
+    from fastpolicy.utils.checkpoint import read_config
 
     run = Path(run)
     cost_file = run / "cost.json"
@@ -56,15 +57,16 @@ def ensure_planner(store: str | Path, run: str | Path, policy_type: str, options
     return load_policy(run), seconds
 
 
-def set_default_refinement(td: Any, options: dict[str, Any] | None = None) -> Any:
-    """Give a loaded Trajectory Diffuser the current default refinement (k, starting level), or the one in
-    ``options``. Refinement is an inference-time choice, so a run reused from disk is benchmarked with the
-    setting of today's code rather than the one it was trained under."""
+def with_default_refinement(td: Any, options: dict[str, Any] | None = None) -> Any:
+    """A loaded Trajectory Diffuser viewed with the current default refinement (k, starting level), or the
+    one in ``options``. Refinement is an inference-time choice, so a run reused from disk is benchmarked
+    with the setting of today's code rather than the one it was trained under; the loaded planner itself
+    is left as it was (a view, :mod:`fastpolicy.policies.modes`)."""
     from fastpolicy.policies.planners import TrajectoryDiffuserConfig
 
     options = options or {}
-    return td.set_refinement(options.get("refine_steps", TrajectoryDiffuserConfig.refine_steps),
-                             options.get("refine_start", TrajectoryDiffuserConfig.refine_start))
+    return td.with_refinement(options.get("refine_steps", TrajectoryDiffuserConfig.refine_steps),
+                              options.get("refine_start", TrajectoryDiffuserConfig.refine_start))
 
 
 def planner_extra(policy: Any, train_seconds: float | None) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
         td_options = {**common, "num_candidates": candidates, **by_type.get("trajectory-diffuser", {})}
         td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser",
                                         td_options, make_train_config(td_steps), task)
-        set_default_refinement(td, td_options)
+        td = with_default_refinement(td, td_options)
         planners["trajectory-diffuser"] = td
         for name, sampler in (("decision-diffuser-ddpm200", None), ("decision-diffuser-ddpm50", "ddpm:50")):
             if name not in wanted:
@@ -165,4 +167,4 @@ def summarize_planner_targets(rows: Sequence[dict[str, Any]],
 
 
 __all__ = ["DEFAULT_PLANNER_OPTIONS", "PLANNER_METHODS", "build_planner_methods", "ensure_planner",
-           "planner_extra", "planner_train_config", "set_default_refinement", "summarize_planner_targets"]
+           "planner_extra", "planner_train_config", "summarize_planner_targets", "with_default_refinement"]

@@ -59,7 +59,7 @@ def train_offline(
 
     The diffusion planners (``diffuser``, ``decision-diffuser``, ``trajectory-diffuser``) learn from
     return-to-go targets as well: they train through
-    :func:`fastpolicy.policies.planners.train_planner`, which turns the store's rewards into per-episode
+    :func:`fastpolicy.train.planners.train_planner`, which turns the store's rewards into per-episode
     discounted returns (their own horizons; the task card's are for action-chunk policies).
     """
     from fastpolicy.data.store import EpisodeStore
@@ -70,7 +70,7 @@ def train_offline(
     else:
         store = None
     if _is_planner(run_dir, policy_type, resume):
-        from fastpolicy.policies.planners import train_planner
+        from fastpolicy.train.planners import train_planner
 
         return train_planner(store_path, run_dir, policy_type, policy_options, train_config, resume=resume,
                              task=task)
