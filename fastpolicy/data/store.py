@@ -25,6 +25,9 @@ array and the chunk, and :func:`verify_store` (``fastpolicy data verify``) hashe
 chunk. A missing or damaged chunk raises :class:`StoreIntegrityError` naming the array and the chunk;
 so does a recorded array that is gone (zarr would just list one key fewer) and a missing manifest of a
 store whose attributes say it was written with one (``integrity_manifest``).
+
+Length: the writer, the reader and the integrity check share one on-disk layout and manifest; split, each
+would restate it.
 """
 
 from __future__ import annotations

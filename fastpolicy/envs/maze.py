@@ -33,6 +33,9 @@ Hence ``x = b + 0.2 + 0.5 - W/2`` and ``y = H/2 - (a + 0.2) - 0.5``; velocities 
 ``reset_target=False``) are ``(1, 1)`` umaze, ``(6, 6)`` medium, ``(7, 9)`` large, i.e. gymnasium-robotics
 ``(-0.8, 0.8)``, ``(2.7, -2.7)`` and ``(3.7, -3.2)``. Distances are unchanged by the mapping, so the
 0.5 goal radius carries over as is.
+
+Length: the D4RL maze protocol (coordinates, goals, starts, reward) and D4RL's waypoint expert share the
+maze geometry; apart, they would have to agree on it in two places.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ Why a small loop here and not ``fastpolicy.train.Trainer``: the model is selecte
 (per ensemble member), which the policy trainer — EMA, cosine schedule, periodic checkpoints — does not
 do; the IDM trains in seconds, and the loop is a few lines. A planner that trains its IDM jointly
 with its diffusion model calls :meth:`InverseDynamics.loss` from its own ``forward`` instead.
+
+Length: the model, its data windows, its fit loop and its checkpoint I/O; the fit loop is the part to
+move onto the shared ``Trainer`` once that can select on validation loss per ensemble member.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ torch policy, an unsupported random op, a capture error, a failed self-check, to
 
 ``dry_run=True`` runs the replay-mode program (every substitution above) instead of a CUDA graph, on any
 device: the CPU tests and the GPU check's ``--quick`` mode use it to exercise this logic without a GPU.
+
+Length: recording, capture, replay, padding, self-check and the fallback reasons all work on one recorded
+program; apart, each would need the recording's internals.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Streaming steps: ``ddpm:N`` (ancestral posterior step between grid levels) and `
 DDIM step; with a coarse grid, e.g. N = 6 and h = 3, two calls per control step). The first call of an
 episode (the buffer is fresh: every level at N − 1) samples a whole sequence with constant levels on the
 same grid and re-noises it to the chunk-wise levels — in distribution thanks to the 20 % constant mix.
+
+Length: the stream layout, the buffer roll and the policy are one algorithm (SDP); the helpers serve the
+policy and SDP fine-tuning alike.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Checkpoints are taken at rollout starts, after the previous PPO update, so "step
 steps collected *and* trained on; ``resume=True`` reloads the newest one and continues to
 ``config.steps`` with SB3's step counter intact. ``save_store`` records every transition of this
 invocation (``EpisodeRecorder``) into an EpisodeStore: exploration data for offline training.
+
+Length: the run-directory format, episode recording and resume of one exploration run, which must stay
+consistent with each other.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ across episode ends) whose advantages are combined as ``ext_coef * A_ext + int_c
 ``RNDRewardWrapper`` is the simple version: a ``VecEnvWrapper`` that adds ``beta * r_int`` (same
 normalisation) to the environment reward, for plain PPO with one value head. Everything imports
 stable_baselines3 at module level, so import this module lazily (``fastpolicy.rl.cli`` does).
+
+Length: RND-PPO subclasses stable-baselines3's policy, rollout buffer and PPO together (the two value
+heads run through all three); they are not usable apart.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Resuming cuts the episode that was running at the checkpoint; those rows are lis
 
 Interruption: SIGTERM/SIGINT make the run save a checkpoint at the next step and stop cleanly; a SIGKILL
 loses at most ``checkpoint_every`` steps.
+
+Length: one resumable SAC run — config, checkpoints with their replay buffer, evaluation callback and
+actor export — in one place, because a resumed run must restore all of them consistently.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ shape, raw little-endian bytes) inside msgpack ExtType ``EXT_NDARRAY``. See ``do
 
 Every client frame gets exactly one reply frame (``actions``, ``reset_ok`` or ``error``), so a client
 can match replies to requests by order as well as by ``request_id``.
+
+Length: every message's encoder and validating decoder, in one place on purpose: the one definition the
+server, the clients and other-language clients follow.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ the API key its client sends, and LeRobot's gRPC async inference, which ships pi
 * ``/healthz`` (process alive) and ``/readyz`` (model warm, not draining) for orchestrators; idle
   sessions are closed; shutdown stops accepting, drains in-flight requests, then closes with a reason;
 * logs are one JSON object per line.
+
+Length: sessions, connection handling, health endpoints, draining shutdown and the background runner of
+one server; ``BuiltinMLPPolicy`` (a dependency-free policy for tests and load benchmarks) is the piece
+that could move out.
 """
 
 from __future__ import annotations

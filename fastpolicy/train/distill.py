@@ -33,6 +33,9 @@ hold the student alone.
 
 ``finetune_streaming`` warm-starts a StreamingPolicy (SDP) from a DiffusionPolicy teacher's weights —
 same backbone, per-position timesteps — and trains it on the chunk-wise/constant level mix.
+
+Length: the distillation objective (``ConsistencyDistiller``), its staged driver and the SDP fine-tune
+share the teacher loading and the run bookkeeping.
 """
 
 from __future__ import annotations

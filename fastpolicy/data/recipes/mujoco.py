@@ -28,6 +28,9 @@ Deterministic for a given seed: the env is seeded once, actions come from a seed
 Every dataset also gets a data card (:mod:`fastpolicy.data.datacard`) next to the store. Exports:
 ``fastpolicy data export STORE --format d4rl --out X.hdf5`` (:func:`fastpolicy.data.d4rl.export_d4rl`) and,
 on request, :func:`fastpolicy.data.minari_io.export_minari` (needs the ``minari`` extra).
+
+Length: the whole D4RL-style MuJoCo recipe — checkpoint selection, actor export, rollouts, replay and
+provenance — that one data card documents; SAC training itself is ``fastpolicy.rl.sac``.
 """
 
 from __future__ import annotations
