@@ -1,30 +1,36 @@
-"""Diffusion planners side by side: Diffuser, Decision Diffuser and Trajectory Diffuser on one task.
+"""Diffusion planners compared fairly on one task: the protocol of docs/planners_protocol.md, enforced.
 
-Top to bottom (CleanRL style): build or reuse the task's dataset; train / reuse the planners exactly as
-the ``planners`` suite of ``fastpolicy bench`` does (``fastpolicy.bench.planners``: Trajectory Diffuser,
-Diffuser, and the Decision Diffuser derived from the Trajectory Diffuser's networks at DDPM-200 — the
-reference setting — and DDPM-50); score every planner closed loop and time it at batch 1, interleaved
-(``fastpolicy.bench.runner``). The extras only this script runs: the KV-cache gain of the draft; the
-refinement ablation (k steps, starting noise level); both state planners timed with the U-Net backbone
-(random weights: latency does not depend on them). Writes ``bench/results/planners_<task>.json``
-(shared schema) and ``docs/planners_<task>.png``.
+Top to bottom (CleanRL style), with the protocol's pieces in ``fastpolicy.bench.planners_protocol``:
 
-Any task card works (``--task hopper-medium`` once its dataset recipe exists); runs are reused when
-complete, so an interrupted benchmark resumes.
+1. build or reuse the task's dataset (the planners suite's recipe, e.g. the goal-holding
+   maze2d-umaze-dwell);
+2. train every method family separately per training seed — BC, the Diffuser with a value function, the
+   Decision Diffuser, the Trajectory Diffuser — all with the same optimizer steps × batch, wall time in
+   each run's ``cost.json``;
+3. score every method × setting of its declared grid on the **validation** env seeds, for every training
+   seed; per method keep the setting with the best validation mean (the test episodes unseen);
+4. score each method's chosen setting on the **test** env seeds — the same episodes for every method —
+   and pair the episodes: differences against DD at its full DDPM chain and against BC;
+5. time each chosen method's plan at batch 1, one thread, interleaved rounds (median and p99);
+6. write ``<results-dir>/planners_protocol_<task>.json`` (shared schema: one validation row per method ×
+   setting, one test row per method) and ``<plot-dir>/planners_protocol_<task>.png``.
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task maze2d-umaze
-    python bench/bench_planners.py --task maze2d-umaze --plot-only   # redraw the PNG from the JSON
+Finished training runs and evaluations are reused (``<work>/<task>/...``), so an interrupted protocol
+resumes. The compared methods: BC, Diffuser (value-guided), DD at DDPM-N (the reference), DDIM-10 and
+DDIM-4, the Trajectory Diffuser and its draft alone.
+
+    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task hopper-medium --train-seeds 0 1 2
+    python bench/bench_planners.py --quick --work /tmp/p --results-dir /tmp/p --plot-dir /tmp/p  # ~1 min
+    python bench/bench_planners.py --task maze2d-umaze --plot-only   # redraw a PNG from its JSON
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastpolicy.utils.args import parse_dataclass_args
@@ -35,30 +41,36 @@ class Args:
     task: str = "maze2d-umaze"
     """task card name"""
     store: str | None = None
-    """dataset store (default: <work>/<task>/data, built there when missing with the planners suite's recipe
-    for the task, e.g. the goal-holding maze2d-umaze-dwell)"""
+    """dataset store (default: <work>/<task>/data, built there with the planners suite's recipe)"""
     dataset_size: int = 100_000
-    work: str = "runs/bench/planners"
-    td_steps: int = 8000
-    """Trajectory Diffuser optimizer steps (denoiser, IDM, critic and transformer together)"""
-    diffuser_steps: int = 8000
+    work: str = "runs/bench/planners_protocol"
+    steps: int = 8000
+    """optimizer steps of every method (the same for all: equal steps × batch)"""
     batch_size: int = 128
     lr: float = 1e-3
     horizon: int = 16
-    action_horizon: int = 1
-    candidates: int = 8
-    """Trajectory Diffuser candidates per plan (the critic picks one)"""
-    episodes: int = 10
-    seeds: list[int] = field(default_factory=lambda: [0])
-    latency_steps: int = 32
-    latency_rounds: int = 2
-    ablation_episodes: int = 5
-    ablate: bool = True
-    unet_timing: bool = True
+    """planning horizon H of every planner"""
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """one training run per method family and seed"""
+    validation_seeds: list[int] = field(default_factory=lambda: [100, 101, 102])
+    """env seeds s·1000 + i the inference settings are chosen on (disjoint from the test seeds)"""
+    validation_episodes: int = 4
+    """episodes per validation seed"""
+    test_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    test_episodes: int = 5
+    """episodes per test seed (4 × 5 = 20 paired test episodes)"""
+    latency_rounds: int = 5
+    latency_calls: int = 40
+    """timed plans per method per round (5 × 40 = 200 samples per method)"""
     threads: int = 1
+    max_episode_steps: int | None = None
+    """cut episodes short (smoke runs only; scores then mean little)"""
     train_only: str | None = None
-    """train (or resume) just this planner, "diffuser" or "trajectory-diffuser", and exit: run two of these
-    side by side to use both cores, then the full benchmark reuses the finished runs"""
+    """train (or resume) just this family (bc, diffuser, decision-diffuser, trajectory-diffuser) for every
+    training seed and exit: run several side by side to use more cores, then the protocol reuses them"""
+    quick: bool = False
+    """toy sizes (tiny data, nets, steps, episodes; 2 entries per grid): the protocol's mechanics in about
+    a minute, not its numbers"""
     results_dir: str = "bench/results"
     plot_dir: str = "docs"
     plot_only: bool = False
@@ -66,173 +78,192 @@ class Args:
     ``<results-dir>/planners_<task>.json`` as it is"""
 
 
+QUICK: dict[str, Any] = {"dataset_size": 2000, "steps": 20, "batch_size": 16, "horizon": 4,
+                         "validation_seeds": [100], "validation_episodes": 2, "test_seeds": [0, 1],
+                         "test_episodes": 2, "latency_rounds": 2, "latency_calls": 3, "max_episode_steps": 12}
+"""what ``--quick`` sets (besides tiny networks: :data:`QUICK_NETS`)"""
+
+QUICK_NETS: dict[str, dict[str, Any]] = {
+    "*": {"backbone_kwargs": {"hidden": 32, "depth": 1}, "critic_hidden": 16, "num_train_timesteps": 10},
+    "bc": {"hidden": 32, "depth": 1},
+    "diffuser": {"sampler": "ddpm:10", "value_hidden": 16},
+    "state": {"sampler": "ddpm:10", "idm_hidden": 16, "d_model": 16, "d_ff": 16, "n_layers": 1},
+}
+
+
 def parse_args() -> Args:
     return parse_dataclass_args(Args, __doc__.split("\n")[0])
 
 
-def fill_plan_latency(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Planners replan every control step (Ta = 1), so every step is a planning step — also at k = 0, where
-    only the transformer runs and the runner (which spots planning steps by denoiser calls) sees none."""
-    for r in rows:
-        if r.get("step_latency_ms_p50") is None and r.get("action_horizon") == 1:
-            r["step_latency_ms_p50"], r["step_latency_ms_max_p99"] = r["latency_ms_p50"], r["latency_ms_p99"]
-    return rows
-
-
-def kv_cache_gain(td, obs_n: torch.Tensor, repeats: int = 5) -> dict[str, float]:
-    """Draft time (batch 1, as a plan runs it) with and without the KV cache, and with the cache but one
-    draft per candidate (what the planner did before it shared the deterministic draft); medians of
-    ``repeats``, interleaved, and the largest cached-vs-recomputed difference."""
-    c = td.config.num_candidates
-    variants = {"kv_cache": (obs_n, True), "recompute": (obs_n, False),
-                "per_candidate": (obs_n.repeat_interleave(c, dim=0), True)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        drafts = {c: td.draft(obs_n, use_cache=c)[0] for c in (True, False)}
-        for _ in range(repeats):
-            for name, (x, cached) in variants.items():
-                t0 = time.perf_counter()
-                td.draft(x, use_cache=cached)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    ms = {k: float(np.median(v)) for k, v in times.items()}
-    return {"draft_ms_kv_cache": ms["kv_cache"], "draft_ms_recompute": ms["recompute"],
-            "kv_cache_speedup": ms["recompute"] / ms["kv_cache"],
-            "draft_ms_per_candidate": ms["per_candidate"],
-            "shared_draft_speedup": ms["per_candidate"] / ms["kv_cache"],
-            "kv_cache_max_abs_diff": float((drafts[True] - drafts[False]).abs().max()),
-            "draft_batch": int(obs_n.shape[0])}
-
-
-def plan_latency(policy, obs_window: np.ndarray, repeats: int = 10) -> dict[str, float]:
-    """p50/p99 of one batch-1 planning call (no environment)."""
-    gen = torch.Generator().manual_seed(0)
-    policy.predict_chunk(obs_window, None, gen)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        policy.predict_chunk(obs_window, None, gen)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"plan_ms_p50": float(np.percentile(times, 50)), "plan_ms_p99": float(np.percentile(times, 99))}
-
-
-def unet_timing(td, dd, obs_window: np.ndarray) -> list[dict[str, Any]]:
-    """Both state planners rebuilt with the reference-class U-Net denoiser (random weights), timed."""
-    from fastpolicy.policies.planners import decision_diffuser_from
-    from fastpolicy.policies.registry import build_policy
-
-    cfg = {**td.config_dict(), "backbone": "unet-small", "backbone_kwargs": {}}
-    td_u = build_policy("trajectory-diffuser", cfg, td.normalizer_state()).eval()
-    dd_u = decision_diffuser_from(td_u, sampler=dd.config.sampler)
-    out = []
-    for name, pol in (("trajectory-diffuser-unet", td_u), ("decision-diffuser-unet", dd_u)):
-        row = {"method": name, **plan_latency(pol, obs_window, repeats=5), **pol.last_plan_stats}
-        out.append(row)
+def family_options(family: str, args: Args) -> dict[str, Any]:
+    """Options of a family's training run: the planners share H and Ta = 1; the Diffuser trains its value
+    function; BC regresses one action from one observation."""
+    planner = {"pred_horizon": args.horizon, "action_horizon": 1}
+    out: dict[str, Any] = {
+        "bc": {"obs_horizon": 1, "pred_horizon": 1, "action_horizon": 1},
+        "diffuser": {**planner, "value_guidance": True},
+        "decision-diffuser": dict(planner),
+        "trajectory-diffuser": dict(planner),
+    }[family]
+    if args.quick:
+        if family == "bc":
+            out.update(QUICK_NETS["bc"])
+        else:
+            own = QUICK_NETS["diffuser" if family == "diffuser" else "state"]
+            out.update(QUICK_NETS["*"], **own)
+            if family == "decision-diffuser":
+                for key in ("d_model", "d_ff", "n_layers"):
+                    out.pop(key)
     return out
 
 
 def main(args: Args) -> None:
-    from fastpolicy.bench.planners import (
-        PLANNER_METHODS,
-        build_planner_methods,
-        planner_extra,
-        planner_train_config,
-        summarize_planner_targets,
+    from tqdm.auto import tqdm
+
+    from fastpolicy.bench.methods import ensure_dataset
+    from fastpolicy.bench.planners import planner_train_config
+    from fastpolicy.bench.planners_protocol import (
+        FAMILIES,
+        apply_setting,
+        cached_record,
+        check_disjoint,
+        ensure_run,
+        protocol_methods,
+        score_record,
+        select_settings,
+        setting_key,
     )
-    from fastpolicy.bench.runner import (
-        SUITES,
-        Method,
-        SuiteConfig,
-        ensure_dataset,
-        evaluate_methods,
-        obs_windows_from_store,
-    )
-    from fastpolicy.bench.schema import write_results
+    from fastpolicy.bench.runner import obs_windows_from_store
+    from fastpolicy.bench.suites import SUITES
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation.results import read_results, write_results
 
     if args.plot_only:
-        from fastpolicy.bench.schema import read_results
-
         rows = read_results(Path(args.results_dir) / f"planners_{args.task}.json")
         print(f"wrote {plot(rows, Path(args.plot_dir) / f'planners_{args.task}.png', args.task)}")
         return
+    if args.quick:
+        args = dataclasses.replace(args, **{k: v for k, v in QUICK.items()})
+    check_disjoint(args.validation_seeds, args.test_seeds, max(args.validation_episodes, args.test_episodes))
     torch.set_num_threads(args.threads)
+    spec = get_task(args.task)
+    if args.max_episode_steps is not None:
+        spec = dataclasses.replace(spec, max_episode_steps=args.max_episode_steps)
     work = Path(args.work) / args.task
     store = Path(args.store) if args.store else work / "data"
     if not (store / "zarr.json").exists():
-        recipe = SUITES["planners"].dataset_recipes.get(args.task)
-        store = ensure_dataset(args.task, store, args.dataset_size, recipe=recipe)
-    options = {"pred_horizon": args.horizon, "action_horizon": args.action_horizon}
+        store = ensure_dataset(args.task, store, args.dataset_size,
+                               recipe=SUITES["planners"].dataset_recipes.get(args.task))
 
-    def make_config(steps: int):
-        return planner_train_config(steps, args.batch_size, args.lr)
-
+    # --- 2. training: every family, every seed, the same steps × batch -------------------------------
+    families = list(FAMILIES) if args.train_only is None else [args.train_only]
+    if args.train_only is not None and args.train_only not in FAMILIES:
+        raise SystemExit(f"--train-only must be one of {sorted(FAMILIES)}, got {args.train_only!r}")
+    trained: dict[tuple[str, int], tuple[Any, float]] = {}
+    for family in families:
+        for seed in args.train_seeds:
+            print(f"[protocol] {family} seed {seed}: {args.steps} steps × batch {args.batch_size}",
+                  flush=True)
+            config = planner_train_config(args.steps, args.batch_size, args.lr, seed=seed,
+                                          progress=not args.quick)
+            trained[family, seed] = ensure_run(store, work / family / f"seed{seed}", FAMILIES[family],
+                                               family_options(family, args), config, args.task)
     if args.train_only is not None:
-        only = {kind: [m for m in PLANNER_METHODS if m.startswith(f"{kind}-")]
-                for kind in ("diffuser", "trajectory-diffuser")}
-        if args.train_only not in only:
-            raise SystemExit(f"--train-only must be one of {sorted(only)}, got {args.train_only!r}")
-        build_planner_methods(store, work, args.task, args.td_steps, args.diffuser_steps, make_config,
-                              options, args.candidates, methods=only[args.train_only])
         return
+    n_levels = trained["decision-diffuser", args.train_seeds[0]][0].config.num_train_timesteps
+    methods = protocol_methods(n_levels, quick=args.quick)
+    cache = work / "evals"
 
-    methods, planners = build_planner_methods(store, work, args.task, args.td_steps, args.diffuser_steps,
-                                              make_config, options, args.candidates)
-    td = planners["trajectory-diffuser"]
-    td_seconds = next(m.extra["train_seconds"] for m in methods if m.policy is td)
-    dd = planners["decision-diffuser-ddpm200"] if "decision-diffuser-ddpm200" in planners else None
+    def record(method, setting, seed, split, seeds, episodes):
+        policy = apply_setting(trained[method.family, seed][0], setting)
+        key = setting_key(setting)
 
-    windows = obs_windows_from_store(store, td.obs_horizon, batch=8)
-    suite = SuiteConfig("planners", episodes=args.episodes, seeds=list(args.seeds),
-                        latency_steps=args.latency_steps, latency_rounds=args.latency_rounds,
-                        throughput_calls=1, progress=False)
-    print(f"[planners] evaluating {[m.name for m in methods]} on {args.task}", flush=True)
-    rows = fill_plan_latency(evaluate_methods(methods, args.task, suite, windows, progress=True))
-    first = td.normalize_obs(torch.as_tensor(windows[:1]))
-    kv = kv_cache_gain(td, first)
-    td_row = next(r for r in rows if r["method"] == td.method)
-    td_row.update(kv)
-    print(f"[planners] KV cache: {kv}", flush=True)
-    for r in rows:
-        r["suite"] = "planners"
-        r["dataset"] = store.name
-    path = Path(args.results_dir) / f"planners_{args.task}.json"
-    write_results(path, rows)
-    print(f"wrote {path}", flush=True)
+        def compute():
+            return score_record(policy, spec, method.name, key, seed, split, seeds, episodes)
 
-    if args.unet_timing and dd is not None:
-        timing = unet_timing(td, dd, windows[:1])
-        print(f"[planners] U-Net timing (random weights): {timing}", flush=True)
-        td_row["unet_timing"] = timing
-        write_results(path, rows)
+        return cached_record(cache, method.name, key, seed, split, seeds, episodes, policy.checkpoint_step,
+                             compute)
 
-    if args.ablate:
-        base_start = td.config.refine_start
-        # k = 0 is the draft alone; (5, 0.05) is the reference's setting (its draft enters a 100-level chain
-        # at level 5 and takes 5 reverse steps); the others go deeper in steps or in starting level
-        grid = [(0, base_start), (1, 0.05), (2, 0.05), (3, 0.1), (3, 0.3), (5, 0.05)]
-        ab_methods = []
-        for k, start in grid:
-            view = td.with_refinement(k, start)           # a view: td itself keeps its refinement
-            name = f"trajectory-diffuser-k{k}-start{start:g}"
-            ab_methods.append(Method(name, view, extra={**planner_extra(view, td_seconds), "ablation": True}))
-        ab_suite = dataclasses.replace(suite, episodes=args.ablation_episodes)
-        ab_rows = fill_plan_latency(evaluate_methods(ab_methods, args.task, ab_suite, windows, progress=True))
-        for r in ab_rows:
-            r["suite"] = "planners-ablation"
-            r["dataset"] = store.name
-        rows.extend(ab_rows)
-        write_results(path, rows)
-    plot(rows, Path(args.plot_dir) / f"planners_{args.task}.png", args.task)
-    print_table(rows)
-    targets = summarize_planner_targets(rows)
-    print("targets:", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in targets.items()})
+    # --- 3. validation: every grid entry, every training seed ------------------------------------------
+    units = [(m, s, seed) for m in methods for s in m.settings() for seed in args.train_seeds]
+    validation = [record(m, s, seed, "validation", args.validation_seeds, args.validation_episodes)
+                  for m, s, seed in tqdm(units, desc="validation", disable=args.quick)]
+    chosen = select_settings(validation)
+    settings = {m.name: next(s for s in m.settings() if setting_key(s) == chosen[m.name][0]) for m in methods}
+
+    # --- 4. test: the chosen setting on the same episodes for every method ----------------------------
+    units = [(m, seed) for m in methods for seed in args.train_seeds]
+    test = [record(m, settings[m.name], seed, "test", args.test_seeds, args.test_episodes)
+            for m, seed in tqdm(units, desc="test", disable=args.quick)]
+
+    # --- 5. plan latency of the chosen settings (training seed 0's weights) ---------------------------
+    from fastpolicy.bench.planners_protocol import time_plans
+
+    first = args.train_seeds[0]
+    chosen_policies = {m.name: apply_setting(trained[m.family, first][0], settings[m.name]) for m in methods}
+    windows = obs_windows_from_store(store, 1, batch=1)
+    latency = time_plans(chosen_policies, windows, args.latency_rounds, args.latency_calls,
+                         progress=not args.quick)
+
+    # --- 6. rows ------------------------------------------------------------------------------------
+    rows = protocol_rows(args, methods, validation, test, chosen, latency, trained, chosen_policies)
+    path = write_results(Path(args.results_dir) / f"planners_protocol_{args.task}.json", rows)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    png = plot(test_rows, Path(args.plot_dir) / f"planners_protocol_{args.task}.png", args.task)
+    print_table(test_rows)
+    print(f"wrote {path} and {png}", flush=True)
+
+
+def protocol_rows(args: Args, methods, validation, test, chosen, latency, trained,
+                  chosen_policies) -> list[dict[str, Any]]:
+    """One validation row per method × setting (over training seeds) and one test row per method: its
+    score with standard errors, paired differences against DD at its full chain and BC, plan latency,
+    network calls per plan, training cost."""
+    import numpy as np
+
+    from fastpolicy.bench.planners import planner_extra
+    from fastpolicy.bench.planners_protocol import paired_difference, summarize_method
+    from fastpolicy.evaluation.results import make_row
+
+    rows = []
+    for m in methods:
+        own = [r for r in validation if r.method == m.name]
+        for key in dict.fromkeys(r.setting for r in own):
+            recs = [r for r in own if r.setting == key]
+            s = summarize_method(recs)
+            rows.append(make_row(args.task, m.name, steps=args.steps, split="validation", setting=key,
+                                 selected_on_validation=key == chosen[m.name][0], **s))
+    reference_dd = next(m.name for m in methods if m.name.startswith("decision-diffuser-ddpm"))
+    test_by = {m.name: [r for r in test if r.method == m.name] for m in methods}
+    for m in methods:
+        seconds = [trained[m.family, seed][1] for seed in args.train_seeds]
+        policy = chosen_policies[m.name]
+        extra = planner_extra(policy, None) if hasattr(policy, "distinct_candidates") else {}
+        extra.pop("train_seconds", None)
+        row = make_row(args.task, m.name, steps=args.steps, split="test", setting=chosen[m.name][0],
+                       selected_on_validation=True, validation_score=chosen[m.name][1],
+                       validation_seeds=list(args.validation_seeds), **summarize_method(test_by[m.name]),
+                       **latency[m.name], family=m.family, batch_size=args.batch_size,
+                       samples_seen=args.steps * args.batch_size, train_seconds=float(np.mean(seconds)),
+                       train_seconds_per_seed=seconds, action_horizon=int(policy.action_horizon), **extra)
+        # every control step plans (Ta = 1): the plan latency is the step latency the other tables show
+        row.update(step_latency_ms_p50=row["latency_ms_p50"], step_latency_ms_max_p99=row["latency_ms_p99"])
+        for ref in (reference_dd, "bc-mlp"):
+            if ref != m.name:
+                d = paired_difference(test_by[m.name], test_by[ref])
+                row.update({f"paired_diff_vs_{ref}_mean": d["mean"], f"paired_diff_vs_{ref}_se": d["se"],
+                            f"paired_diff_vs_{ref}_pairs": d["pairs"]})
+        row[f"speedup_vs_{reference_dd}"] = latency[reference_dd]["latency_ms_p50"] / row["latency_ms_p50"]
+        rows.append(row)
+    return rows
 
 
 def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
-    """Score vs planning latency (p50, batch 1) per planner, ablation points hollow.
+    """Score vs planning latency (p50, batch 1) per method, ablation points hollow; error bars are the
+    standard error over episodes where the rows have it (the protocol's), else the std.
 
-    Planners are told apart by colour and marker in a legend beside the axes, as in
-    :func:`fastpolicy.bench.report.pareto_plot` (labels next to the points overlapped where the
-    ablation's points cluster).
+    Methods are told apart by colour and marker in a legend beside the axes, as in
+    :func:`fastpolicy.bench.report.pareto_plot`.
     """
     import matplotlib
 
@@ -248,14 +279,14 @@ def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
     for i, r in enumerate(points):
         hollow = r.get("ablation", False)
         color = colors[i % len(colors)]
-        ax.errorbar(r["step_latency_ms_p50"], r["score_mean"], yerr=r.get("score_std") or 0,
-                    fmt=markers[i % len(markers)], color=color, capsize=3, ms=7,
-                    mfc="none" if hollow else color, alpha=0.7 if hollow else 1.0,
-                    label=r["method"].replace("trajectory-diffuser", "TD"))
+        err = r.get("score_se_episodes", r.get("score_std")) or 0
+        ax.errorbar(r["step_latency_ms_p50"], r["score_mean"], yerr=err, fmt=markers[i % len(markers)],
+                    color=color, capsize=3, ms=7, mfc="none" if hollow else color,
+                    alpha=0.7 if hollow else 1.0, label=r["method"].replace("trajectory-diffuser", "TD"))
     ax.set_xscale("log")
     ax.set_xlabel("planning latency per control step, p50 (ms, batch 1, CPU, log scale)")
     ax.set_ylabel(score_label(points))
-    ax.set_title(f"{task}: diffusion planners (hollow: TD refinement ablation)", fontsize=10)
+    ax.set_title(f"{task}: diffusion planners", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if points:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
@@ -264,16 +295,24 @@ def plot(rows: list[dict[str, Any]], png: Path, task: str) -> Path:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    """The markdown table of the report (plan latency = control steps that plan, batch 1)."""
-    print("| method | score | ± std | success | denoiser calls | transformer calls | plan p50 ms "
-          "| plan p99 ms |")
-    print("|" + "---|" * 8)
-    nan = float("nan")
+    """The markdown table of the test rows: score ± SE (episodes; training seeds), paired differences,
+    the setting chosen on validation, calls per plan, plan latency."""
+    refs = sorted({k[len("paired_diff_vs_"):-len("_mean")] for r in rows for k in r
+                   if k.startswith("paired_diff_vs_") and k.endswith("_mean")})
+    print("| method | score | ± SE ep. | ± SE seeds | " + " | ".join(f"Δ vs {r}" for r in refs)
+          + " | chosen on validation | denoiser calls | plan p50 ms | plan p99 ms |")
+    print("|" + "---|" * (8 + len(refs)))
+
+    def num(v: Any, fmt: str = "{:.1f}") -> str:
+        return "–" if v is None else fmt.format(v)
+
     for r in rows:
-        print(f"| {r['method']} | {r['score_mean']:.1f} | {r['score_std']:.1f} | "
-              f"{r.get('success_rate') or 0:.2f} | {r.get('denoiser_calls_per_plan')} | "
-              f"{r.get('transformer_calls_per_plan')} | {r.get('step_latency_ms_p50') or nan:.1f} | "
-              f"{r.get('step_latency_ms_max_p99') or nan:.1f} |")
+        diffs = [f"{num(r.get(f'paired_diff_vs_{ref}_mean'))} ± {num(r.get(f'paired_diff_vs_{ref}_se'))}"
+                 if f"paired_diff_vs_{ref}_mean" in r else "–" for ref in refs]
+        print(f"| {r['method']} | {num(r['score_mean'])} | {num(r.get('score_se_episodes'))} | "
+              f"{num(r.get('score_se_train_seeds'))} | " + " | ".join(diffs) + f" | {r.get('setting')} | "
+              f"{r.get('denoiser_calls_per_plan', '–')} | {num(r.get('latency_ms_p50'), '{:.2f}')} | "
+              f"{num(r.get('latency_ms_p99'), '{:.2f}')} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The diffusion planners as benchmark methods: train (or reuse) them on a store and wrap them as Methods.
 
-Shared by the ``planners`` suite of ``fastpolicy bench`` (``fastpolicy.bench.runner``) and by
-``bench/bench_planners.py`` (which adds the KV-cache, refinement-ablation and U-Net timing extras).
+Used by the ``planners`` suite of ``fastpolicy bench`` (``fastpolicy.bench.runner``) and by
+``bench/bench_planner_timing.py``. The fair comparison — every method trained separately, settings chosen
+on validation seeds, paired test episodes — is ``fastpolicy.bench.planners_protocol`` (run by
+``bench/bench_planners.py``); this suite keeps its shared-network Decision Diffuser for the quick table.
 
 Three runs per task: the Trajectory Diffuser (state denoiser + inverse dynamics + critic + causal
 transformer, trained jointly), the Diffuser (joint state-action denoiser + critic), and the Decision

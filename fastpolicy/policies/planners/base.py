@@ -32,6 +32,13 @@ from fastpolicy.policies.torch_policy import TorchPolicy
 PlanOutput = tuple[torch.Tensor, dict[str, int]]
 """candidate plans (N, H, D) and the network calls spent on them"""
 
+INFERENCE_FIELDS: frozenset[str] = frozenset({
+    "sampler", "num_candidates", "noise_scale", "action_horizon", "guidance_weight", "target_return",
+    "target_return_multiple", "guide_scale", "n_guide_steps", "t_stopgrad", "refine_steps", "refine_start",
+    "trim_draft", "kv_cache"})
+"""config fields a planner can change without retraining (:meth:`BasePlanner.with_settings`), where its
+type has them"""
+
 
 class BasePlanner(TorchPolicy):
     """Normalisation, denoiser, schedule, critic, inpainting and the candidate → action pipeline."""
@@ -66,6 +73,19 @@ class BasePlanner(TorchPolicy):
         """This planner sampling plans with ``spec`` (``ddpm:200``, ``ddim:10``): a view over the same
         weights whose config says so, its tables built once here; this planner is unchanged."""
         return policy_view(self, sampler=spec)._use_sampler(spec)
+
+    def with_settings(self, **changes: Any) -> BasePlanner:
+        """This planner with other inference-time settings (:data:`INFERENCE_FIELDS`: sampler, candidates,
+        temperature, guidance, return target, refinement): a view over the same weights whose config says
+        so; this planner is unchanged. Fields that shape the networks are refused (they need training)."""
+        own = INFERENCE_FIELDS & {f.name for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(changes) - own)
+        if unknown:
+            raise ValueError(f"not inference-time settings of a {self.policy_type} planner: {unknown}; "
+                             f"known: {', '.join(sorted(own))}")
+        view = policy_view(self, **changes)
+        view._use_sampler(view.config.sampler)
+        return view
 
     def set_sampler(self, spec: str) -> BasePlanner:
         """Deprecated: switches this (possibly shared) planner in place; use :meth:`with_sampler`."""

@@ -1,0 +1,160 @@
+"""The planners' fair protocol (fastpolicy.bench.planners_protocol, bench/bench_planners.py): disjoint
+validation and test seeds, selection blind to test records, paired differences on matching episodes,
+training seeds aggregated, finished evaluations reused; and the whole protocol at toy size (--quick)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastpolicy.bench.planners_protocol import (
+    EvalRecord,
+    cached_record,
+    check_disjoint,
+    env_seeds,
+    paired_difference,
+    protocol_methods,
+    select_settings,
+    setting_key,
+    summarize_method,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rec(method: str, setting: str, seed: int, split: str, scores: dict[int, float]) -> EvalRecord:
+    return EvalRecord(method, setting, seed, split, sorted({e // 1000 for e in scores}), dict(scores), [1, 1])
+
+
+def test_validation_and_test_episodes_are_disjoint():
+    assert env_seeds([100, 101], 3) == [100000, 100001, 100002, 101000, 101001, 101002]
+    check_disjoint([100, 101, 102], [0, 1, 2, 3], 5)
+    with pytest.raises(ValueError, match="share env seeds"):
+        check_disjoint([0, 100], [0, 1], 2)
+    with pytest.raises(ValueError, match="1000 episodes"):
+        check_disjoint([100], [0], 1001)
+
+
+def test_selection_reads_only_validation_records():
+    """On validation setting A wins; on test B would win by far: the choice is A, and test records alone
+    choose nothing."""
+    val = {100_000: 0.0, 100_001: 0.0}
+    test = {0: 0.0, 1: 0.0}
+    records = []
+    for seed in (0, 1, 2):
+        records += [_rec("m", "A", seed, "validation", {e: 10.0 + seed for e in val}),
+                    _rec("m", "B", seed, "validation", {e: 5.0 for e in val}),
+                    _rec("m", "A", seed, "test", {e: 0.0 for e in test}),
+                    _rec("m", "B", seed, "test", {e: 99.0 for e in test})]
+    assert select_settings(records) == {"m": ("A", pytest.approx(11.0))}
+    assert select_settings([r for r in records if r.split == "test"]) == {}
+    # a tie keeps the setting declared first (grids list the reference setting first)
+    tie = [_rec("m", "ref", 0, "validation", val), _rec("m", "other", 0, "validation", val)]
+    assert select_settings(tie)["m"][0] == "ref"
+
+
+def test_three_training_seeds_are_aggregated_with_standard_errors():
+    episodes = [0, 1, 1000, 1001]
+    per_seed = {0: [1.0, 2.0, 3.0, 4.0], 1: [3.0, 4.0, 5.0, 6.0], 2: [5.0, 6.0, 7.0, 8.0]}
+    records = [_rec("m", "s", seed, "test", dict(zip(episodes, v))) for seed, v in per_seed.items()]
+    out = summarize_method(records[::-1])                             # order of the records does not matter
+    every = np.concatenate(list(per_seed.values()))
+    assert out["score_mean"] == pytest.approx(every.mean()) and out["score_std"] == pytest.approx(every.std())
+    assert out["train_seeds"] == [0, 1, 2] and out["train_seed_scores"] == [2.5, 4.5, 6.5]
+    assert out["score_se_train_seeds"] == pytest.approx(np.std([2.5, 4.5, 6.5], ddof=1) / np.sqrt(3))
+    episode_means = np.mean(list(per_seed.values()), axis=0)          # 3, 4, 5, 6
+    assert out["score_se_episodes"] == pytest.approx(np.std(episode_means, ddof=1) / 2)
+    assert out["episodes"] == 4 and out["seeds"] == [0, 1]
+
+
+def test_paired_differences_match_episodes_by_env_seed():
+    a = [_rec("a", "s", seed, "test", {0: 1.0 + seed, 1: 5.0, 1000: 2.0}) for seed in (0, 1)]
+    b = [_rec("b", "s", seed, "test", {1000: 1.0, 0: 0.0, 1: 2.0 * seed}) for seed in (0, 1)]
+    d = paired_difference(a, b)
+    diffs = [1.5 - 0.0, 5.0 - 1.0, 2.0 - 1.0]                          # by env seed 0, 1, 1000
+    assert d["pairs"] == 3 and d["mean"] == pytest.approx(np.mean(diffs))
+    assert d["se"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="same env seeds"):
+        paired_difference(a, [_rec("b", "s", 0, "test", {0: 0.0, 1: 0.0, 2000: 0.0})])
+
+
+def test_finished_evaluations_are_reused(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _rec("m", "k=1", 0, "validation", {100_000: 3.0, 100_001: 4.0})
+
+    first = cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 2, None, compute)
+    again = cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 2, None, compute)
+    assert calls == [1] and again.scores == first.scores
+    cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 3, None, compute)   # other episodes: rerun
+    assert len(calls) == 2
+
+
+def test_declared_grids_and_settings_as_views():
+    from fastpolicy.policies.registry import build_policy
+
+    methods = {m.name: m for m in protocol_methods(200)}
+    assert set(methods) == {"bc-mlp", "diffuser-value-guided", "decision-diffuser-ddpm200",
+                            "decision-diffuser-ddim10", "decision-diffuser-ddim4", "trajectory-diffuser",
+                            "trajectory-diffuser-draft"}
+    # the reference settings come first, so a tie keeps them
+    assert methods["decision-diffuser-ddpm200"].settings()[0] == {
+        "sampler": "ddpm:200", "guidance_weight": 1.2, "target_return_multiple": 1.1}
+    assert methods["diffuser-value-guided"].settings()[0] == {"guide_scale": 0.1, "num_candidates": 64}
+    assert all(s["refine_steps"] == 0 for s in methods["trajectory-diffuser-draft"].settings())
+    assert setting_key({"b": 1, "a": "x"}) == "a=x,b=1" and setting_key({}) == "default"
+    td = build_policy("trajectory-diffuser", {"obs_dim": 3, "action_dim": 1, "pred_horizon": 4,
+                                              "num_train_timesteps": 10, "sampler": "ddpm:10", "d_model": 16,
+                                              "d_ff": 16, "n_layers": 1})
+    view = td.with_settings(**methods["trajectory-diffuser"].settings()[2])
+    assert view.config.refine_steps == 2 and td.config.refine_steps == 1
+    assert view.transformer is td.transformer
+    with pytest.raises(ValueError, match="d_model"):
+        td.with_settings(d_model=32)                                  # shapes a network: needs training
+    with pytest.raises(ValueError, match="guide_scale"):
+        td.with_settings(guide_scale=0.1)                             # a Diffuser's setting, not a TD's
+
+
+def _load_driver():
+    spec = importlib.util.spec_from_file_location("bench_planners", ROOT / "bench" / "bench_planners.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_protocol_end_to_end(tmp_path):
+    """bench/bench_planners.py --quick: every method trained per training seed, tuned on validation,
+    scored on the shared test episodes, paired and timed (~1 min on a busy 2-core machine)."""
+    from fastpolicy.evaluation.results import read_results
+
+    driver = _load_driver()
+    driver.main(driver.Args(quick=True, work=str(tmp_path / "work"), results_dir=str(tmp_path),
+                            plot_dir=str(tmp_path)))
+    rows = read_results(tmp_path / "planners_protocol_maze2d-umaze.json")
+    val = [r for r in rows if r["split"] == "validation"]
+    test = {r["method"]: r for r in rows if r["split"] == "test"}
+    assert len(test) == 7 and {"bc-mlp", "decision-diffuser-ddpm10", "trajectory-diffuser-draft"} <= set(test)
+    assert set(env_seeds(val[0]["seeds"], 2)).isdisjoint(env_seeds(test["bc-mlp"]["seeds"], 2))
+    for name, r in test.items():
+        assert r["train_seeds"] == [0, 1, 2] and len(r["train_seed_scores"]) == 3
+        assert r["latency_ms_p50"] > 0 and r["latency_samples"] == 6 and r["samples_seen"] == 20 * 16
+        # the chosen setting is the validation winner of that method
+        own = [v for v in val if v["method"] == name]
+        best = max(own, key=lambda v: v["score_mean"])
+        assert r["setting"] == next(v["setting"] for v in own if v["selected_on_validation"])
+        assert r["validation_score"] == pytest.approx(best["score_mean"])
+        if name != "bc-mlp":
+            assert r["paired_diff_vs_bc-mlp_pairs"] == r["episodes"] == 4
+    assert "paired_diff_vs_decision-diffuser-ddpm10_mean" in test["trajectory-diffuser"]
+    assert (tmp_path / "planners_protocol_maze2d-umaze.png").stat().st_size > 0
+    cached = list((tmp_path / "work" / "maze2d-umaze" / "evals" / "test").rglob("*.json"))
+    assert len(cached) == 7 * 3 and json.loads(cached[0].read_text())["split"] == "test"
