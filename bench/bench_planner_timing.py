@@ -24,6 +24,7 @@ committed ``bench/results/planners_summary.json`` without timing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -55,6 +56,11 @@ class Args:
     task × planner, with the issue's targets checked on the Trajectory Diffuser's row"""
     plot_only: bool = False
     """time nothing: redraw ``--plot`` from the ``--summary`` JSON as it is"""
+    protocol: bool = False
+    """time the fair protocol's runs instead (``bench_planners.py``: training seed 0 of every family under
+    ``<work>/<task>/<family>/seed0``, e.g. ``--work runs/bench/planners_protocol``), each method in the
+    setting it was chosen with on validation (``planners_protocol_<task>.json`` beside ``--out``; the
+    grid's first entry before there is one); the summary then reads that file's test rows"""
 
 
 def parse_args() -> Args:
@@ -72,36 +78,80 @@ def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> list[fl
     return out
 
 
-def planner_variants(work: Path, task: str, unet: bool) -> dict[tuple[str, str], Any]:
+def td_run(work: Path, task: str, protocol: bool) -> Path:
+    """The Trajectory Diffuser's run: the suite's, or the protocol's seed 0 (autoregressive first)."""
+    if not protocol:
+        return work / task / "trajectory-diffuser"
+    from fastpolicy.bench.planners_protocol import td_family
+
+    runs = [work / task / td_family(mode) / "seed0" for mode in ("autoregressive", "one-pass")]
+    return next((r for r in runs if (r / "latest").exists()), runs[0])
+
+
+def planner_variants(work: Path, task: str, unet: bool, protocol: bool = False,
+                     results_dir: Path | None = None) -> dict[tuple[str, str], Any]:
     """(method, denoiser) → policy: the trained planners, the derived Decision Diffusers, U-Net rebuilds."""
     from fastpolicy.bench.planners import with_default_refinement
     from fastpolicy.policies.planners import decision_diffuser_from
     from fastpolicy.policies.registry import build_policy
     from fastpolicy.train.checkpoint import load_policy
 
-    td = with_default_refinement(load_policy(work / task / "trajectory-diffuser").eval())
-    planners = []
-    diffuser_run = work / task / "diffuser"
-    if (diffuser_run / "latest").exists():
-        planners.append(load_policy(diffuser_run).eval())
-    planners += [decision_diffuser_from(td), decision_diffuser_from(td, sampler="ddpm:50"), td]
+    if protocol:
+        variants = protocol_variants(work, task, results_dir or Path("bench/results"))
+        td = variants[next(k for k in variants if k[0].startswith("trajectory-diffuser"))]
+        planners: list[Any] = []
+    else:
+        td = with_default_refinement(load_policy(work / task / "trajectory-diffuser").eval())
+        planners = []
+        diffuser_run = work / task / "diffuser"
+        if (diffuser_run / "latest").exists():
+            planners.append(load_policy(diffuser_run).eval())
+        planners += [decision_diffuser_from(td), decision_diffuser_from(td, sampler="ddpm:50"), td]
+        variants = {}
     if unet:
         cfg = {**td.config_dict(), "backbone": "unet-small", "backbone_kwargs": {}}
         td_u = build_policy("trajectory-diffuser", cfg, td.normalizer_state()).eval()
         planners += [decision_diffuser_from(td_u), decision_diffuser_from(td_u, sampler="ddpm:50"), td_u]
-    return {(p.method, p.config.backbone): p for p in planners}
+    return {**variants, **{(p.method, p.config.backbone): p for p in planners}}
+
+
+def protocol_variants(work: Path, task: str, results_dir: Path) -> dict[tuple[str, str], Any]:
+    """The protocol's methods with training seed 0's weights, each in its validation-chosen setting."""
+    from fastpolicy.bench.planners_protocol import apply_setting, protocol_methods
+    from fastpolicy.evaluation.results import read_results
+    from fastpolicy.policies.checkpoint import load_policy
+
+    scored = results_dir / f"planners_protocol_{task}.json"
+    chosen = {r["method"]: r["setting_values"] for r in (read_results(scored) if scored.exists() else [])
+              if r.get("split") == "test" and "setting_values" in r}
+    loaded: dict[str, Any] = {}
+    for family in ("decision-diffuser", "trajectory-diffuser", "trajectory-diffuser-one-pass"):
+        if (work / task / family / "seed0" / "latest").exists():
+            loaded[family] = load_policy(work / task / family / "seed0").eval()
+    if "decision-diffuser" not in loaded:
+        raise FileNotFoundError(f"no protocol runs under {work / task} (run bench/bench_planners.py first)")
+    levels = loaded["decision-diffuser"].config.num_train_timesteps
+    out = {}
+    for m in protocol_methods(levels, td_draft_modes=("autoregressive", "one-pass")):
+        run = work / task / m.family / "seed0"
+        if m.family not in loaded and (run / "latest").exists():
+            loaded[m.family] = load_policy(run).eval()
+        if m.family in loaded:
+            policy = apply_setting(loaded[m.family], chosen.get(m.name, m.settings()[0]))
+            out[(m.name, getattr(policy.config, "backbone", "mlp"))] = policy
+    return out
 
 
 def time_task(task: str, args: Args) -> list[dict[str, Any]]:
     from fastpolicy.bench.runner import obs_windows_from_store
     from fastpolicy.bench.schema import environment_fields, make_row
-    from fastpolicy.policies.planners import TrajectoryDiffuser, plan_cost
+    from fastpolicy.policies.planners import BasePlanner, TrajectoryDiffuser, plan_cost
     from fastpolicy.train.checkpoint import read_config
 
     work = Path(args.work)
-    variants = planner_variants(work, task, args.unet)
+    variants = planner_variants(work, task, args.unet, args.protocol, Path(args.out).parent)
     td = variants[next(k for k in variants if k[0].startswith("trajectory-diffuser"))]
-    store = Path(read_config(work / task / "trajectory-diffuser")["train"]["store"])
+    store = Path(read_config(td_run(work, task, args.protocol))["train"]["store"])
     window = obs_windows_from_store(store, td.config.obs_horizon, batch=1)
     obs_n = td.normalize_obs(torch.as_tensor(window)).view(1, td.config.obs_horizon, td.config.obs_dim)
     gen = torch.Generator().manual_seed(0)
@@ -128,7 +178,7 @@ def time_task(task: str, args: Args) -> list[dict[str, Any]]:
     for (method, backbone), ts in times.items():
         base = method.split("/")[0]
         policy = variants.get((base, backbone))
-        cost = plan_cost(policy) if policy is not None and "/" not in method else {}
+        cost = plan_cost(policy) if isinstance(policy, BasePlanner) and "/" not in method else {}
         nfe = cost.get("denoiser_calls")
         row = make_row(task, method, latency_ms_p50=float(np.percentile(ts, 50)),
                        latency_ms_p99=float(np.percentile(ts, 99)), nfe_per_step_mean=nfe,
@@ -154,22 +204,26 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             r["td_speedup"] = r["latency_ms_p50"] / td["latency_ms_p50"]
 
 
-def summarize(timing: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
+def summarize(timing: list[dict[str, Any]], results_dir: Path,
+              protocol: bool = False) -> list[dict[str, Any]]:
     """Rows of the scored planners (trained denoiser) with the quiet latency in place of the loaded one.
 
     The score fields come from ``planners_<task>.json`` (closed loop, bench_planners.py); ``latency_ms_*``
     from this script. The Trajectory Diffuser's row carries the targets: ≥ 5× faster than the Decision
-    Diffuser (DDPM-200) at ≥ its score, and ≥ the Diffuser's score.
+    Diffuser (DDPM-200) at ≥ its score, and ≥ the Diffuser's score. ``protocol``: the scores are the test
+    rows of ``planners_protocol_<task>.json``.
     """
     from fastpolicy.bench.planners import summarize_planner_targets
     from fastpolicy.bench.schema import read_results
 
     out = []
     for task in sorted({r["task"] for r in timing}):
-        scored_file = results_dir / f"planners_{task}.json"
+        name = f"planners_protocol_{task}.json" if protocol else f"planners_{task}.json"
+        scored_file = results_dir / name
         if not scored_file.exists():
             continue
-        scored = {r["method"]: r for r in read_results(scored_file) if not r.get("ablation")}
+        scored = {r["method"]: r for r in read_results(scored_file)
+                  if not r.get("ablation") and r.get("split", "test") == "test"}
         quiet = {r["method"]: r for r in timing if r["task"] == task and not r["stage"]
                  and r["weights"] == "trained"}
         rows = []
@@ -235,13 +289,18 @@ def main(args: Args) -> None:
     if args.plot_only:
         print(f"wrote {plot_summary(read_results(args.summary), Path(args.plot))}")
         return
+    if args.protocol:   # the protocol's timings and summary go to files of their own unless named
+        defaults = Args()
+        renamed = {k: getattr(defaults, k).replace("planners_", "planners_protocol_")
+                   for k in ("out", "summary", "plot") if getattr(args, k) == getattr(defaults, k)}
+        args = dataclasses.replace(args, **renamed)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     for task in args.tasks:
         rows.extend(time_task(task, args))
     path = update_results(args.out, rows, key=lambda r: (r["task"], r["method"], r["backbone"]))
     print(f"wrote {path}")
-    summary = summarize(rows, Path(args.out).parent)
+    summary = summarize(rows, Path(args.out).parent, args.protocol)
     if summary:
         path = update_results(args.summary, summary, key=lambda r: (r["task"], r["method"]))
         print(f"wrote {path} and {plot_summary(read_results(path), Path(args.plot))}")

@@ -62,12 +62,16 @@ class Args:
     latency_rounds: int = 5
     latency_calls: int = 40
     """timed plans per method per round (5 × 40 = 200 samples per method)"""
+    td_draft_modes: list[str] = field(default_factory=lambda: ["autoregressive"])
+    """one Trajectory Diffuser training run (and its draft alone) per draft mode: ``autoregressive`` (the
+    reference's, H−1 transformer calls) and/or ``one-pass`` (one call)"""
     threads: int = 1
     max_episode_steps: int | None = None
     """cut episodes short (smoke runs only; scores then mean little)"""
     train_only: str | None = None
-    """train (or resume) just this family (bc, diffuser, decision-diffuser, trajectory-diffuser) for every
-    training seed and exit: run several side by side to use more cores, then the protocol reuses them"""
+    """train (or resume) just this family (bc, diffuser, decision-diffuser, trajectory-diffuser,
+    trajectory-diffuser-one-pass) for every training seed and exit: run several side by side to use more
+    cores, then the protocol reuses them"""
     quick: bool = False
     """toy sizes (tiny data, nets, steps, episodes; 2 entries per grid): the protocol's mechanics in about
     a minute, not its numbers"""
@@ -104,6 +108,7 @@ def family_options(family: str, args: Args) -> dict[str, Any]:
         "diffuser": {**planner, "value_guidance": True},
         "decision-diffuser": dict(planner),
         "trajectory-diffuser": dict(planner),
+        "trajectory-diffuser-one-pass": {**planner, "draft_mode": "one-pass"},
     }[family]
     if args.quick:
         if family == "bc":
@@ -156,9 +161,16 @@ def main(args: Args) -> None:
                                recipe=SUITES["planners"].dataset_recipes.get(args.task))
 
     # --- 2. training: every family, every seed, the same steps × batch -------------------------------
-    families = list(FAMILIES) if args.train_only is None else [args.train_only]
-    if args.train_only is not None and args.train_only not in FAMILIES:
-        raise SystemExit(f"--train-only must be one of {sorted(FAMILIES)}, got {args.train_only!r}")
+    from fastpolicy.policies.planner_configs import StatePlannerConfig
+
+    n_levels = family_options("decision-diffuser", args).get("num_train_timesteps",
+                                                             StatePlannerConfig.num_train_timesteps)
+    methods = protocol_methods(n_levels, quick=args.quick, td_draft_modes=args.td_draft_modes)
+    families = list(dict.fromkeys(m.family for m in methods))
+    if args.train_only is not None:
+        if args.train_only not in FAMILIES:
+            raise SystemExit(f"--train-only must be one of {sorted(FAMILIES)}, got {args.train_only!r}")
+        families = [args.train_only]
     trained: dict[tuple[str, int], tuple[Any, float]] = {}
     for family in families:
         for seed in args.train_seeds:
@@ -170,8 +182,6 @@ def main(args: Args) -> None:
                                                family_options(family, args), config, args.task)
     if args.train_only is not None:
         return
-    n_levels = trained["decision-diffuser", args.train_seeds[0]][0].config.num_train_timesteps
-    methods = protocol_methods(n_levels, quick=args.quick)
     cache = work / "evals"
 
     def record(method, setting, seed, split, seeds, episodes):
@@ -190,6 +200,7 @@ def main(args: Args) -> None:
                   for m, s, seed in tqdm(units, desc="validation", disable=args.quick)]
     chosen = select_settings(validation)
     settings = {m.name: next(s for s in m.settings() if setting_key(s) == chosen[m.name][0]) for m in methods}
+    print("[protocol] chosen on validation:", {k: v[0] for k, v in chosen.items()}, flush=True)
 
     # --- 4. test: the chosen setting on the same episodes for every method ----------------------------
     units = [(m, seed) for m in methods for seed in args.train_seeds]
@@ -206,7 +217,7 @@ def main(args: Args) -> None:
                          progress=not args.quick)
 
     # --- 6. rows ------------------------------------------------------------------------------------
-    rows = protocol_rows(args, methods, validation, test, chosen, latency, trained, chosen_policies)
+    rows = protocol_rows(args, methods, validation, test, chosen, settings, latency, trained, chosen_policies)
     path = write_results(Path(args.results_dir) / f"planners_protocol_{args.task}.json", rows)
     test_rows = [r for r in rows if r["split"] == "test"]
     png = plot(test_rows, Path(args.plot_dir) / f"planners_protocol_{args.task}.png", args.task)
@@ -214,7 +225,7 @@ def main(args: Args) -> None:
     print(f"wrote {path} and {png}", flush=True)
 
 
-def protocol_rows(args: Args, methods, validation, test, chosen, latency, trained,
+def protocol_rows(args: Args, methods, validation, test, chosen, settings, latency, trained,
                   chosen_policies) -> list[dict[str, Any]]:
     """One validation row per method × setting (over training seeds) and one test row per method: its
     score with standard errors, paired differences against DD at its full chain and BC, plan latency,
@@ -241,7 +252,8 @@ def protocol_rows(args: Args, methods, validation, test, chosen, latency, traine
         extra = planner_extra(policy, None) if hasattr(policy, "distinct_candidates") else {}
         extra.pop("train_seconds", None)
         row = make_row(args.task, m.name, steps=args.steps, split="test", setting=chosen[m.name][0],
-                       selected_on_validation=True, validation_score=chosen[m.name][1],
+                       setting_values=settings[m.name], selected_on_validation=True,
+                       validation_score=chosen[m.name][1],
                        validation_seeds=list(args.validation_seeds), **summarize_method(test_by[m.name]),
                        **latency[m.name], family=m.family, batch_size=args.batch_size,
                        samples_seen=args.steps * args.batch_size, train_seconds=float(np.mean(seconds)),

@@ -97,9 +97,30 @@ def test_finished_evaluations_are_reused(tmp_path):
     assert len(calls) == 2
 
 
+def test_guidance_at_weight_one_or_zero_runs_one_half_only():
+    """ε_u + w(ε_c − ε_u) at w = 1 is ε_c: the denoiser sees N rows, not 2N, and the result is unchanged."""
+    import torch
+
+    from fastpolicy.policies.registry import build_policy
+
+    dd = build_policy("decision-diffuser", {"obs_dim": 3, "action_dim": 1, "pred_horizon": 4,
+                                            "num_train_timesteps": 10, "sampler": "ddpm:10"}).eval()
+    rows = []
+    dd.denoiser.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    x, state, t = torch.randn(5, 4, 3), torch.randn(5, 3), torch.full((5,), 4)
+    with torch.no_grad():
+        full = dd.denoiser(x.repeat(2, 1, 1), t.repeat(2), dd.guidance_cond(state))
+        for w, half in ((1.0, full[:5]), (0.0, full[5:])):
+            torch.testing.assert_close(dd.guided_eps(x, t, state, weight=w), half, atol=1e-6, rtol=0)
+        dd.guided_eps(x, t, state, weight=1.2)
+    assert rows == [10, 5, 5, 10]
+
+
 def test_declared_grids_and_settings_as_views():
     from fastpolicy.policies.registry import build_policy
 
+    assert {m.name for m in protocol_methods(200, td_draft_modes=["autoregressive", "one-pass"])} >= {
+        "trajectory-diffuser-draft", "trajectory-diffuser-one-pass", "trajectory-diffuser-one-pass-draft"}
     methods = {m.name: m for m in protocol_methods(200)}
     assert set(methods) == {"bc-mlp", "diffuser-value-guided", "decision-diffuser-ddpm200",
                             "decision-diffuser-ddim10", "decision-diffuser-ddim4", "trajectory-diffuser",
@@ -138,11 +159,12 @@ def test_quick_protocol_end_to_end(tmp_path):
 
     driver = _load_driver()
     driver.main(driver.Args(quick=True, work=str(tmp_path / "work"), results_dir=str(tmp_path),
-                            plot_dir=str(tmp_path)))
+                            plot_dir=str(tmp_path), td_draft_modes=["one-pass"]))
     rows = read_results(tmp_path / "planners_protocol_maze2d-umaze.json")
     val = [r for r in rows if r["split"] == "validation"]
     test = {r["method"]: r for r in rows if r["split"] == "test"}
-    assert len(test) == 7 and {"bc-mlp", "decision-diffuser-ddpm10", "trajectory-diffuser-draft"} <= set(test)
+    assert len(test) == 7 and {"bc-mlp", "decision-diffuser-ddpm10", "trajectory-diffuser-one-pass",
+                               "trajectory-diffuser-one-pass-draft"} <= set(test)
     assert set(env_seeds(val[0]["seeds"], 2)).isdisjoint(env_seeds(test["bc-mlp"]["seeds"], 2))
     for name, r in test.items():
         assert r["train_seeds"] == [0, 1, 2] and len(r["train_seed_scores"]) == 3
@@ -154,7 +176,26 @@ def test_quick_protocol_end_to_end(tmp_path):
         assert r["validation_score"] == pytest.approx(best["score_mean"])
         if name != "bc-mlp":
             assert r["paired_diff_vs_bc-mlp_pairs"] == r["episodes"] == 4
-    assert "paired_diff_vs_decision-diffuser-ddpm10_mean" in test["trajectory-diffuser"]
+    td = test["trajectory-diffuser-one-pass"]
+    assert "paired_diff_vs_decision-diffuser-ddpm10_mean" in td and td["transformer_calls_per_plan"] == 1
+    assert test["decision-diffuser-ddim4"]["setting_values"]["sampler"] == "ddim:4"
+    runs = tmp_path / "work" / "maze2d-umaze"
+    assert (runs / "trajectory-diffuser-one-pass" / "seed2" / "cost.json").exists()
     assert (tmp_path / "planners_protocol_maze2d-umaze.png").stat().st_size > 0
     cached = list((tmp_path / "work" / "maze2d-umaze" / "evals" / "test").rglob("*.json"))
     assert len(cached) == 7 * 3 and json.loads(cached[0].read_text())["split"] == "test"
+
+    # bench_planner_timing.py --protocol times the same runs in the settings chosen on validation
+    spec = importlib.util.spec_from_file_location("bench_planner_timing_p",
+                                                  ROOT / "bench" / "bench_planner_timing.py")
+    timing = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = timing
+    spec.loader.exec_module(timing)
+    args = timing.Args(tasks=["maze2d-umaze"], work=str(tmp_path / "work"), rounds=1, repeats=2, unet=False,
+                       protocol=True, out=str(tmp_path / "planners_protocol_timing.json"))
+    timed = {r["method"]: r for r in timing.time_task("maze2d-umaze", args)}
+    assert {"bc-mlp", "decision-diffuser-ddim4", "trajectory-diffuser-one-pass/draft"} <= set(timed)
+    assert timed["decision-diffuser-ddim4"]["nfe_per_step_mean"] == 4
+    summary = {r["method"]: r for r in timing.summarize(list(timed.values()), tmp_path, protocol=True)}
+    assert summary["bc-mlp"]["score_mean"] == test["bc-mlp"]["score_mean"]
+    assert summary["bc-mlp"]["latency_ms_p50"] == timed["bc-mlp"]["latency_ms_p50"]

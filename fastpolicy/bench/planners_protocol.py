@@ -51,17 +51,26 @@ class ProtocolMethod:
 
 
 FAMILIES: dict[str, str] = {"bc": "bc", "diffuser": "diffuser", "decision-diffuser": "decision-diffuser",
-                            "trajectory-diffuser": "trajectory-diffuser"}
-"""training family → registered policy type"""
+                            "trajectory-diffuser": "trajectory-diffuser",
+                            "trajectory-diffuser-one-pass": "trajectory-diffuser"}
+"""training family → registered policy type (the one-pass Trajectory Diffuser is its own training run:
+its transformer's head and loss differ)"""
 
 
-def protocol_methods(dd_train_steps: int = 200, quick: bool = False) -> list[ProtocolMethod]:
+def td_family(draft_mode: str) -> str:
+    """The training family of a Trajectory Diffuser drafting in ``draft_mode``."""
+    return "trajectory-diffuser" if draft_mode == "autoregressive" else f"trajectory-diffuser-{draft_mode}"
+
+
+def protocol_methods(dd_train_steps: int = 200, quick: bool = False,
+                     td_draft_modes: Sequence[str] = ("autoregressive",)) -> list[ProtocolMethod]:
     """The compared methods and their grids, declared before any evaluation.
 
     ``dd_train_steps``: the state planners' training levels N (the Decision Diffuser's reference samples
     the full chain, ``ddpm:N``). The first entry of every grid is the reference's or the code's default,
     so a tie keeps it. ``quick`` keeps two entries per tuned grid (the protocol's mechanics, not its
-    numbers) and small candidate counts.
+    numbers) and small candidate counts. ``td_draft_modes``: one Trajectory Diffuser (and its draft
+    alone) per draft mode, each its own training run.
     """
     full = f"ddpm:{dd_train_steps}"
     dd_grid = ({"guidance_weight": 1.2, "target_return_multiple": 1.1},
@@ -82,9 +91,10 @@ def protocol_methods(dd_train_steps: int = 200, quick: bool = False) -> list[Pro
         ProtocolMethod("diffuser-value-guided", "diffuser", grid=diffuser_grid),
         *(ProtocolMethod(f"decision-diffuser-{s.replace(':', '')}", "decision-diffuser", {"sampler": s},
                           dd_grid) for s in (full, "ddim:10", "ddim:4")),
-        ProtocolMethod("trajectory-diffuser", "trajectory-diffuser", grid=td_grid),
-        ProtocolMethod("trajectory-diffuser-draft", "trajectory-diffuser",
-                       {"refine_steps": 0, "trim_draft": True}, draft_grid),
+        *(m for mode in td_draft_modes for m in (
+            ProtocolMethod(td_family(mode), td_family(mode), grid=td_grid),
+            ProtocolMethod(f"{td_family(mode)}-draft", td_family(mode),
+                           {"refine_steps": 0, "trim_draft": True}, draft_grid))),
     ]
 
 
@@ -306,4 +316,4 @@ def time_plans(policies: Mapping[str, Any], windows: np.ndarray, rounds: int, ca
 __all__ = ["FAMILIES", "SPLITS", "EvalRecord", "ProtocolMethod", "apply_setting", "cached_record",
            "check_disjoint", "ensure_run", "env_seeds", "paired_difference", "per_episode_means",
            "protocol_methods", "score_record", "select_settings", "setting_key", "summarize_method",
-           "time_plans"]
+           "td_family", "time_plans"]

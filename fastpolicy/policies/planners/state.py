@@ -75,6 +75,9 @@ class StatePlanner(BasePlanner):
         w = self.config.guidance_weight if weight is None else weight
         n = x.shape[0]
         cond = self.guidance_cond(state) if cond is None else cond
+        if w in (0.0, 1.0):
+            # ε_u + w(ε_c − ε_u) is one half alone: don't pay for a batch twice the size
+            return self.denoiser(x, t, cond[:n] if w == 1.0 else cond[n:])
         eps = self.denoiser(x.repeat(2, 1, 1), t.repeat(2), cond)
         eps_c, eps_u = eps[:n], eps[n:]
         return eps_u + w * (eps_c - eps_u)

@@ -11,6 +11,13 @@ states the actions read.
 
 Refinement is an inference-time choice: :meth:`TrajectoryDiffuser.with_refinement` returns a view with
 another k or starting level over the same weights.
+
+What a plan computes, and why: with one action per plan the inverse dynamics reads only states 0 and 1.
+Without refinement (``trim_draft``) only those are drafted. With refinement the whole draft is needed:
+the denoiser sees the flattened plan (MLP) or a receptive field covering it (U-Net), so its estimate of
+state 1 depends on every later noisy state — refining a truncated plan would be a different model. The
+refinement costs one batched denoiser call per step whatever H is; the draft is what scales with H,
+which the one-pass mode makes a single call.
 """
 
 from __future__ import annotations
@@ -151,7 +158,19 @@ class TrajectoryDiffuser(StatePlanner):
 
     # --- refinement ------------------------------------------------------------------------------------
     def refine_levels(self) -> list[int]:
-        """Noise levels of the refinement: from ``refine_start·N − 1`` down to −1 (clean), k steps."""
+        """Noise levels of the refinement: from ``refine_start·N − 1`` down to −1 (clean), k steps.
+
+        Computed once per setting, not per plan (kept with the setting it was computed for, so a config
+        changed by hand still gets its own levels)."""
+        cfg = self.config
+        key = (cfg.refine_steps, cfg.refine_start, cfg.num_train_timesteps)
+        cached = self.__dict__.get("_refine_levels")
+        if cached is None or cached[0] != key:
+            cached = (key, self._compute_refine_levels())
+            self.__dict__["_refine_levels"] = cached
+        return list(cached[1])
+
+    def _compute_refine_levels(self) -> list[int]:
         cfg = self.config
         if cfg.refine_steps == 0:
             return []
