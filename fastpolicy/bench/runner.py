@@ -35,7 +35,9 @@ import numpy as np
 
 from fastpolicy.bench import planners as planner_family
 from fastpolicy.bench.methods import Method, ensure_dataset, ensure_trained, suite_store_path  # noqa: F401
+from fastpolicy.bench.ray_sweep import score_methods_on_ray
 from fastpolicy.bench.report import print_table, summarize_targets, write_suite_report
+from fastpolicy.bench.scoring import SeedResult, merge_seed_results, score_method_seed  # noqa: F401
 from fastpolicy.bench.suites import ALL_METHODS, SUITES, SuiteConfig  # noqa: F401  (re-exported)
 from fastpolicy.bench.teacher_methods import build_methods, train_teacher
 from fastpolicy.evaluation.timing import (  # noqa: F401  (re-exported for older callers)
@@ -94,57 +96,6 @@ def known_methods(suite: str | SuiteConfig) -> tuple[str, ...]:
 
 
 # --- scoring and timing ---------------------------------------------------------------------------
-
-@dataclass
-class SeedResult:
-    """Raw outcome of scoring one method on one seed: what a remote evaluation sends back to merge."""
-
-    method: str
-    seed: int
-    returns: np.ndarray
-    """(episodes,) undiscounted return of each episode"""
-    success: np.ndarray
-    """(episodes,) bool"""
-    lengths: np.ndarray
-    """(episodes,) steps of each episode"""
-    nfe: list[int]
-    """denoiser calls of every control step, in order"""
-    seconds: float
-    """wall time of the rollouts (a timing field: differs between runs)"""
-
-
-def score_method_seed(method: Method, task: str, suite: SuiteConfig, seed: int) -> SeedResult:
-    """Score one method on one seed: ``suite.episodes`` lockstep episodes, env seeds ``seed * 1000 + i``.
-
-    A pure function of (task, method, seed) — the unit a Ray task runs. The rollouts are exactly those
-    ``fastpolicy.evaluation.evaluate`` runs for that seed, so :func:`merge_seed_results` over the suite's
-    seeds reproduces the local score row.
-    """
-    from fastpolicy.envs.registry import get_task
-    from fastpolicy.evaluation import rollout
-
-    method.configure()
-    t0 = time.perf_counter()
-    result = rollout(method.policy, get_task(task), suite.episodes, seed * 1000, progress=False)
-    return SeedResult(method.name, int(seed), np.asarray(result.returns), np.asarray(result.success, bool),
-                      np.asarray(result.lengths), [int(n) for n in result.stats.nfe],
-                      time.perf_counter() - t0)
-
-
-def merge_seed_results(method: Method, task: str, results: Sequence[SeedResult]) -> dict[str, Any]:
-    """One score row from per-seed results (in seed order), by ``score_row`` as ``evaluate`` makes it."""
-    from fastpolicy.envs.registry import get_task
-    from fastpolicy.evaluation.results import score_row
-
-    if not results:
-        raise ValueError(f"no seed results to merge for {method.name!r}")
-    row = score_row(get_task(task), method.name, steps=getattr(method.policy, "checkpoint_step", None),
-                    seeds=[r.seed for r in results], returns=[r.returns for r in results],
-                    success=[r.success for r in results], lengths=[r.lengths for r in results],
-                    nfe=[n for r in results for n in r.nfe], **method.extra)
-    row["eval_seconds"] = float(sum(r.seconds for r in results))
-    return row
-
 
 def _print_score(row: dict[str, Any]) -> None:
     print(f"  {row['method']:<18} score {row['score_mean']:6.1f} ± {row['score_std']:5.1f}  "
@@ -266,8 +217,6 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         if ray_config is None or teacher_run is None:  # Ray workers rebuild methods from a teacher run
             rows = evaluate_methods(methods, task, suite, obs, progress)
         else:
-            from fastpolicy.dist.ray_runner import score_methods_on_ray
-
             rows = score_methods_on_ray(methods, task, suite, work, teacher_run, ray_config)
             for row in rows if progress else ():
                 _print_score(row)

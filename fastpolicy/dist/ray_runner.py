@@ -1,4 +1,4 @@
-"""Benchmark sweeps and dataset generation fanned out over a Ray cluster (``--ray-address``).
+"""Ray helpers (session, retried tasks, runs shipped as one archive) and dataset generation over a cluster.
 
 Why Ray and not a home-made job runner: scheduling by declared CPU/GPU resources, retries when a task
 fails or its worker dies, an object store to ship inputs and results, and a standard cluster set-up
@@ -7,7 +7,8 @@ fails or its worker dies, an object store to ship inputs and results, and a stan
 
 What fans out, and what stays on the driver:
 
-* ``fastpolicy bench``: the dataset, the teacher and every student are built on the driver (the
+* ``fastpolicy bench`` (``fastpolicy.bench.ray_sweep``, on top of the helpers here): the dataset, the
+  teacher and every student are built on the driver (the
   expensive shared part, resumable on disk), then each (method, seed) score rollout is one Ray task.
   Workers need no shared file system: the final checkpoint of every run (config + weights +
   normaliser, safetensors/JSON — no optimizer state, no dataset) is put once into the object store
@@ -43,7 +44,6 @@ import numpy as np
 from fastpolicy.dist import INSTALL_HINT
 
 if TYPE_CHECKING:
-    from fastpolicy.bench.runner import Method, SeedResult, SuiteConfig
     from fastpolicy.data.store import EpisodeStore
 
 T = TypeVar("T")
@@ -203,47 +203,6 @@ def unpack_runs(data: bytes, dest: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(dest, filter="data")
     return dest
-
-
-# --- benchmark sweeps -----------------------------------------------------------------------------
-
-def score_remote(runs: bytes, teacher_arc: str, task: str, suite: SuiteConfig, method: str,
-                 seed: int) -> SeedResult:
-    """Ray task: rebuild ``method`` from the shipped runs (loading only, no training) and score one seed."""
-    from fastpolicy.bench.runner import build_methods, score_method_seed
-
-    only = dataclasses.replace(suite, methods=(method,), progress=False)
-    # a private copy per task (a few MB, milliseconds): no cache to race on or to clean up; once loaded,
-    # the policies need nothing on disk
-    with tempfile.TemporaryDirectory(prefix="fastpolicy-runs-") as tmp:
-        root = unpack_runs(runs, Path(tmp))
-        # every run is complete, so build_methods only loads; the dataset path is never opened
-        methods = build_methods(only, task, root / "work" / "data", root / "work", root / teacher_arc,
-                                progress=False)
-    chosen = [m for m in methods if m.name == method]
-    if not chosen:
-        raise KeyError(f"the shipped runs do not provide method {method!r}")
-    return score_method_seed(chosen[0], task, suite, seed)
-
-
-def score_methods_on_ray(methods: Sequence[Method], task: str, suite: SuiteConfig, work: Path,
-                         teacher_run: Path, config: RayConfig) -> list[dict[str, Any]]:
-    """Score rows of ``methods`` (in order) from one Ray task per (method, seed); timing fields not set.
-
-    ``methods`` are the driver's, built by ``build_methods`` from the runs under ``work``; the rows
-    equal ``fastpolicy.bench.runner.score_methods`` in every score / return field.
-    """
-    from fastpolicy.bench.runner import merge_seed_results
-
-    with ray_session(config) as ray:
-        data, teacher_arc = pack_runs(Path(work), Path(teacher_run))
-        runs_ref = ray.put(data)  # shipped once, shared by every task
-        calls = [(runs_ref, teacher_arc, task, suite, m.name, int(s)) for m in methods for s in suite.seeds]
-        results = run_tasks(score_remote, calls, config, desc=f"bench {task} on ray")
-    by_method: dict[str, list[SeedResult]] = {}
-    for r in results:
-        by_method.setdefault(r.method, []).append(r)
-    return [merge_seed_results(m, task, by_method[m.name]) for m in methods]
 
 
 # --- dataset generation ---------------------------------------------------------------------------
