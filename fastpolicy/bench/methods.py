@@ -10,7 +10,6 @@ resumed, and each run's wall time kept in its ``cost.json``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,6 @@ class Method:
 
     name: str
     policy: Any
-    configure: Callable[[], None] = lambda: None
-    """an in-place switch run before each use, for callers that still switch a shared policy (the
-    planner ablations); new methods pass a view as ``policy`` instead"""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

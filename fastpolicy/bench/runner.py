@@ -19,7 +19,7 @@ is evaluated the same way:
 The measurements live in ``fastpolicy.evaluation.timing``, the tables and plot in
 ``fastpolicy.bench.report``. Scoring is also exposed per (task, method, seed) —
 :func:`score_method_seed` and :func:`merge_seed_results` — so ``run_suite(..., ray_config=...)`` can fan
-it out as Ray tasks (``fastpolicy.dist.ray_runner``) and still produce the local run's score fields;
+it out as Ray tasks (``fastpolicy.bench.ray_sweep``) and still produce the local run's score fields;
 timing stays here.
 """
 
@@ -113,7 +113,6 @@ def score_methods(methods: Sequence[Method], task: str, suite: SuiteConfig,
     spec = get_task(task)
     rows: list[dict[str, Any]] = []
     for m in methods:
-        m.configure()
         t0 = time.perf_counter()
         # on a multimodal layout, which way each episode went: a student that averages modes fails
         tracker = ModeTracker(spec) if spec.name.startswith("agv-") else None
@@ -145,14 +144,12 @@ def time_methods(methods: Sequence[Method], task: str, suite: SuiteConfig, rows:
     load_before = load_average()
     for r in range(suite.latency_rounds):
         for i, m in enumerate(methods):
-            m.configure()
             stats = measure_latency(m.policy, spec, seed=10_000 + r, planning_steps=per_round)
             samples[i][0].extend(stats.nfe)
             samples[i][1].extend(stats.latency_s)
     load = {"load_avg_1m_before": load_before, "load_avg_1m_after": load_average()}
     for i, (m, row) in enumerate(zip(methods, rows)):
         row.update(load)
-        m.configure()
         if getattr(m.policy, "checkpoint_hash", None):  # which weights the row measured
             row["checkpoint_hash"] = f"sha256:{m.policy.checkpoint_hash}"
         row.update(timing_fields(*samples[i]))
@@ -195,7 +192,7 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
     and docs/ change only when a caller asks for them (``fastpolicy bench --refresh-committed``).
 
     With ``ray_config`` every (method, seed) score rollout runs as a Ray task
-    (``fastpolicy.dist.ray_runner``); the dataset, training and the interleaved timing stay here.
+    (``fastpolicy.bench.ray_sweep``); the dataset, training and the interleaved timing stay here.
     """
     from fastpolicy.bench.select import select_method
 

@@ -47,7 +47,6 @@ def score_method_seed(method: Method, task: str, suite: SuiteConfig, seed: int) 
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import rollout
 
-    method.configure()
     t0 = time.perf_counter()
     result = rollout(method.policy, get_task(task), suite.episodes, seed * 1000, progress=False)
     return SeedResult(method.name, int(seed), np.asarray(result.returns), np.asarray(result.success, bool),
