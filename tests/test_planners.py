@@ -292,7 +292,7 @@ def test_planners_suite_is_selectable_and_targets_are_summarised():
     from fastpolicy.bench.runner import SUITES
     from fastpolicy.cli import main
 
-    assert SUITES["planners"].planners and "trajectory-diffuser-k1" in PLANNER_METHODS
+    assert SUITES["planners"].family == "planners" and "trajectory-diffuser-k1" in PLANNER_METHODS
     assert main(["bench", "--suite", "planners", "--methods", "dp-ddpm100", "--no-write"]) == 2
     rows = [{"method": "decision-diffuser-ddpm200", "score_mean": 10.0, "step_latency_ms_p50": 60.0},
             {"method": "diffuser-ddpm20", "score_mean": 12.0, "step_latency_ms_p50": 5.0},
@@ -313,7 +313,8 @@ def test_planners_suite_runs_end_to_end(tmp_path):
 
     tiny = {"backbone_kwargs": {"hidden": 32, "depth": 1}, "critic_hidden": 16, "num_train_timesteps": 10,
             "pred_horizon": 4}
-    suite = SuiteConfig("planners-test", planners=True, dataset_size=2000, teacher_steps=2, diffuser_steps=2,
+    suite = SuiteConfig("planners-test", family="planners", dataset_size=2000, teacher_steps=2,
+                        diffuser_steps=2,
                         batch_size=8, episodes=1, latency_steps=2, latency_rounds=1, throughput_calls=1,
                         progress=False, planner_candidates=2,
                         methods=("diffuser-ddpm20", "decision-diffuser-ddpm200", "trajectory-diffuser-k1"),
