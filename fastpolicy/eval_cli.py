@@ -67,7 +67,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from fastpolicy.bench.schema import write_results
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.utils.atomic import check_writable
 
     task = get_task(args.task)

@@ -8,7 +8,7 @@ import pytest
 from fastpolicy.cli import main
 from fastpolicy.evaluation import evaluate
 from fastpolicy.evaluation.results import REQUIRED_FIELDS
-from fastpolicy.train.checkpoint import load_policy
+from fastpolicy.policies.checkpoint import load_policy
 from fastpolicy.train.offline import train_offline
 from fastpolicy.train.trainer import TrainConfig
 
