@@ -77,8 +77,8 @@ EXAMPLES: dict[str, str] = {
              "      --steps 2000 --out runs/maze-mlp                  # ~35 s on 2 CPU cores\n"
              "  fastpolicy train --store datasets/store/maze2d-umaze --out runs/maze-mlp --steps 4000 "
              "--resume",
-    "distill": "  fastpolicy distill --teacher runs/maze-mlp --store datasets/store/maze2d-umaze --out runs/maze-cm "
-               "--segments 1 --steps 800",
+    "distill": "  fastpolicy distill --teacher runs/maze-mlp --store datasets/store/maze2d-umaze "
+               "--out runs/maze-cm --segments 1 --steps 800",
     "label": "  fastpolicy label datasets/store/hopper-split --train-idm runs/idm "
              "--out datasets/store/hopper-labeled",
     "eval": "  fastpolicy eval runs/maze-mlp --task maze2d-umaze                  # → runs/maze-mlp/eval/\n"
