@@ -237,6 +237,13 @@ def update(text: str) -> str:
     return pattern.sub(lambda m: f"{m.group(1)}{render(m.group(2), tables)}\n{m.group(3)}", text)
 
 
+def stale_tables(text: str) -> list[str]:
+    """Names of the table blocks in ``text`` whose rendering differs from the committed JSON."""
+    tables = manifest.tables()
+    pattern = re.compile(r"<!-- table:(\S+) -->\n(.*?)\n<!-- /table -->", re.S)
+    return [m.group(1) for m in pattern.finditer(text) if m.group(2) != render(m.group(1), tables)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md is stale")
@@ -245,7 +252,9 @@ def main() -> int:
     new = update(old)
     if args.check:
         if new != old:
-            print(f"{DOC} is stale: run python bench/update_docs.py", file=sys.stderr)
+            stale = stale_tables(old)
+            print(f"{DOC} is stale (tables: {', '.join(stale)}): run python bench/update_docs.py",
+                  file=sys.stderr)
         return int(new != old)
     DOC.write_text(new)
     print(f"updated {DOC}")
