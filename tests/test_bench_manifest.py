@@ -83,3 +83,16 @@ def _committed_outputs() -> dict[str, int]:
     """Modification times of the committed results and plots (a smoke run must leave them alone)."""
     files = [*(ROOT / "bench" / "results").glob("*"), *(ROOT / "docs").glob("*.png")]
     return {str(p): p.stat().st_mtime_ns for p in files}
+
+
+def test_gpu_studies_skip_cleanly_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the GPU study for real (make bench)")
+    gpu = [s.name for s in STUDIES if s.gpu]
+    assert gpu, "the manifest lists the GPU study"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--only", *gpu],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(f"--- {name}: needs CUDA, skipped" in done.stdout for name in gpu)
