@@ -72,7 +72,8 @@ class SuiteConfig:
     ``fastpolicy.bench.planners``; ``teacher_steps`` then trains the Trajectory Diffuser, whose networks
     the Decision Diffuser reuses, and ``diffuser_steps`` the Diffuser)"""
     planners: bool = False
-    """old spelling of ``family="planners"`` (accepted and kept in step with ``family``)"""
+    """old spelling of ``family="planners"``, kept in step with ``family`` while callers still read it
+    (``fastpolicy bench --methods`` checks ids with it; ``runner.known_methods`` is the replacement)"""
     diffuser_steps: int = 2000
     planner_candidates: int = 8
     """Trajectory Diffuser candidates per plan (the critic picks one)"""
