@@ -44,6 +44,12 @@ def test_with_sampler_is_a_view_that_leaves_the_planner_alone(kind):
     np.testing.assert_array_equal(_actions(view), _actions(_policy(kind, sampler="ddim:4")))
     assert _actions(view).shape == before.shape and view.predict_chunk(
         np.zeros((1, 1, OBS), np.float32)).nfe == 4
+    # a parsed spec (as `fastpolicy eval --sampler` builds one) works as its text does
+    from fastpolicy.diffusion import SamplerSpec
+
+    parsed = planner.with_sampler(SamplerSpec.parse("ddim:4"))
+    assert parsed.config.sampler == "ddim:4"
+    np.testing.assert_array_equal(_actions(parsed), _actions(view))
 
 
 def test_with_refinement_is_a_view_and_validates():

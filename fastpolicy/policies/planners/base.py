@@ -69,9 +69,11 @@ class BasePlanner(TorchPolicy):
         return self.config.obs_dim if self.config.obs_cond else 0
 
     # --- device / sampler ----------------------------------------------------------------------------
-    def with_sampler(self, spec: str) -> BasePlanner:
-        """This planner sampling plans with ``spec`` (``ddpm:200``, ``ddim:10``): a view over the same
-        weights whose config says so, its tables built once here; this planner is unchanged."""
+    def with_sampler(self, spec: str | SamplerSpec) -> BasePlanner:
+        """This planner sampling plans with ``spec`` (``ddpm:200``, ``ddim:10``, or a parsed spec): a view
+        over the same weights whose config says so, its tables built once here; this planner is
+        unchanged."""
+        spec = spec if isinstance(spec, str) else spec.name
         return policy_view(self, sampler=spec)._use_sampler(spec)
 
     def with_settings(self, **changes: Any) -> BasePlanner:
@@ -87,9 +89,10 @@ class BasePlanner(TorchPolicy):
         view._use_sampler(view.config.sampler)
         return view
 
-    def set_sampler(self, spec: str) -> BasePlanner:
+    def set_sampler(self, spec: str | SamplerSpec) -> BasePlanner:
         """Deprecated: switches this (possibly shared) planner in place; use :meth:`with_sampler`."""
         warn_mutator("set_sampler", "with_sampler")
+        spec = spec if isinstance(spec, str) else spec.name
         config = dataclasses.replace(self.config, sampler=spec)
         config.validate()
         self.config = config
