@@ -84,7 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if policy.policy_type == "consistency":
             raise ValueError(f"--sampler/--temperature do not apply to a consistency student (it samples "
                              f"with its own {policy.method} schedule); evaluate it without them")
-        if not hasattr(policy, "set_sampler"):
+        if not hasattr(policy, "with_sampler"):
             raise ValueError(f"--sampler/--temperature apply to diffusion policies, not {policy.policy_type}")
     checkpoint_hash = getattr(policy, "checkpoint_hash", None)
     extra = {"checkpoint": str(args.checkpoint)}
@@ -97,8 +97,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 from fastpolicy.diffusion import SamplerSpec
 
                 spec = SamplerSpec.parse(spec, temperature=args.temperature)
-            policy.set_sampler(spec)
-        rows.append(evaluate(policy, task, args.episodes, args.seeds, args.latency_steps, **extra))
+        view = policy if spec is None else policy.with_sampler(spec)  # the loaded policy stays as it is
+        rows.append(evaluate(view, task, args.episodes, args.seeds, args.latency_steps, **extra))
     print_table(rows, columns=[*COLUMNS, HASH_COLUMN])
     if out is not None:
         print(f"wrote {write_results(out, rows)}")
