@@ -1,4 +1,4 @@
-"""Every bad input gets a clear answer (issue 17), tried as a user would: through the ``fastpolicy``
+"""Every bad input gets a clear answer, tried as a user would: through the ``fastpolicy``
 command in a subprocess. One test per finding of the issue: tracebacks where one line was promised,
 Ctrl-C during training, a closed pipe, silently wrong results, surprising defaults and the plots.
 

@@ -1,5 +1,5 @@
 """A non-editable install works from any directory: task cards, AGV layouts and behaviour actors ship
-inside the package (issue 17: installed, it used to know no task at all).
+inside the package (installed, it used to know no task at all).
 
 The install is the real one (``pip install`` of the source tree: setup.py's build step and all) into a
 temporary target, without dependencies or build isolation so it takes seconds; the installed package

@@ -332,7 +332,7 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     assert (tmp_path / "work" / "maze2d-umaze" / "decision-diffuser-ddpm10" / "config.json").exists()
 
 
-# --- issue 16: value guidance, return targets, one-pass and trimmed drafts ------------------------------
+# --- value guidance, return targets, one-pass and trimmed drafts ------------------------------
 
 class _GaussianCleanPlan(torch.nn.Module):
     """The exact clean-plan predictor when plans are N(0, I): E[x0 | x_t] = sqrt(ᾱ_t) x_t."""

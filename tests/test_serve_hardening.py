@@ -1,4 +1,4 @@
-"""Issue 17's server findings, one test each: a finite observation that overflows poisoned a session,
+"""The server's hardening findings, one test each: a finite observation that overflows poisoned a session,
 an empty array with a huge dimension was ``malformed_frame``, error replies lost readable request ids,
 codes drifted from docs/protocol.md, and ``--token`` sat in the process list without a word."""
 

@@ -1,5 +1,5 @@
 """Lost data never reads as zeros: a store's chunk inventory (sizes, sha256) is written with it, checked
-on open, and fully by ``fastpolicy data verify`` (issue 17: a deleted chunk of ``action`` read as
+on open, and fully by ``fastpolicy data verify`` (a deleted chunk of ``action`` read as
 actions of 0 in ``data info``, ``train`` and ``export``; a truncated one gave a bare blosc error)."""
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ class MujocoSpec:
         return 100.0 * (np.asarray(returns, dtype=np.float64) - self.ref_min) / (self.ref_max - self.ref_min)
 
 
-#: Medium thresholds are the values the project fixed (issue 9: hopper 1064, halfcheetah 3858, walker2d
-#: 1532), quoted there as "1/3 of D4RL's REF_MAX"; they are close to, not exactly, REF_MAX / 3
+#: Medium thresholds are the values the project fixed (hopper 1064, halfcheetah 3858, walker2d
+#: 1532), defined as "1/3 of D4RL's REF_MAX"; they are close to, not exactly, REF_MAX / 3
 #: (1078.1 / 4045.0 / 1530.8). The fixed numbers are used so every dataset is cut at the same point.
 MUJOCO = {
     "hopper": MujocoSpec("hopper", "Hopper-v5", -20.272305, 3234.3, medium_threshold=1064.0),
