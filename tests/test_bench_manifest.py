@@ -57,6 +57,13 @@ def test_every_docs_table_comes_from_a_study_with_a_layout():
             assert table.file in study.results, f"{table.name}: {table.file} is not in {study.name}'s results"
 
 
+def test_docs_tables_are_fresh():
+    """`python bench/update_docs.py --check`: the tables in docs/benchmarks.md match the committed JSON."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "update_docs.py"), "--check"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_run_all_lists_every_study_from_the_manifest():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--list"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
