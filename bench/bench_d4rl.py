@@ -65,6 +65,10 @@ class Args:
     """validation env seeds (episodes at s·1000 + i: disjoint from the test seeds 0, 1, 2)"""
     validation_methods: list[str] | None = None
     """samplers to validate (default: every teacher sampler of the d4rl suite)"""
+    action_error: bool = False
+    """instead of rollouts: the action error (MSE of the first two predicted actions vs the data's, on 2,000
+    windows of the store's last 10 % of episodes) of BC and each teacher sampler, at every kept checkpoint
+    → ``d4rl_action_error_<task>.json`` (why a teacher trails BC on unimodal, noisy data)"""
     merge_only: bool = False
     """skip training/evaluation; merge the per-task JSON files already under bench/results/"""
     threads: int = 1
@@ -151,6 +155,44 @@ def validate(task: str, args: Args) -> Path:
     return path
 
 
+def action_errors(task: str, args: Args, windows: int = 2000) -> Path:
+    """Per checkpoint of the suite's BC and teacher runs: predicted vs recorded actions (normalised units
+    are the data's own, [-1, 1] here), so a gap in the mean-action fit is told apart from sampling noise."""
+    import json
+
+    import numpy as np
+    import torch
+
+    import fastpolicy
+    from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+    from fastpolicy.data.store import EpisodeStore
+    from fastpolicy.envs.registry import get_task
+
+    store = EpisodeStore.open(ROOT / "datasets" / "store" / get_task(task).dataset)
+    obs, act, ends = store.array("obs"), store.array("action"), store.episode_ends
+    starts, rng = np.r_[0, ends[:-1]], np.random.default_rng(0)
+    episodes = rng.integers(int(len(ends) * 0.9), len(ends), windows)
+    picks = [rng.integers(starts[e] + 1, ends[e] - 2) for e in episodes if ends[e] - starts[e] >= 4]
+    work, out = ROOT / "runs" / "bench" / "d4rl" / task, []
+    for run in ("bc", "teacher"):
+        for ckpt in sorted((work / run / "checkpoints").iterdir()):
+            policy = fastpolicy.load(ckpt).eval()
+            to = policy.obs_horizon
+            win = np.stack([obs[i - to + 1:i + 1] for i in picks]).astype(np.float32)
+            truth = np.stack([act[i:i + 2] for i in picks])
+            specs = {"bc-mlp": None} if run == "bc" else {m: TEACHER_SAMPLERS[m] for m in (
+                "dp-ddim1-trailing-t0", "dp-ddim10-t0", "dp-ddpm100-t0", "dp-ddpm100-t0.5", "dp-ddpm100")}
+            for name, spec in specs.items():
+                view = policy if spec is None else policy.with_sampler(spec)
+                pred = np.asarray(view.predict_chunk(win, generator=torch.Generator().manual_seed(0)).actions)
+                out.append({"task": task, "method": name, "checkpoint": ckpt.name, "windows": len(picks),
+                            "action_mse": float(np.mean((pred[:, :2] - truth) ** 2))})
+                print(f"[action error] {task} {name} {ckpt.name}: {out[-1]['action_mse']:.4f}", flush=True)
+    path = ROOT / args.results_dir / f"d4rl_action_error_{task}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return path
+
+
 def mark_selected(rows: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
     """Per task with validation rows: the teacher sampler with the best validation mean becomes "the
     teacher" (``selected_on_validation``; its validation score beside it). Test rows are never read."""
@@ -224,6 +266,10 @@ def main(args: Args) -> None:
     from fastpolicy.bench.report import print_table
     from fastpolicy.bench.schema import read_results, update_results
 
+    if args.action_error:
+        for task in args.tasks:
+            print(f"wrote {action_errors(task, args)}")
+        return
     if args.validate:
         for task in args.tasks:
             print(f"wrote {validate(task, args)}")
