@@ -107,7 +107,7 @@ def _run_some_methods(bench: list[str], task: str, args: Args) -> None:
     the task's results file (the suite itself rewrites its file whole)."""
     import tempfile
 
-    from fastpolicy.bench.schema import read_results, update_results
+    from fastpolicy.evaluation.results import read_results, update_results
 
     with tempfile.TemporaryDirectory(prefix="d4rl-methods-") as tmp:
         subprocess.run([*bench, "--methods", *args.methods, "--results-dir", tmp, "--plot-dir", tmp],
@@ -124,10 +124,10 @@ def validate(task: str, args: Args) -> Path:
     from tqdm.auto import tqdm
 
     import fastpolicy
-    from fastpolicy.bench.schema import read_results, update_results
     from fastpolicy.bench.suites import SUITES
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.results import read_results, update_results
 
     suite = SUITES["d4rl"]
     work = ROOT / "runs" / "bench" / "d4rl" / task
@@ -196,8 +196,8 @@ def action_errors(task: str, args: Args, windows: int = 2000) -> Path:
 def mark_selected(rows: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
     """Per task with validation rows: the teacher sampler with the best validation mean becomes "the
     teacher" (``selected_on_validation``; its validation score beside it). Test rows are never read."""
-    from fastpolicy.bench.schema import read_results
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+    from fastpolicy.evaluation.results import read_results
 
     for task in dict.fromkeys(r["task"] for r in rows):
         path = results_dir / f"d4rl_validation_{task}.json"
@@ -213,7 +213,7 @@ def mark_selected(rows: list[dict[str, Any]], results_dir: Path) -> list[dict[st
 
 def merge(tasks: list[str], results_dir: Path) -> list[dict[str, Any]]:
     """All measured rows of ``tasks`` (ours, then the peers'), in task order."""
-    from fastpolicy.bench.schema import read_results
+    from fastpolicy.evaluation.results import read_results
 
     rows: list[dict[str, Any]] = []
     for task in tasks:
@@ -264,7 +264,7 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def main(args: Args) -> None:
     from fastpolicy.bench.report import print_table
-    from fastpolicy.bench.schema import read_results, update_results
+    from fastpolicy.evaluation.results import read_results, update_results
 
     if args.action_error:
         for task in args.tasks:

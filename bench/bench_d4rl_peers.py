@@ -180,8 +180,8 @@ def peer_row_fields(task: Any, results: Sequence[dict[str, Any]],
 
 def peer_row(task: Any, results: Sequence[dict[str, Any]], sources: Sequence[str] | None = None
              ) -> dict[str, Any]:
-    """One shared-schema row (``fastpolicy.bench.schema.make_row``) for a (task, algo, steps)."""
-    from fastpolicy.bench.schema import make_row
+    """One shared-schema row (``fastpolicy.evaluation.results.make_row``) for a (task, algo, steps)."""
+    from fastpolicy.evaluation.results import make_row
 
     fields = peer_row_fields(task, results, sources)
     return make_row(task.name, METHODS[fields["algo"]], **fields)
@@ -341,8 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastpolicy.bench.schema import update_results
     from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation.results import update_results
 
     args = parse_args(argv)
     tasks = [get_task(t) for t in args.tasks]  # fail fast on an unknown task

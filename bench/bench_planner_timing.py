@@ -144,7 +144,7 @@ def protocol_variants(work: Path, task: str, results_dir: Path) -> dict[tuple[st
 
 def time_task(task: str, args: Args) -> list[dict[str, Any]]:
     from fastpolicy.bench.runner import obs_windows_from_store
-    from fastpolicy.bench.schema import environment_fields, make_row
+    from fastpolicy.evaluation.results import environment_fields, make_row
     from fastpolicy.policies.planners import BasePlanner, TrajectoryDiffuser, plan_cost
     from fastpolicy.train.checkpoint import read_config
 
@@ -214,7 +214,7 @@ def summarize(timing: list[dict[str, Any]], results_dir: Path,
     rows of ``planners_protocol_<task>.json``.
     """
     from fastpolicy.bench.planners import summarize_planner_targets
-    from fastpolicy.bench.schema import read_results
+    from fastpolicy.evaluation.results import read_results
 
     out = []
     for task in sorted({r["task"] for r in timing}):
@@ -284,7 +284,7 @@ def plot_summary(rows: list[dict[str, Any]], png: Path) -> Path:
 
 
 def main(args: Args) -> None:
-    from fastpolicy.bench.schema import read_results, update_results
+    from fastpolicy.evaluation.results import read_results, update_results
 
     if args.plot_only:
         print(f"wrote {plot_summary(read_results(args.summary), Path(args.plot))}")

@@ -64,9 +64,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from fastpolicy.bench.report import COLUMNS, HASH_COLUMN, print_table
-    from fastpolicy.bench.schema import write_results
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.results import write_results
     from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.utils.atomic import check_writable
 

@@ -102,8 +102,8 @@ def output_dirs(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from fastpolicy.bench.report import COLUMNS, HASH_COLUMN, markdown_table, pareto_plot, print_table
-    from fastpolicy.bench.schema import read_results
     from fastpolicy.bench.select import select_method
+    from fastpolicy.evaluation.results import read_results
     from fastpolicy.utils.atomic import check_writable
 
     rows = []
