@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastpolicy.utils.args import parse_dataclass_args
+from fastpolicy.utils.timing import percentile_fields
 
 
 @dataclass
@@ -180,8 +180,7 @@ def time_task(task: str, args: Args) -> list[dict[str, Any]]:
         policy = variants.get((base, backbone))
         cost = plan_cost(policy) if isinstance(policy, BasePlanner) and "/" not in method else {}
         nfe = cost.get("denoiser_calls")
-        row = make_row(task, method, latency_ms_p50=float(np.percentile(ts, 50)),
-                       latency_ms_p99=float(np.percentile(ts, 99)), nfe_per_step_mean=nfe,
+        row = make_row(task, method, **percentile_fields(ts), nfe_per_step_mean=nfe,
                        nfe_per_step_max=nfe, **environment_fields())
         trained = backbone == td.config.backbone
         row.update(backbone=backbone, stage="/" in method,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fastpolicy.control.broker import ActionBroker
+from fastpolicy.utils.timing import percentile
 
 FALLBACKS = ("hold", "safe")
 
@@ -48,7 +49,7 @@ class LoopStats:
 
     def summary(self) -> dict[str, Any]:
         def pct(values: list[float], q: float) -> float | None:
-            return float(np.percentile(np.asarray(values) * 1e3, q)) if values else None
+            return percentile(values, q, scale=1e3)
 
         return {
             "hz": 1.0 / self.period_s,

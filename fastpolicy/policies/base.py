@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fastpolicy.policies.history import ObservationHistory, require_finite_actions
+from fastpolicy.utils.timing import percentile_fields
 
 PolicyState = dict[str, torch.Tensor] | None
 
@@ -90,12 +91,10 @@ class StepStats:
                 "latency_ms_p50": float("nan"),
                 "latency_ms_p99": float("nan"),
             }
-        lat = np.asarray(self.latency_s) * 1e3
         return {
             "nfe_per_step_mean": float(np.mean(self.nfe)),
             "nfe_per_step_max": int(np.max(self.nfe)),
-            "latency_ms_p50": float(np.percentile(lat, 50)),
-            "latency_ms_p99": float(np.percentile(lat, 99)),
+            **percentile_fields(self.latency_s, scale=1e3),
         }
 
 
