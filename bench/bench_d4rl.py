@@ -117,6 +117,11 @@ def _run_some_methods(bench: list[str], task: str, args: Args) -> None:
     update_results(target, rows, key=lambda r: (r["task"], r["method"]))
 
 
+def suite_runs(task: str) -> Path:
+    """Where ``fastpolicy bench --suite d4rl`` keeps the task's trained runs (``bc``, ``teacher``)."""
+    return ROOT / "runs" / "bench" / "d4rl" / task
+
+
 def validate(task: str, args: Args) -> Path:
     """BC and every teacher sampler of the d4rl suite on the validation seeds, from the suite's trained
     runs (``runs/bench/d4rl/<task>/{bc,teacher}``); rows already there for the same checkpoint and seeds
@@ -130,7 +135,7 @@ def validate(task: str, args: Args) -> Path:
     from fastpolicy.evaluation.results import read_results, update_results
 
     suite = SUITES["d4rl"]
-    work = ROOT / "runs" / "bench" / "d4rl" / task
+    work = suite_runs(task)
     for run in ("teacher", "bc"):
         if not (work / run / "latest").exists():
             raise FileNotFoundError(f"{work / run} has no trained run: run `bench/bench_d4rl.py --tasks "
@@ -167,13 +172,14 @@ def action_errors(task: str, args: Args, windows: int = 2000) -> Path:
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.registry import get_task
+    from fastpolicy.utils.atomic import atomic_file
 
     store = EpisodeStore.open(ROOT / "datasets" / "store" / get_task(task).dataset)
     obs, act, ends = store.array("obs"), store.array("action"), store.episode_ends
     starts, rng = np.r_[0, ends[:-1]], np.random.default_rng(0)
     episodes = rng.integers(int(len(ends) * 0.9), len(ends), windows)
     picks = [rng.integers(starts[e] + 1, ends[e] - 2) for e in episodes if ends[e] - starts[e] >= 4]
-    work, out = ROOT / "runs" / "bench" / "d4rl" / task, []
+    work, out = suite_runs(task), []
     for run in ("bc", "teacher"):
         for ckpt in sorted((work / run / "checkpoints").iterdir()):
             policy = fastpolicy.load(ckpt).eval()
@@ -189,7 +195,8 @@ def action_errors(task: str, args: Args, windows: int = 2000) -> Path:
                             "action_mse": float(np.mean((pred[:, :2] - truth) ** 2))})
                 print(f"[action error] {task} {name} {ckpt.name}: {out[-1]['action_mse']:.4f}", flush=True)
     path = ROOT / args.results_dir / f"d4rl_action_error_{task}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(out, indent=1) + "\n")
     return path
 
 
