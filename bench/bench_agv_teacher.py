@@ -94,7 +94,7 @@ def main() -> None:
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
     from fastpolicy.evaluation.results import write_results
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
 

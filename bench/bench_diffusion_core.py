@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
     from fastpolicy.evaluation.results import update_results
-    from fastpolicy.train.checkpoint import load_policy, read_config
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
+    from fastpolicy.utils.checkpoint import read_config
 
     torch.set_num_threads(args.threads)
     for task_name in args.task:

@@ -200,7 +200,7 @@ def serve_row(args: Args, device: str) -> dict[str, Any]:
     import bench_serve_load as load
 
     from fastpolicy.evaluation.results import make_row
-    from fastpolicy.train.checkpoint import save_checkpoint
+    from fastpolicy.utils.checkpoint import save_checkpoint
 
     policy = build_policy("cm-1step", args.backbones[0], args, "cpu")
     with tempfile.TemporaryDirectory() as tmp:

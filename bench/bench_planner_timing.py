@@ -92,9 +92,9 @@ def planner_variants(work: Path, task: str, unet: bool, protocol: bool = False,
                      results_dir: Path | None = None) -> dict[tuple[str, str], Any]:
     """(method, denoiser) → policy: the trained planners, the derived Decision Diffusers, U-Net rebuilds."""
     from fastpolicy.bench.planners import with_default_refinement
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.policies.planners import decision_diffuser_from
     from fastpolicy.policies.registry import build_policy
-    from fastpolicy.train.checkpoint import load_policy
 
     if protocol:
         variants = protocol_variants(work, task, results_dir or Path("bench/results"))
@@ -146,7 +146,7 @@ def time_task(task: str, args: Args) -> list[dict[str, Any]]:
     from fastpolicy.bench.runner import obs_windows_from_store
     from fastpolicy.evaluation.results import environment_fields, make_row
     from fastpolicy.policies.planners import BasePlanner, TrajectoryDiffuser, plan_cost
-    from fastpolicy.train.checkpoint import read_config
+    from fastpolicy.utils.checkpoint import read_config
 
     work = Path(args.work)
     variants = planner_variants(work, task, args.unet, args.protocol, Path(args.out).parent)

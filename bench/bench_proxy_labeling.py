@@ -130,7 +130,7 @@ def ensure_store(task, store: str | None, size: int) -> Path:
 
 def train_learner(store: Path, run: Path, learner: str, args: Args, task: str):
     """Train (or reuse a finished run of) one learner; returns (policy, seconds)."""
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.offline import train_offline
     from fastpolicy.train.trainer import TrainConfig
 

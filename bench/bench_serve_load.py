@@ -43,7 +43,7 @@ MAX_SESSIONS, MAX_DURATION_S = 256, 120.0
 @dataclass
 class Args:
     policy: str = "builtin-mlp"
-    """``builtin-mlp`` or a checkpoint path (loaded with fastpolicy.train.checkpoint.load_policy)"""
+    """``builtin-mlp`` or a checkpoint path (loaded with fastpolicy.policies.checkpoint.load_policy)"""
     sessions: list[int] = field(default_factory=lambda: [16, 64])
     """simulated robots per run"""
     hz: float = 20.0

@@ -72,7 +72,7 @@ def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | Non
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
 
     spec = get_task(task)
     rows = []

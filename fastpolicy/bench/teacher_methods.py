@@ -38,7 +38,7 @@ def train_teacher(suite: SuiteConfig, task: str, store: Path, work: Path, progre
 def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teacher_run: Path,
                   progress: bool = True) -> list[Method]:
     """Train / distil whatever the suite's methods need (reusing runs on disk) and wrap them as Methods."""
-    from fastpolicy.train.checkpoint import load_policy
+    from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.train.distill import DistillConfig, distill, finetune_streaming
 
     def log(msg: str) -> None:
