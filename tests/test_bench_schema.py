@@ -60,11 +60,14 @@ def test_read_rejects_non_list(tmp_path):
         read_results(p)
 
 
-def test_schema_lives_with_evaluation_and_the_old_path_re_exports_it():
-    import fastpolicy.bench.schema as shim
+def test_schema_lives_with_evaluation_and_no_old_path_is_left():
+    import importlib
+
     import fastpolicy.evaluation.results as results
 
-    assert shim.make_row is results.make_row and shim.read_results is results.read_results
+    for old in ("fastpolicy.bench.schema", "fastpolicy.train.checkpoint"):   # removed re-export shims
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
     source = (Path(results.__file__).parent / "rollouts.py").read_text() + Path(results.__file__).read_text()
     assert "fastpolicy.bench" not in source      # evaluation sits below bench
 

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("policies",),  # Policy / Session contract, the policies, saving and loading them
     ("train",),  # the training loop, distillation, proxy labelling
     ("evaluation",),  # rollouts, scores, the result row, timing
-    ("dist",),  # fan-out over a Ray cluster
+    ("distributed",),  # fan-out over a Ray cluster
     ("serve",),  # wire protocol, server, client
     ("control",),  # real-time control loop and broker (a serve client)
     ("bench",),  # benchmark suites, runner, reports

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fastpolicy.bench.runner import SUITES  # light: it imports torch and the rest inside its functions
-from fastpolicy.dist import add_ray_arguments, ray_config_from_args
+from fastpolicy.distributed import add_ray_arguments, ray_config_from_args
 
 #: Where the repository keeps the committed results and plots (written only with --refresh-committed).
 COMMITTED_RESULTS, COMMITTED_PLOTS = "bench/results", "docs"

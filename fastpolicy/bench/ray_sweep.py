@@ -1,6 +1,6 @@
 """A benchmark suite's scoring fanned out over a Ray cluster: one task per (method, seed).
 
-Benchmark code that uses the generic Ray helpers of ``fastpolicy.dist.ray_runner`` (a session, retried
+Benchmark code that uses the generic Ray helpers of ``fastpolicy.distributed.ray_runner`` (a session, retried
 tasks, the runs shipped as one archive); it lives with the benchmarks so ``dist`` stays below them.
 Workers only load the shipped runs — never train — and their per-seed results merge into the score
 row the local run would write (``fastpolicy.bench.scoring.merge_seed_results``).
@@ -18,7 +18,7 @@ from fastpolicy.bench.methods import Method
 from fastpolicy.bench.scoring import SeedResult, merge_seed_results, score_method_seed
 from fastpolicy.bench.suites import SuiteConfig
 from fastpolicy.bench.teacher_methods import build_methods
-from fastpolicy.dist.ray_runner import RayConfig, pack_runs, ray_session, run_tasks, unpack_runs
+from fastpolicy.distributed.ray_runner import RayConfig, pack_runs, ray_session, run_tasks, unpack_runs
 
 
 def score_remote(runs: bytes, teacher_arc: str, task: str, suite: SuiteConfig, method: str,

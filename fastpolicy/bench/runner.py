@@ -49,7 +49,7 @@ from fastpolicy.evaluation.timing import (  # noqa: F401  (re-exported for older
 )
 
 if TYPE_CHECKING:
-    from fastpolicy.dist.ray_runner import RayConfig
+    from fastpolicy.distributed.ray_runner import RayConfig
 
 
 # --- method families ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fastpolicy.dist import add_ray_arguments, ray_config_from_args
+from fastpolicy.distributed import add_ray_arguments, ray_config_from_args
 
 DEFAULT_STORE_ROOT = Path("datasets") / "store"
 
@@ -108,7 +108,7 @@ def _make(args: argparse.Namespace) -> int:
     _check_output(out, args.overwrite)
     ray_config = ray_config_from_args(args, progress=args.progress)
     if ray_config is not None:
-        from fastpolicy.dist.ray_runner import make_dataset_on_ray
+        from fastpolicy.distributed.ray_runner import make_dataset_on_ray
 
         store = make_dataset_on_ray(args.name, out, ray_config, size=args.size, seed=args.seed,
                                     overwrite=args.overwrite, shards=args.shards)

@@ -27,7 +27,6 @@ What fans out, and what stays on the driver:
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import tarfile
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from fastpolicy.dist import INSTALL_HINT
+from fastpolicy.distributed import INSTALL_HINT
 
 if TYPE_CHECKING:
     from fastpolicy.data.store import EpisodeStore

@@ -1,4 +1,4 @@
-"""Ray fan-out (fastpolicy.dist.ray_runner): sweeps equal the local run, killed workers are retried,
+"""Ray fan-out (fastpolicy.distributed.ray_runner): sweeps equal the local run, killed workers are retried,
 sharded dataset builds are deterministic, and a missing Ray is one clear line naming the extra."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastpolicy.cli import main
-from fastpolicy.dist.ray_runner import RayConfig, shard_seed, shard_sizes
+from fastpolicy.distributed.ray_runner import RayConfig, shard_seed, shard_sizes
 
 # --- without Ray ----------------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def _die_once(marker: str, x: int) -> tuple[int, int]:
 
 
 def test_killed_worker_is_retried_and_completes(ray_local, tmp_path):
-    from fastpolicy.dist.ray_runner import run_tasks
+    from fastpolicy.distributed.ray_runner import run_tasks
 
     marker = tmp_path / "died"
     [(value, pid)] = run_tasks(_die_once, [(str(marker), 7)], RayConfig(max_retries=2, progress=False))
@@ -111,7 +111,7 @@ def test_sweep_on_ray_equals_local_run_result_for_result(ray_local, tmp_path, mo
     import io
     import tarfile
 
-    from fastpolicy.dist.ray_runner import pack_runs
+    from fastpolicy.distributed.ray_runner import pack_runs
 
     data, teacher_arc = pack_runs(tmp_path / "work" / task, tmp_path / "work" / task / "teacher")
     names = tarfile.open(fileobj=io.BytesIO(data)).getnames()

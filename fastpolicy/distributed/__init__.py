@@ -1,6 +1,6 @@
 """Scaling out: benchmark sweeps and dataset generation as Ray tasks (``--ray-address``).
 
-The work itself lives in :mod:`fastpolicy.dist.ray_runner`; this module holds only what the CLI needs
+The work itself lives in :mod:`fastpolicy.distributed.ray_runner`; this module holds only what the CLI needs
 at registration time (argparse options), so ``fastpolicy --help`` imports neither Ray nor numpy.
 Ray is an optional extra (``pip install 'fastpolicy[dist]'``); multi-GPU training uses ``torchrun``
 (docs/scaling.md) and needs nothing from here.
@@ -12,7 +12,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastpolicy.dist.ray_runner import RayConfig
+    from fastpolicy.distributed.ray_runner import RayConfig
 
 INSTALL_HINT = "pip install 'fastpolicy[dist]'"
 
@@ -36,7 +36,7 @@ def ray_config_from_args(args: argparse.Namespace, progress: bool = True) -> Ray
     """
     if not getattr(args, "ray_address", None):
         return None
-    from fastpolicy.dist.ray_runner import RayConfig, import_ray
+    from fastpolicy.distributed.ray_runner import RayConfig, import_ray
 
     import_ray()
     return RayConfig(address=args.ray_address, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus,
