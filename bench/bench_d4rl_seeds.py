@@ -53,6 +53,9 @@ class Args:
     results_dir: str = "bench/results"
     runs_dir: str = "runs/bench/d4rl"
     plot: str = "docs/d4rl_seeds.png"
+    summarize_only: bool = False
+    """pool the rows already on disk (every training seed given) without training or evaluating: a run
+    limited to some seeds (``--train-seeds 2``) pools only those, so summarise the full set afterwards"""
     quick: bool = False
     """smoke run: a 3,000-step store, 40 training steps, 2 episodes, into ``runs_dir``/``results_dir`` as
     given (point them at a temporary folder)"""
@@ -62,6 +65,11 @@ def run_dir(args: Args, task: str, train_seed: int) -> Path:
     """Seed 0 is the d4rl suite's own run; other seeds sit beside it."""
     base = ROOT / args.runs_dir / task
     return base if train_seed == 0 else base / f"seed{train_seed}"
+
+
+def rows_path(args: Args, task: str) -> Path:
+    """Per (method, training seed, split) rows of one task."""
+    return ROOT / args.results_dir / f"d4rl_seeds_{task}.json"
 
 
 def suite_for(args: Args) -> Any:
@@ -137,7 +145,7 @@ def measure(args: Args, task: str) -> Path:
     else:
         store = ensure_dataset(task, ROOT / suite_store_path(suite, task, ROOT / args.runs_dir),
                                suite.dataset_size)
-    path = ROOT / args.results_dir / f"d4rl_seeds_{task}.json"
+    path = rows_path(args, task)
     key = lambda r: (r["method"], r["train_seed"], r["split"])  # noqa: E731
     names = method_names(args)
     for train_seed in args.train_seeds:
@@ -243,7 +251,9 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     summary: list[dict[str, Any]] = []
     for task in args.tasks:
-        path = measure(args, task)
+        path = rows_path(args, task) if args.summarize_only else measure(args, task)
+        if not path.exists():
+            raise FileNotFoundError(f"--summarize-only: no rows for {task} at {path}; run without it first")
         summary += pooled(read_results(path), task, args.train_seeds)
     if summary:
         out = ROOT / args.results_dir / "d4rl_seeds.json"

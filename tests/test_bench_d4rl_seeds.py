@@ -57,3 +57,25 @@ def test_a_training_seed_missing_a_row_is_left_out():
     out = study.pooled(rows, "hopper-medium", [0, 1])
     assert {r["method"]: r["train_seeds"] for r in out} == {study.BC: [0], a: [0]}
     assert study.pooled([r for r in rows if r["train_seed"] == 1], "hopper-medium", [1]) == []
+
+
+def test_summarize_only_pools_the_rows_on_disk_without_training(tmp_path):
+    import json
+
+    from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+
+    study = _study()
+    a = next(iter(TEACHER_SAMPLERS))
+    rows = [{**_row(m, s, sp, [float(s), 10.0]), "score_mean": (s + 10.0) / 2, "score_std": 1.0,
+             "episodes": 2, "latency_ms_p50": None, "latency_ms_p99": None, "commit": "test"}
+            for m in (study.BC, a) for s in (0, 1) for sp in ("validation", "test")]
+    (tmp_path / "d4rl_seeds_hopper-medium.json").write_text(json.dumps(rows))
+    args = study.Args(tasks=["hopper-medium"], train_seeds=[0, 1], summarize_only=True,
+                      results_dir=str(tmp_path), runs_dir=str(tmp_path / "no-runs"),
+                      plot=str(tmp_path / "p.png"))
+    study.main(args)
+    summary = json.loads((tmp_path / "d4rl_seeds.json").read_text())
+    assert {r["method"]: r["train_seeds"] for r in summary} == {study.BC: [0, 1], a: [0, 1]}
+    assert not (tmp_path / "no-runs").exists()  # nothing was trained
+    with pytest.raises(FileNotFoundError, match="walker2d-medium"):
+        study.main(study.Args(tasks=["walker2d-medium"], summarize_only=True, results_dir=str(tmp_path)))
