@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastpolicy.policies.builtin import BuiltinMLPPolicy
 from fastpolicy.serve import protocol as P
 from fastpolicy.serve.client import PolicyClient
-from fastpolicy.serve.server import BackgroundServer, BuiltinMLPPolicy, ServerConfig
+from fastpolicy.serve.server import BackgroundServer, ServerConfig
 
 OBS_DIM, OBS_HORIZON = 6, 2
 SPEC = P.ObsSpec(obs_dim=OBS_DIM, obs_horizon=OBS_HORIZON)

@@ -13,9 +13,10 @@ import msgpack
 import numpy as np
 import pytest
 
+from fastpolicy.policies.builtin import BuiltinMLPPolicy
 from fastpolicy.serve import protocol as P
 from fastpolicy.serve.client import PolicyClient, ServerError
-from fastpolicy.serve.server import BackgroundServer, BuiltinMLPPolicy, ServerConfig
+from fastpolicy.serve.server import BackgroundServer, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = P.ObsSpec(obs_dim=4, obs_horizon=2)

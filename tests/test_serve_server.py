@@ -21,10 +21,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from fastpolicy.policies.base import ChunkResult, Policy
+from fastpolicy.policies.builtin import BuiltinMLPPolicy
 from fastpolicy.serve import protocol as P
 from fastpolicy.serve.batching import MicroBatcher
 from fastpolicy.serve.client import AsyncPolicyClient, AuthenticationError, PolicyClient, ServerError
-from fastpolicy.serve.server import BackgroundServer, BuiltinMLPPolicy, JsonFormatter, ServerConfig
+from fastpolicy.serve.server import BackgroundServer, JsonFormatter, ServerConfig
 
 TOKEN = "t0ken"
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "ServerConfig": "fastpolicy.serve.server",
     "BackgroundServer": "fastpolicy.serve.server",
     "run_server": "fastpolicy.serve.server",
-    "BuiltinMLPPolicy": "fastpolicy.serve.server",
+    "BuiltinMLPPolicy": "fastpolicy.policies.builtin",
     "MicroBatcher": "fastpolicy.serve.batching",
     "PolicyClient": "fastpolicy.serve.client",
     "AsyncPolicyClient": "fastpolicy.serve.client",

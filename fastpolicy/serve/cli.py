@@ -111,7 +111,8 @@ def _is_loopback(host: str) -> bool:
 
 def load_policy_spec(spec: str, builtin_kwargs: dict[str, Any] | None = None) -> tuple[Any, str, str]:
     """``builtin-mlp`` or a checkpoint path → (policy, model_id, model_hash)."""
-    from fastpolicy.serve.server import builtin_policy, checkpoint_fingerprint, policy_fingerprint
+    from fastpolicy.policies.builtin import builtin_policy
+    from fastpolicy.serve.server import checkpoint_fingerprint, policy_fingerprint
 
     if spec == BUILTIN:
         policy = builtin_policy(spec, **(builtin_kwargs or {}))

@@ -20,8 +20,8 @@ the API key its client sends, and LeRobot's gRPC async inference, which ships pi
 * logs are one JSON object per line.
 
 Length: sessions, connection handling, health endpoints, draining shutdown and the background runner of
-one server; ``BuiltinMLPPolicy`` (a dependency-free policy for tests and load benchmarks) is the piece
-that could move out.
+one server. The dependency-free ``builtin-mlp`` policy it can serve lives in
+``fastpolicy.policies.builtin``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import hmac
 import http
-import itertools
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import torch
 
-from fastpolicy.policies.base import ChunkResult, Policy, PolicyState
+from fastpolicy.policies.base import Policy, PolicyState
 from fastpolicy.policies.history import ObservationHistory, all_finite
 from fastpolicy.serve import protocol as P
 from fastpolicy.serve.batching import MicroBatcher
@@ -124,88 +123,6 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
             for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                 h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-# --------------------------------------------------------------------------- built-in test policy
-
-
-class BuiltinMLPPolicy(Policy):
-    """A small deterministic MLP policy with a streaming-like per-session buffer.
-
-    Why it exists: the server, the load/soak benchmarks and the tests need a policy with a realistic
-    shape (obs window in, action chunk out, a per-session state tensor that must be stacked and split,
-    ``nfe`` MLP calls per chunk) without a trained checkpoint. Its outputs are meaningless but exactly
-    reproducible, so a test can check that each session gets its own actions.
-    """
-
-    method = "builtin-mlp"
-
-    def __init__(
-        self,
-        obs_dim: int = 16,
-        action_dim: int = 4,
-        obs_horizon: int = 2,
-        action_horizon: int = 8,
-        pred_horizon: int = 16,
-        hidden: int = 256,
-        layers: int = 3,
-        nfe: int = 2,
-        seed: int = 0,
-        delay_s: float = 0.0,
-    ) -> None:
-        if pred_horizon < action_horizon:
-            raise ValueError("pred_horizon must be ≥ action_horizon")
-        self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.obs_horizon, self.action_horizon, self.pred_horizon = obs_horizon, action_horizon, pred_horizon
-        self.nfe = nfe
-        self.delay_s = delay_s
-        gen = torch.Generator().manual_seed(seed)
-        dims = [obs_horizon * obs_dim + pred_horizon * action_dim + 1] + [hidden] * layers
-        mods: list[torch.nn.Module] = []
-        for a, b in itertools.pairwise(dims):
-            mods += [torch.nn.Linear(a, b), torch.nn.Mish()]
-        mods.append(torch.nn.Linear(dims[-1], pred_horizon * action_dim))
-        self.net = torch.nn.Sequential(*mods)
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) / max(1, p.shape[-1]) ** 0.5)
-        self.net.eval()
-
-    def init_state(self, batch_size: int) -> PolicyState:
-        return {"buffer": torch.zeros(batch_size, self.pred_horizon, self.action_dim)}
-
-    def predict_chunk(
-        self,
-        obs_window: np.ndarray | torch.Tensor,
-        state: PolicyState = None,
-        generator: torch.Generator | None = None,
-    ) -> ChunkResult:
-        obs = torch.as_tensor(np.asarray(obs_window, dtype=np.float32))
-        if obs.ndim != 3 or obs.shape[1:] != (self.obs_horizon, self.obs_dim):
-            raise ValueError(
-                f"obs_window must be (B, {self.obs_horizon}, {self.obs_dim}), got {tuple(obs.shape)}"
-            )
-        b = obs.shape[0]
-        buf = (state or self.init_state(b))["buffer"]
-        ta = self.action_horizon
-        # Streaming-like: shift out the executed chunk, append a fresh (zero) tail, refine nfe times.
-        x = torch.cat([buf[:, ta:], torch.zeros(b, ta, self.action_dim)], dim=1)
-        with torch.no_grad():
-            for i in range(self.nfe):
-                t = torch.full((b, 1), (self.nfe - i) / self.nfe)
-                target = self.net(torch.cat([obs.flatten(1), x.flatten(1), t], dim=1)).view_as(x)
-                x = x + (target - x) / (self.nfe - i)
-            x = torch.tanh(x)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        return ChunkResult(actions=x[:, :ta].numpy().copy(), nfe=self.nfe, state={"buffer": x})
-
-
-def builtin_policy(spec: str = "builtin-mlp", **kwargs: Any) -> Policy:
-    """``builtin-mlp`` → BuiltinMLPPolicy(**kwargs). Used by ``serve``, the load bench and the tests."""
-    if spec != "builtin-mlp":
-        raise ValueError(f"unknown built-in policy {spec!r} (known: builtin-mlp)")
-    return BuiltinMLPPolicy(**kwargs)
 
 
 # --------------------------------------------------------------------------- sessions
