@@ -314,3 +314,23 @@ def test_training_flags_are_defined_once_from_the_config_dataclasses():
     for flag in ("--steps", "--lr", "--warmup-steps", "--seed", "--device"):
         assert f'add_argument("{flag}"' not in source, f"{flag} is written by hand again"
     assert source.count('add_argument("--threads"') == 1  # add_threads_flag
+
+
+def test_explore_flags_come_from_explore_config():
+    import dataclasses
+
+    from fastpolicy.cli import build_parser
+    from fastpolicy.rl.cli import EXPLORE_FLAGS
+    from fastpolicy.rl.explore import ExploreConfig
+
+    parsed = vars(build_parser().parse_args(["explore", "--task", "t", "--out", "o", "--lr", "1e-3",
+                                             "--no-progress"]))
+    defaults = {f.name: f.default for f in dataclasses.fields(ExploreConfig)}
+    assert parsed["learning_rate"] == 1e-3 and parsed["progress"] is False
+    assert {k: parsed[k] for k in EXPLORE_FLAGS if k not in ("task", "learning_rate", "progress")} == {
+        k: defaults[k] for k in EXPLORE_FLAGS if k not in ("task", "learning_rate", "progress")}
+    source = (Path(__file__).resolve().parents[1] / "fastpolicy" / "rl" / "cli.py").read_text()
+    for flag in ("--steps", "--lr", "--seed", "--num-envs", "--batch-size", "--gamma"):
+        assert f'add_argument("{flag}"' not in source, f"{flag} is written by hand again"
+    with pytest.raises(SystemExit):  # --task has no default in the config: a required flag
+        build_parser().parse_args(["explore", "--out", "o"])

@@ -1,11 +1,20 @@
-"""``fastpolicy explore``: argparse only at import time; stable-baselines3 loads inside the handler."""
+"""``fastpolicy explore``: argparse only at import time; stable-baselines3 loads inside the handler.
+
+The run's flags come from :class:`fastpolicy.rl.explore.ExploreConfig` (that module imports only numpy
+at the top), so each is defined once, with its default and help, in the config it fills.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-ALGOS = ("ppo", "rnd-ppo", "rnd-simple")  # the same tuple as fastpolicy.rl.explore.ALGOS
+from fastpolicy.rl.explore import ALGOS, ExploreConfig
+from fastpolicy.utils.args import add_config_flags, config_kwargs
+
+#: ExploreConfig fields offered as flags (the rest keep the config's defaults)
+EXPLORE_FLAGS = ("task", "algo", "steps", "num_envs", "seed", "n_steps", "batch_size", "n_epochs",
+                 "learning_rate", "ent_coef", "gamma", "beta", "checkpoint_every", "tensorboard", "progress")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,29 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Exploration with PPO, faithful RND-PPO (two value heads) or PPO on "
                                    "r_ext + beta * r_int. Writes checkpoints, TensorBoard logs, a success "
                                    "curve and the final actor (safetensors) under --out.")
-    p.add_argument("--task", required=True,
-                   help="task card with a batched vector env, e.g. agv-sparse-detour (fastpolicy tasks)")
-    p.add_argument("--algo", choices=ALGOS, default="rnd-ppo")
-    p.add_argument("--steps", type=int, default=1_000_000, help="total env (robot) steps")
-    p.add_argument("--num-envs", type=int, default=64, help="robots stepped per call of the batched env")
+    add_config_flags(p, ExploreConfig, EXPLORE_FLAGS, flags={"learning_rate": "--lr"},
+                     helps={"algo": f"one of {', '.join(ALGOS)}: PPO, faithful RND-PPO (two value heads), "
+                                    "or PPO on r_ext + beta * r_int"})
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
     p.add_argument("--save-store", type=Path, default=None,
                    help="record this invocation's rollouts into an EpisodeStore at this path")
     p.add_argument("--overwrite-store", action="store_true", help="replace an existing --save-store")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-steps", type=int, default=128, help="rollout length per robot")
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--n-epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--ent-coef", type=float, default=0.0)
-    p.add_argument("--gamma", type=float, default=None,
-                   help="extrinsic discount (default 0.99; 0.999 for rnd-ppo)")
-    p.add_argument("--beta", type=float, default=0.5, help="rnd-simple: intrinsic reward weight")
-    p.add_argument("--checkpoint-every", type=int, default=100_000, help="env steps between checkpoints")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     p.set_defaults(func=_cmd_explore)
 
 
@@ -43,12 +38,12 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     import numba
     import torch
 
-    from fastpolicy.rl.explore import ExploreConfig, explore
+    from fastpolicy.rl.explore import explore
     from fastpolicy.utils.atomic import check_writable
 
-    for name in ("steps", "num_envs", "n_steps", "batch_size", "n_epochs", "checkpoint_every", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    cfg = ExploreConfig(**config_kwargs(args, EXPLORE_FLAGS))  # validates before anything is written
+    if args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     check_writable(args.out, inside=True)
     if args.save_store is not None:
         check_writable(args.save_store)
@@ -56,11 +51,6 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     # numba's OpenMP layer shares the OpenMP runtime with torch: a numba kernel running more threads
     # than torch was told raises torch's count behind its back, so keep the two equal.
     numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))
-    cfg = ExploreConfig(task=args.task, algo=args.algo, steps=args.steps, num_envs=args.num_envs,
-                        seed=args.seed, n_steps=args.n_steps, batch_size=args.batch_size,
-                        n_epochs=args.n_epochs, learning_rate=args.lr, ent_coef=args.ent_coef,
-                        gamma=args.gamma, beta=args.beta, checkpoint_every=args.checkpoint_every,
-                        tensorboard=args.tensorboard, progress=args.progress)
     result = explore(args.out, cfg, resume=args.resume, save_store=args.save_store,
                      overwrite_store=args.overwrite_store)
     last = result.curve[-1]["success_rate"] if result.curve else float("nan")

@@ -69,22 +69,28 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
                      names: Sequence[str], defaults: dict[str, Any] | None = None,
-                     helps: dict[str, str] | None = None) -> None:
+                     helps: dict[str, str] | None = None, flags: dict[str, str] | None = None) -> None:
     """Add ``--field-name`` for each of ``names`` of the dataclass ``cls``: its type and default come
-    from the field (``defaults`` may change a default for one command) and its help from the field's
-    docstring (``helps`` may reword it). A flag is thus defined once, in the config it fills."""
+    from the field (``defaults`` may change a default for one command; a field without a default is a
+    required flag) and its help from the field's docstring (``helps`` may reword it); ``flags`` gives a
+    field a shorter flag (``{"learning_rate": "--lr"}``), parsed into the field's name. A flag is thus
+    defined once, in the config it fills."""
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     docs = field_docs(cls)
     for name in names:
         f = by_name[name]  # a KeyError here is a typo in the caller, a bug
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         default = (defaults or {}).get(name, default)
-        flag = f"--{name.replace('_', '-')}"
+        flag = (flags or {}).get(name, f"--{name.replace('_', '-')}")
         text = (helps or {}).get(name, docs.get(name))
-        if isinstance(default, bool) or str(f.type) == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        if default is dataclasses.MISSING:
+            parser.add_argument(flag, dest=name, type=_scalar_type(f.type, None), required=True, help=text)
+        elif isinstance(default, bool) or str(f.type) == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default,
+                                help=text)
         else:
-            parser.add_argument(flag, type=_scalar_type(f.type, default), default=default, help=text)
+            parser.add_argument(flag, dest=name, type=_scalar_type(f.type, default), default=default,
+                                help=text)
 
 
 def config_kwargs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
