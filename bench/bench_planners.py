@@ -256,7 +256,8 @@ def protocol_rows(args: Args, methods, validation, test, chosen, settings, laten
                        validation_score=chosen[m.name][1],
                        validation_seeds=list(args.validation_seeds), **summarize_method(test_by[m.name]),
                        **latency[m.name], family=m.family, batch_size=args.batch_size,
-                       samples_seen=args.steps * args.batch_size, train_seconds=float(np.mean(seconds)),
+                       samples_seen=args.steps * args.batch_size,
+                       train_seconds=float(np.mean(seconds)) if None not in seconds else None,
                        train_seconds_per_seed=seconds, action_horizon=int(policy.action_horizon), **extra)
         # every control step plans (Ta = 1): the plan latency is the step latency the other tables show
         row.update(step_latency_ms_p50=row["latency_ms_p50"], step_latency_ms_max_p99=row["latency_ms_p99"])

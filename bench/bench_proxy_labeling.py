@@ -30,7 +30,6 @@ store whose task card names a recipe is built with ``fastpolicy data make`` (``-
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,25 +128,18 @@ def ensure_store(task, store: str | None, size: int) -> Path:
 
 
 def train_learner(store: Path, run: Path, learner: str, args: Args, task: str):
-    """Train (or reuse a finished run of) one learner; returns (policy, seconds)."""
+    """Train (or reuse a finished run of) one learner; returns (policy, seconds from its run record)."""
     from fastpolicy.policies.checkpoint import load_policy
-    from fastpolicy.train.offline import train_offline
+    from fastpolicy.train.run_record import train_or_reuse
     from fastpolicy.train.trainer import TrainConfig
 
-    if (run / "latest").exists():
-        policy = load_policy(run)
-        if policy.checkpoint_step == args.train_steps:
-            return policy, float(json.loads((run / "cost.json").read_text())["seconds"])
     options: dict[str, Any] = {}
     if learner == "diffusion":
         options = {"backbone": args.diffusion_backbone, "sampler": args.diffusion_sampler}
     cfg = TrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=min(200, args.train_steps // 10), checkpoint_every=args.train_steps,
                       keep_checkpoints=1, seed=args.seed, progress=False, tensorboard=False)
-    t0 = time.perf_counter()
-    train_offline(store, run, learner, options, cfg, resume=True, task=task)
-    seconds = time.perf_counter() - t0
-    (run / "cost.json").write_text(json.dumps({"seconds": seconds}))
+    seconds = train_or_reuse(store, run, learner, options, cfg, task=task)
     return load_policy(run), seconds
 
 
@@ -226,7 +218,8 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
                 teacher_runs[condition] = run
             row = evaluate(policy, task, method=learner, label_condition=condition, learner=learner,
                            train_store=str(stores[condition]), train_steps=args.train_steps,
-                           train_seconds=round(seconds, 1), batch_size=args.batch_size, lr=args.lr,
+                           train_seconds=None if seconds is None else round(seconds, 1),
+                           batch_size=args.batch_size, lr=args.lr,
                            idm_model_hash=model.checkpoint_hash if condition == "proxy" else None, **common,
                            **eval_kw)
             scores[(learner, condition)] = row["score_mean"]
@@ -265,7 +258,7 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
     seconds = time.perf_counter() - t0
     row = evaluate(student, task, method="consistency-1", label_condition="proxy", learner="consistency",
                    train_store=str(store), teacher=str(teacher_run), train_steps=args.distill_steps,
-                   train_seconds=round(seconds, 1), **common, **eval_kw)
+                   train_seconds=None if seconds is None else round(seconds, 1), **common, **eval_kw)
     row["score_vs_full"] = row["score_mean"] / full_score if full_score and full_score > 0 else None
     row["success_vs_full"] = row["success_rate"] / full_success if full_success else None
     print(f"  consistency-1 (from proxy teacher) score {row['score_mean']:7.2f} ± {row['score_std']:.2f}")

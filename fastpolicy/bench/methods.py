@@ -9,7 +9,6 @@ resumed, and each run's wall time kept in its ``cost.json``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ def train_config(steps: int, suite: SuiteConfig, seed: int = 0, distill: bool = 
 
 def run_cost(run: Path) -> dict[str, Any]:
     """The run's recorded wall time and steps (``cost.json``; empty when it has none)."""
-    from fastpolicy.train.distill import read_cost
+    from fastpolicy.train.run_record import read_cost
 
     return read_cost(run) or {}
 
@@ -72,15 +71,11 @@ def suite_store_path(suite: SuiteConfig, task: str, work: Path) -> Path:
 
 def ensure_trained(store: Path, run: Path, policy_type: str, options: dict[str, Any], steps: int,
                    suite: SuiteConfig, task: str) -> Path:
-    """Train (or finish training) ``policy_type`` into ``run``; record its wall time in ``cost.json``."""
-    from fastpolicy.train.distill import _record_cost, _run_is_complete
-    from fastpolicy.train.offline import train_offline
+    """Train (or finish training) ``policy_type`` into ``run`` at the suite's budget; its wall time goes
+    to the run record (:mod:`fastpolicy.train.run_record`)."""
+    from fastpolicy.train.run_record import train_or_reuse
 
-    if not _run_is_complete(run, steps):
-        t0 = time.perf_counter()
-        _, stats = train_offline(store, run, policy_type, options, train_config(steps, suite), resume=True,
-                                 task=task)
-        _record_cost(run, time.perf_counter() - t0, int(stats["step"]))
+    train_or_reuse(store, run, policy_type, options, train_config(steps, suite), task=task)
     return run
 
 

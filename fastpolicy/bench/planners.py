@@ -15,8 +15,6 @@ et al.); ``decision-diffuser-ddpm50`` (every 4th level) is a cheaper variant for
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,23 +37,13 @@ def planner_train_config(steps: int, batch_size: int, lr: float, seed: int = 0, 
 
 
 def ensure_planner(store: str | Path, run: str | Path, policy_type: str, options: dict[str, Any],
-                   train_config: Any, task: str | None = None) -> tuple[Any, float]:
-    """Train ``policy_type`` into ``run`` (resuming), or load it when complete → (policy, train seconds).
-
-    The wall time of the training lands in ``run/cost.json`` (a resumed run counts this session only).
-    """
+                   train_config: Any, task: str | None = None) -> tuple[Any, float | None]:
+    """Train ``policy_type`` into ``run`` (resuming), or load it when complete → (policy, train seconds
+    from the run record, :mod:`fastpolicy.train.run_record`)."""
     from fastpolicy.policies.checkpoint import load_policy
-    from fastpolicy.train.planners import train_planner
-    from fastpolicy.utils.checkpoint import read_config
+    from fastpolicy.train.run_record import train_or_reuse
 
-    run = Path(run)
-    cost_file = run / "cost.json"
-    if (run / "latest").exists() and read_config(run)["step"] >= train_config.steps and cost_file.exists():
-        return load_policy(run), float(json.loads(cost_file.read_text())["seconds"])
-    t0 = time.perf_counter()
-    train_planner(store, run, policy_type, options, train_config, resume=True, task=task)
-    seconds = time.perf_counter() - t0
-    cost_file.write_text(json.dumps({"seconds": seconds, "steps": train_config.steps}))
+    seconds = train_or_reuse(store, run, policy_type, options, train_config, task=task)
     return load_policy(run), seconds
 
 

@@ -111,25 +111,16 @@ def apply_setting(policy: Any, setting: Mapping[str, Any]) -> Any:
 # --- training ------------------------------------------------------------------------------------
 
 def ensure_run(store: str | Path, run: str | Path, policy_type: str, options: dict[str, Any],
-               train_config: Any, task: str | None = None) -> tuple[Any, float]:
+               train_config: Any, task: str | None = None) -> tuple[Any, float | None]:
     """Train ``policy_type`` into ``run`` (resuming), or load it when complete → (policy, train seconds).
 
     One front door for every method (``fastpolicy.train.offline.train_offline`` hands the planners to
-    their driver); the wall time lands in ``run/cost.json`` (a resumed run counts this session only).
+    their driver); the wall time lands in the run record (:mod:`fastpolicy.train.run_record`).
     """
     from fastpolicy.policies.checkpoint import load_policy
-    from fastpolicy.train.offline import train_offline
-    from fastpolicy.utils.checkpoint import read_config
+    from fastpolicy.train.run_record import train_or_reuse
 
-    run = Path(run)
-    cost_file = run / "cost.json"
-    if (run / "latest").exists() and read_config(run)["step"] >= train_config.steps and cost_file.exists():
-        return load_policy(run).eval(), float(json.loads(cost_file.read_text())["seconds"])
-    t0 = time.perf_counter()
-    train_offline(store, run, policy_type, options, train_config, resume=True, task=task)
-    seconds = time.perf_counter() - t0
-    cost_file.write_text(json.dumps({"seconds": seconds, "steps": train_config.steps,
-                                     "batch_size": train_config.batch_size}))
+    seconds = train_or_reuse(store, run, policy_type, options, train_config, task=task)
     return load_policy(run).eval(), seconds
 
 

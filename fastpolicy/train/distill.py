@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -60,6 +59,7 @@ from fastpolicy.diffusion.schedule import broadcast_to_sample
 from fastpolicy.policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig, student_grid
 from fastpolicy.policies.diffusion_policy import DiffusionPolicy
 from fastpolicy.policies.streaming import StreamingPolicy, StreamLayout, num_chunks, parse_stream
+from fastpolicy.train.run_record import read_cost, record_cost, run_is_complete
 
 SOLVERS = ("ddim", "heun")
 TARGETS = ("ode", "bootstrap")
@@ -385,33 +385,6 @@ class ConsistencyDistiller(nn.Module):
 
 # --- drivers --------------------------------------------------------------------------------------
 
-def _record_cost(run_dir: Path, seconds: float, step: int, before: float = 0.0) -> dict[str, float]:
-    """Accumulate wall seconds of a run in ``run_dir/cost.json`` (survives resumes)."""
-    path = run_dir / "cost.json"
-    prev = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0}
-    cost = {"seconds": float(prev.get("seconds", 0.0)) + seconds, "steps": int(step)}
-    cost["total_seconds"] = cost["seconds"] + float(prev.get("before_seconds", before))
-    cost["before_seconds"] = float(prev.get("before_seconds", before))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cost, indent=1))
-    return cost
-
-
-def read_cost(run_dir: str | os.PathLike) -> dict[str, float] | None:
-    """Wall seconds (``seconds`` of the run, ``total_seconds`` with earlier stages) and steps, if any."""
-    path = Path(run_dir) / "cost.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _run_is_complete(run_dir: Path, steps: int) -> bool:
-    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
-
-    try:
-        return int(read_config(resolve_checkpoint(run_dir))["step"]) >= steps
-    except (FileNotFoundError, ValueError):
-        return False
-
-
 def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_config, resume: bool,
          extra: dict[str, Any], before_seconds: float = 0.0) -> dict[str, float]:
     from fastpolicy.data.store import EpisodeStore
@@ -429,7 +402,7 @@ def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_
     trainer = Trainer(module, dataset, train_config, run_dir, resume=resume, extra_config=extra)
     t0 = time.perf_counter()
     stats = trainer.fit()
-    _record_cost(run_dir, time.perf_counter() - t0, trainer.step, before_seconds)
+    record_cost(run_dir, time.perf_counter() - t0, trainer.step, before_seconds)
     return stats
 
 
@@ -479,7 +452,7 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
     for i, k in enumerate(segments):
         dcfg = dataclasses.replace(base, segments=k)
         run_dir = out if i == len(segments) - 1 else out / "stages" / f"seg{k}"
-        if resume and _run_is_complete(run_dir, train_config.steps):
+        if resume and run_is_complete(run_dir, train_config.steps):
             prev = load_policy(run_dir)
             prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
             continue
@@ -523,6 +496,6 @@ def finetune_streaming(teacher: str | os.PathLike | DiffusionPolicy, store: str 
     else:
         policy.backbone.load_state_dict(teacher.backbone.state_dict())
     out = Path(out)
-    if not (resume and _run_is_complete(out, train_config.steps)):
+    if not (resume and run_is_complete(out, train_config.steps)):
         _fit(policy, store, out, train_config, resume, {"store": str(store), "warm_start": "teacher"})
     return load_policy(out)

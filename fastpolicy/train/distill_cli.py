@@ -7,7 +7,8 @@ import argparse
 import torch
 
 from fastpolicy.train.cli import add_training_flags, training_config
-from fastpolicy.train.distill import SOLVERS, TARGETS, DistillConfig, distill, read_cost
+from fastpolicy.train.distill import SOLVERS, TARGETS, DistillConfig, distill
+from fastpolicy.train.run_record import read_cost
 
 
 def register(sub: argparse._SubParsersAction) -> None:
