@@ -1,21 +1,23 @@
-"""The diffusion teacher on AGV: train on expert demonstrations, then score and time it beside BC.
+"""The diffusion teacher beside BC at the same budget: train both on one store, then score and time them.
 
-Workflow, top to bottom:
+Used for the tasks the D4RL suite does not cover: AGV expert demonstrations (``agv-simple-static``, the
+multimodal ``agv-bimodal-block``, with the way each episode went round the block) and the goal-holding
+maze (``--task maze2d-umaze --recipe maze2d-umaze-dwell``). Workflow, top to bottom:
 
-1. build the ``agv-simple-static-expert`` dataset (``fastpolicy data make``; reused if present);
+1. build the task's dataset (``--recipe``, default the task card's; reused if present);
 2. train a diffusion policy on it with ``fastpolicy.train.offline.train_offline`` (MLP denoiser and the
    library's default parametrisation, CPU, a fixed optimizer-step budget at the suites' learning rate
-   1e-3, recorded in every row), and BC with the same budget;
+   1e-3, recorded in every row), and BC with the same budget and training seed;
 3. evaluate the last checkpoint with ``fastpolicy.evaluation.evaluate`` under each sampler
-   (``ddpm:100`` the teacher, ``ddim:10``), and BC: success rate over seeds x episodes and per-action
-   latency at batch 1;
-4. write the rows to ``bench/results/agv_teacher.json``.
+   (``ddpm:100`` the teacher, ``ddim:10``), and BC: score, success rate over seeds x episodes, the
+   mode each episode took where the layout has two ways, and per-action latency at batch 1;
+4. write the rows to ``--out``.
 
 The budget (steps, batch, episodes) is sized for a shared 2-core CPU (~5-10 min when it is idle,
 ~20 under load) and recorded in every row, so the numbers are read as "what this budget buys", not as
 the method's ceiling.
 
-    nice -n 10 env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_agv_teacher.py
+    nice -n 10 env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_teacher_vs_bc.py
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass
 class Args:
     task: str = "agv-simple-static"
-    """task card (envs/<task>.yaml); its dataset recipe gives the demonstrations"""
+    """task card (envs/<task>.yaml)"""
+    recipe: str | None = None
+    """dataset recipe that builds a missing store (default: the task card's)"""
     store: Path = REPO / "datasets" / "store" / "agv-simple-static-expert"
-    """EpisodeStore of expert demonstrations (built if missing)"""
-    run: Path = REPO / "runs" / "bench_agv_teacher"
+    """EpisodeStore of demonstrations (built if missing)"""
+    run: Path = REPO / "runs" / "bench_teacher_vs_bc"
     """training run directory (checkpoints, TensorBoard)"""
     out: Path = REPO / "bench" / "results" / "agv_teacher.json"
     """result rows"""
@@ -66,6 +71,7 @@ def parse_args() -> Args:
     d = Args()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default=d.task)
+    p.add_argument("--recipe", default=d.recipe)
     p.add_argument("--store", type=Path, default=d.store)
     p.add_argument("--run", type=Path, default=d.run)
     p.add_argument("--out", type=Path, default=d.out)
@@ -88,7 +94,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from fastpolicy.data.recipes.agv import make_agv_expert_dataset
+    from fastpolicy.bench.methods import ensure_dataset
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
@@ -101,15 +107,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     t0 = time.perf_counter()
-    if not (args.store / "meta").exists():
-        tier = args.task.removeprefix("agv-")
-        make_agv_expert_dataset(tier, args.store, size=args.dataset_size, seed=0)
+    ensure_dataset(args.task, args.store, args.dataset_size, seed=0, recipe=args.recipe)
     store = EpisodeStore.open(args.store)
     t_data = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     wall_file = args.run / "bench_train_wall.json"
-    if args.retrain or not (args.run / "latest").exists():
+    bc_run = args.run.with_name(args.run.name + "_bc")
+    if args.retrain:  # this benchmark's own run directories: start both learners from scratch
+        for run in (args.run, bc_run):
+            if (run / "latest").exists():
+                shutil.rmtree(run)
+    if not (args.run / "latest").exists():
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
                           log_every=100, seed=0, device="cpu")
@@ -124,7 +133,8 @@ def main() -> None:
     budget = {"train_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "backbone": args.backbone, "prediction_type": policy.config.prediction_type,
               "train_wall_s": None if train_s is None else round(train_s, 1), "data_wall_s": round(t_data, 1),
-              "dataset": task.dataset, "dataset_episodes": store.n_episodes, "dataset_steps": store.n_steps,
+              "dataset": store.attrs.get("recipe", args.recipe or task.dataset),
+              "dataset_episodes": store.n_episodes, "dataset_steps": store.n_steps,
               "expert_success_rate": store.attrs.get("expert_success_rate"),
               "budget_note": "CPU, 1 torch thread, nice 10, shared 2-core machine: ~50 optimizer steps/s "
                              "when idle (10k steps ~ 3.5 min), far fewer under load (see train_wall_s)"}
@@ -139,12 +149,17 @@ def main() -> None:
         rows.append(row)
         print(f"{spec:>9}: success {row['success_rate']:.3f}  latency p50 {row['latency_ms_p50']:.2f} ms "
               f"p99 {row['latency_ms_p99']:.2f} ms  ({row['eval_wall_s']} s)", flush=True)
-    bc_run = args.run.with_name(args.run.name + "_bc")
-    if args.retrain or not (bc_run / "latest").exists():
+    bc_wall_file = bc_run / "bench_train_wall.json"
+    if not (bc_run / "latest").exists():
+        t0 = time.perf_counter()
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
                           log_every=100, seed=0, device="cpu")
         train_offline(args.store, bc_run, "bc", {}, cfg, task=args.task)
+        bc_wall_file.write_text(json.dumps({"train_wall_s": time.perf_counter() - t0, "steps": args.steps,
+                                            "lr": args.lr}))
+    bc_s = json.loads(bc_wall_file.read_text())["train_wall_s"] if bc_wall_file.exists() else None
+    budget["train_wall_s"] = None if bc_s is None else round(bc_s, 1)
     bc = load_policy(bc_run)
     tracker = ModeTracker(task)
     row = evaluate(bc, task, args.episodes, args.seeds, args.latency_steps, progress=False,
