@@ -224,8 +224,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from fastpolicy.bench.report import save_figure
+    from fastpolicy.evaluation.results import read_results
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
+    suite_rows = ROOT / "bench" / "results" / "d4rl.json"
+    peers = {r["task"]: r["score_mean"] for r in (read_results(suite_rows) if suite_rows.exists() else [])
+             if r["method"] == "d3rlpy-bc"}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = [r for r in rows if r["task"] == task]
@@ -236,7 +240,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks(range(len(sub)), [r["method"] for r in sub], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{task}: test, {sub[0]['episodes']} episodes over training seeds "
                      f"{sub[0]['train_seeds']}", fontsize=9)
-        ax.set_ylabel("D4RL normalized score (± SE over training seeds)")
+        peer = peers.get(task)
+        if peer is not None:  # the acceptance bar of the D4RL table: d3rlpy BC on the same data
+            ax.axhline(peer, color="k", ls="--", lw=1, label=f"d3rlpy BC {peer:.1f} (1 training seed)")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylabel("normalized score (± SE, training seeds)")
     fig.suptitle("red: teacher sampler chosen on validation seeds; gray: BC", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
