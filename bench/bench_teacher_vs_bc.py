@@ -22,7 +22,6 @@ the method's ceiling.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -67,30 +66,7 @@ class Args:
     """transitions of a store that must be built (None: the recipe's default); smoke runs use a few"""
 
 
-def parse_args() -> Args:
-    d = Args()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default=d.task)
-    p.add_argument("--recipe", default=d.recipe)
-    p.add_argument("--store", type=Path, default=d.store)
-    p.add_argument("--run", type=Path, default=d.run)
-    p.add_argument("--out", type=Path, default=d.out)
-    p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--episodes", type=int, default=d.episodes)
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
-    p.add_argument("--samplers", nargs="+", default=d.samplers)
-    p.add_argument("--latency-steps", type=int, default=d.latency_steps)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--retrain", action="store_true")
-    p.add_argument("--dataset-size", type=int, default=d.dataset_size)
-    return Args(**vars(p.parse_args()))
-
-
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
@@ -171,4 +147,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fastpolicy.utils.args import parse_dataclass_args
+
+    main(parse_dataclass_args(Args, description=__doc__))
