@@ -258,7 +258,7 @@ def distill_row(task, teacher_run: Path, store: Path, work: Path, args: Args, co
     seconds = time.perf_counter() - t0
     row = evaluate(student, task, method="consistency-1", label_condition="proxy", learner="consistency",
                    train_store=str(store), teacher=str(teacher_run), train_steps=args.distill_steps,
-                   train_seconds=None if seconds is None else round(seconds, 1), **common, **eval_kw)
+                   train_seconds=round(seconds, 1), **common, **eval_kw)
     row["score_vs_full"] = row["score_mean"] / full_score if full_score and full_score > 0 else None
     row["success_vs_full"] = row["success_rate"] / full_success if full_success else None
     print(f"  consistency-1 (from proxy teacher) score {row['score_mean']:7.2f} ± {row['score_std']:.2f}")

@@ -5,7 +5,7 @@ multimodal ``agv-bimodal-block``, with the way each episode went round the block
 maze (``--task maze2d-umaze --recipe maze2d-umaze-dwell``). Workflow, top to bottom:
 
 1. build the task's dataset (``--recipe``, default the task card's; reused if present);
-2. train a diffusion policy on it with ``fastpolicy.train.offline.train_offline`` (MLP denoiser and the
+2. train a diffusion policy on it through ``fastpolicy.train.run_record.train_or_reuse`` (MLP denoiser and the
    library's default parametrisation, CPU, a fixed optimizer-step budget at the suites' learning rate
    1e-3, recorded in every row), and BC with the same budget and training seed;
 3. evaluate the last checkpoint with ``fastpolicy.evaluation.evaluate`` under each sampler
@@ -22,7 +22,6 @@ the method's ceiling.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -77,7 +76,7 @@ def main(args: Args) -> None:
     from fastpolicy.evaluation import evaluate
     from fastpolicy.evaluation.results import write_results
     from fastpolicy.policies.checkpoint import load_policy
-    from fastpolicy.train.offline import train_offline
+    from fastpolicy.train.run_record import train_or_reuse
     from fastpolicy.train.trainer import TrainConfig
 
     torch.set_num_threads(args.threads)
@@ -87,23 +86,17 @@ def main(args: Args) -> None:
     store = EpisodeStore.open(args.store)
     t_data = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    wall_file = args.run / "bench_train_wall.json"
     bc_run = args.run.with_name(args.run.name + "_bc")
     if args.retrain:  # this benchmark's own run directories: start both learners from scratch
         for run in (args.run, bc_run):
             if (run / "latest").exists():
                 shutil.rmtree(run)
-    if not (args.run / "latest").exists():
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
-                          log_every=100, seed=0, device="cpu")
-        train_offline(args.store, args.run, "diffusion", {"backbone": args.backbone, "sampler": "ddpm:100"},
-                      cfg, task=args.task)
-        wall_file.write_text(json.dumps({"train_wall_s": time.perf_counter() - t0, "steps": args.steps,
-                                         "lr": args.lr}))
-    # A reused run reports the wall time of the training that produced it.
-    train_s = json.loads(wall_file.read_text())["train_wall_s"] if wall_file.exists() else None
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
+                      log_every=100, seed=0, device="cpu")
+    # a reused run reports the wall time of the training that produced it (its run record)
+    teacher_options = {"backbone": args.backbone, "sampler": "ddpm:100"}
+    train_s = train_or_reuse(args.store, args.run, "diffusion", teacher_options, cfg, task=args.task)
     policy = load_policy(args.run)
 
     budget = {"train_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -125,16 +118,7 @@ def main(args: Args) -> None:
         rows.append(row)
         print(f"{spec:>9}: success {row['success_rate']:.3f}  latency p50 {row['latency_ms_p50']:.2f} ms "
               f"p99 {row['latency_ms_p99']:.2f} ms  ({row['eval_wall_s']} s)", flush=True)
-    bc_wall_file = bc_run / "bench_train_wall.json"
-    if not (bc_run / "latest").exists():
-        t0 = time.perf_counter()
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          warmup_steps=min(500, args.steps // 10), checkpoint_every=max(args.steps // 4, 1),
-                          log_every=100, seed=0, device="cpu")
-        train_offline(args.store, bc_run, "bc", {}, cfg, task=args.task)
-        bc_wall_file.write_text(json.dumps({"train_wall_s": time.perf_counter() - t0, "steps": args.steps,
-                                            "lr": args.lr}))
-    bc_s = json.loads(bc_wall_file.read_text())["train_wall_s"] if bc_wall_file.exists() else None
+    bc_s = train_or_reuse(args.store, bc_run, "bc", {}, cfg, task=args.task)
     budget["train_wall_s"] = None if bc_s is None else round(bc_s, 1)
     bc = load_policy(bc_run)
     tracker = ModeTracker(task)
