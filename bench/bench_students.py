@@ -92,7 +92,7 @@ def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | Non
     return rows
 
 
-def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]:
+def retime(task: str, suite: Any, work: Path, out: Path, plot_dir: Path) -> list[dict[str, Any]]:
     """Re-measure only the timing of a task's committed rows (same runs, same interleaved protocol).
 
     Scores are deterministic given the runs and seeds; timing is the machine's. Used when a timing
@@ -121,7 +121,7 @@ def retime(task: str, suite: Any, work: Path, out: Path) -> list[dict[str, Any]]
     extra = ["step_latency_ms_p50", "step_latency_ms_max_p99", "distill_seconds"]
     notes = [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in targets.items()]
     path.with_suffix(".md").write_text(markdown_table(rows, extra=extra) + "\n\n" + "\n".join(notes) + "\n")
-    pareto_plot(rows, REPO / "docs" / f"pareto_students_{task}.png",
+    pareto_plot(rows, plot_dir / f"pareto_students_{task}.png",
                 title=f"{task}: score vs median planning-step latency (batch 1)",
                 latency_key="step_latency_ms_p50")
     print(f"re-timed {path}: {targets}", flush=True)
@@ -176,7 +176,8 @@ def main() -> None:
         t0 = time.perf_counter()
         suite, work = suite_for(task, args.quick, out / "work")
         if args.retime:
-            retime(task, dataclasses.replace(suite, progress=False), work, out)
+            # the plot goes where the scoring run put it (docs/ for the committed rows, --plot's folder)
+            retime(task, dataclasses.replace(suite, progress=False), work, out, Path(args.plot).parent)
             continue
         rows = run_suite(suite, [task], work_dir=work, results_dir=out, plot_dir=out if args.quick else
                          Path(args.plot).parent, progress=True)

@@ -282,3 +282,26 @@ def test_inference_time_embedding_table_tracks_the_weights():
         emb.load_state_dict({k: torch.zeros_like(v) for k, v in emb.state_dict().items()})
         assert torch.equal(emb(t), torch.zeros(5, 16))
         assert emb(torch.tensor([3.5])).shape == (1, 16)   # float timesteps: computed directly
+
+
+def test_mlp_level_features_give_the_same_output_and_follow_weight_changes():
+    """The fixed-level fast path (time features looked up once) is the plain forward, bit for bit,
+    and a weight update is seen by the next call (the cache follows the embedding tables)."""
+    from fastpolicy.nets.mlp import MLPDenoiser
+
+    torch.manual_seed(0)
+    net = MLPDenoiser(horizon=4, input_dim=2, global_cond_dim=6, hidden=32, stop_time=True).eval()
+    torch.nn.init.normal_(net.stop_time_embedding.mlp[-1].weight)   # a trained (non-zero) stop time
+    x, cond = torch.randn(3, 4, 2), torch.randn(3, 6)
+    with torch.inference_mode():
+        for t, s in [(90, -1), (45, 20), (0, -1)]:
+            plain = net(x, torch.full((3,), t), cond, stop_time=torch.full((3,), s))
+            fast = net(x, None, cond, time_features=net.level_features(t, s))
+            assert torch.equal(plain, fast)
+        before = net(x, None, cond, time_features=net.level_features(90, -1))
+    with torch.no_grad():
+        net.time_embedding.mlp[-1].bias.add_(1.0)
+    with torch.inference_mode():
+        after = net(x, None, cond, time_features=net.level_features(90, -1))
+        plain = net(x, torch.full((3,), 90), cond, stop_time=torch.full((3,), -1))
+    assert not torch.equal(before, after) and torch.equal(after, plain)

@@ -143,10 +143,44 @@ class MLPDenoiser(nn.Module):
             emb = emb.unsqueeze(1).expand(-1, self.horizon, -1)
         return emb.reshape(emb.shape[0], -1)
 
-    def forward(self, sample: torch.Tensor, timestep: int | float | torch.Tensor,
+    @torch.inference_mode()
+    def level_features(self, t: int, s: int | None = None) -> torch.Tensor:
+        """(1, E) time features of integer levels ``t`` (and stop time ``s``) for :meth:`forward`.
+
+        Why: a sampler calls the net at a few fixed levels; passing these features skips the per-call
+        timestep checks and the two table lookups (≈ 20 µs of a ≈ 240 µs one-call plan at batch 1,
+        measured). The values are the embedding tables' rows, so the output is bit-identical; they are
+        cached per level pair and rebuilt with the tables (whenever a weight changes).
+        """
+        if self.per_position_time:
+            raise ValueError("level_features is for per-sample time; this net embeds one level per position")
+        tables = (self.time_embedding._lookup_table(),
+                  None if self.stop_time_embedding is None else self.stop_time_embedding._lookup_table())
+        cache = self.__dict__.setdefault("_level_cache", {})
+        hit = cache.get((t, s))
+        if hit is not None and hit[0] is tables[0] and hit[1] is tables[1]:
+            return hit[2]
+        feats = tables[0][t + 1: t + 2]
+        if s is not None:
+            if tables[1] is None:
+                raise ValueError("stop time given, but the model was built with stop_time=False")
+            feats = feats + tables[1][s + 1: s + 2]
+        cache[(t, s)] = (*tables, feats)
+        return feats
+
+    def forward(self, sample: torch.Tensor, timestep: int | float | torch.Tensor | None,
                 global_cond: torch.Tensor | None = None,
-                stop_time: int | float | torch.Tensor | None = None) -> torch.Tensor:
-        """Same contract as :meth:`ConditionalUnet1D.forward`."""
+                stop_time: int | float | torch.Tensor | None = None,
+                time_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Same contract as :meth:`ConditionalUnet1D.forward`; ``time_features`` (from
+        :meth:`level_features`) replaces ``timestep`` and ``stop_time`` (inference at fixed levels)."""
+        if time_features is not None:
+            batch = sample.shape[0]
+            parts = [sample.reshape(batch, -1), time_features.expand(batch, -1)]
+            if self.global_cond_dim:
+                parts.append(global_cond)
+            return self.output_layer(self.body(self.input_layer(torch.cat(parts, dim=-1)))).view(
+                batch, self.horizon, self.input_dim)
         if sample.dim() != 3 or tuple(sample.shape[1:]) != (self.horizon, self.input_dim):
             raise ValueError(f"sample must be (B, {self.horizon}, {self.input_dim}); "
                              f"got {tuple(sample.shape)}")

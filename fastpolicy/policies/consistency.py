@@ -168,6 +168,9 @@ class ConsistencyPolicy(DiffusionPolicy):
                           what=f"consistency student ({cfg.teacher_sampler})", one_call=True)
         self.steps = int(steps)
         self._grid = grid.to(self.device)   # tables built once here, not per call
+        self._levels = [int(t) for t in grid.tolist()]
+        self._level_features = (hasattr(self.backbone, "level_features")
+                                and not getattr(self.backbone, "per_position_time", False))
         ac = self.schedule.alphas_cumprod.double().cpu()
         abar = [1.0 if t < 0 else float(ac[t]) for t in grid.tolist()]
         self._coef = [(a ** 0.5, (1.0 - a) ** 0.5) for a in abar]   # (α, σ) per grid point, floats
@@ -231,12 +234,18 @@ class ConsistencyPolicy(DiffusionPolicy):
         Python floats from tables built once in :meth:`_use_steps` — no table rebuild, no identity mask,
         no per-call tensor bookkeeping around the one network call.
         """
-        b = x.shape[0]
-        raw = self.backbone(x, self._grid[i].expand(b), cond, stop_time=self._grid[j].expand(b))
-        x0, eps = predict_x0_eps(x, raw, *self._coef[i], self.config.prediction_type)
+        net, ptype = self.backbone, self.config.prediction_type
+        if self._level_features:        # an MLP net: the levels' time features, looked up once
+            raw = net(x, None, cond, time_features=net.level_features(self._levels[i], self._levels[j]))
+        else:
+            b = x.shape[0]
+            raw = net(x, self._grid[i].expand(b), cond, stop_time=self._grid[j].expand(b))
+        if j == 0 and ptype == "sample":  # the clean end needs x0 only (α = 1, σ = 0)
+            return raw.clamp(-1.0, 1.0) if self.config.clip_sample else raw
+        x0, eps = predict_x0_eps(x, raw, *self._coef[i], ptype)
         if self.config.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
-        if j == 0:                      # the clean end: α = 1, σ = 0
+        if j == 0:
             return x0
         sa_j, s1_j = self._coef[j]
         return sa_j * x0 + s1_j * eps

@@ -153,7 +153,7 @@ class TorchPolicy(nn.Module, Policy):
         Every policy's output passes here, so no sampler (DPM-Solver runs unclipped, an ε-estimate can
         be amplified) ever hands an actuator an action outside the data the policy was trained on.
         """
-        return torch.maximum(torch.minimum(self.unnormalize_action(x), self._action_hi), self._action_lo)
+        return torch.clamp(self.unnormalize_action(x), min=self._action_lo, max=self._action_hi)
 
     def encode_obs(self, obs_window: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, To, obs_dim) raw → (B, To·obs_dim) normalised global condition, with shape checks."""
