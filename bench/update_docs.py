@@ -141,6 +141,12 @@ LAYOUTS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "suite": _SUITE_COLUMNS,
     "students": _STUDENT_COLUMNS,
+    "student_capacity": [
+        ("Ta", "action_horizon", "{}"), ("method", "method", "{}"), ("hidden", "hidden", "{}"),
+        ("score", "score_mean", "{:.2f}"), ("± std", "score_std", "{:.2f}"), ("success", "success_rate", "{:.2f}"),
+        ("modes (episode fractions)", "modes", "{}"), ("episodes", "episodes", "{}"),
+        ("plan p50 ms", "step_latency_ms_p50", "{:.3f}"), ("plan samples", "step_latency_samples", "{}"),
+    ],
     "students_curve": [
         ("distillation steps", "distill_steps", "{}"), ("1-step score", "score_mean", "{:.2f}"),
         ("± std", "score_std", "{:.2f}"), ("success", "success_rate", "{:.2f}"),
