@@ -100,8 +100,8 @@ def main(args: Args) -> None:
         from fastpolicy.bench.runner import run_suite
 
         suite = dataclasses.replace(suite, methods=["dp-ddim10", "cm-1step"])
-        run_suite(suite, [args.task], work_dir=work, results_dir=args.out / "work", plot_dir=args.out / "work",
-                  progress=False)
+        scratch = args.out / "work"
+        run_suite(suite, [args.task], work_dir=work, results_dir=scratch, plot_dir=scratch, progress=False)
     run = work / args.task
     teacher = load_policy(run / "teacher").eval()
     narrow = load_policy(run / "cm1").eval()
@@ -111,8 +111,9 @@ def main(args: Args) -> None:
         dcfg = DistillConfig(teacher_sampler=suite.distill_sampler, denoise_weight=suite.denoise_weight)
         wide = widen(student_from_teacher(teacher, suite.distill_sampler), args.hidden)
         module = ConsistencyDistiller(teacher, wide, dcfg)
-        _fit(module, suite_store_path(suite, args.task, run), wide_run, train_config(steps, suite, distill=True), False,
-             {"experiment": f"student widened to {args.hidden}", "teacher": str(run / "teacher")})
+        store = suite_store_path(suite, args.task, run)
+        extra = {"experiment": f"student widened to {args.hidden}", "teacher": str(run / "teacher")}
+        _fit(module, store, wide_run, train_config(steps, suite, distill=True), False, extra)
     wide = load_policy(wide_run).eval()
 
     spec = get_task(args.task)

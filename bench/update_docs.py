@@ -143,7 +143,8 @@ LAYOUTS: dict[str, list[tuple[str, str, str]]] = {
     "students": _STUDENT_COLUMNS,
     "student_capacity": [
         ("Ta", "action_horizon", "{}"), ("method", "method", "{}"), ("hidden", "hidden", "{}"),
-        ("score", "score_mean", "{:.2f}"), ("± std", "score_std", "{:.2f}"), ("success", "success_rate", "{:.2f}"),
+        ("score", "score_mean", "{:.2f}"), ("± std", "score_std", "{:.2f}"),
+        ("success", "success_rate", "{:.2f}"),
         ("modes (episode fractions)", "modes", "{}"), ("episodes", "episodes", "{}"),
         ("plan p50 ms", "step_latency_ms_p50", "{:.3f}"), ("plan samples", "step_latency_samples", "{}"),
     ],

@@ -41,5 +41,5 @@ def test_student_capacity_smoke(tmp_path, run_script):
     x, cond = torch.randn(2, 16, 2), torch.randn(2, student.config.obs_dim * student.config.obs_horizon)
     t, s = torch.full((2,), 90), torch.full((2,), -1)
     with torch.no_grad():
-        assert torch.allclose(wide.backbone(x, t, cond, stop_time=s), student.backbone(x, t, cond, stop_time=s),
-                              atol=5e-3)
+        same = student.backbone(x, t, cond, stop_time=s)
+        assert torch.allclose(wide.backbone(x, t, cond, stop_time=s), same, atol=5e-3)
