@@ -235,7 +235,9 @@ class ConsistencyPolicy(DiffusionPolicy):
         no per-call tensor bookkeeping around the one network call.
         """
         net, ptype = self.backbone, self.config.prediction_type
-        if self._level_features:        # an MLP net: the levels' time features, looked up once
+        # an MLP net at inference: the levels' time features, looked up once (inference tensors, so
+        # not where autograd records)
+        if self._level_features and not torch.is_grad_enabled():
             raw = net(x, None, cond, time_features=net.level_features(self._levels[i], self._levels[j]))
         else:
             b = x.shape[0]
