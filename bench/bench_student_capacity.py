@@ -145,19 +145,15 @@ def main(args: Args) -> None:
             stats = measure_latency(policy, spec, seed=10_000 + r, planning_steps=per_round)
             samples[name][0].extend(stats.nfe)
             samples[name][1].extend(stats.latency_s)
-    for row in rows:
-        if row["action_horizon"] == suite_ta(teacher) and row["method"] in timed:
-            row.update(timing_fields(*samples[row["method"]]))
-    for name, (nfe, lat) in samples.items():
-        print(f"{name:<16} plan p50 {timing_fields(nfe, lat)['step_latency_ms_p50']:.3f} ms "
-              f"({sum(n > 0 for n in nfe)} planning steps)")
+    timing = {name: timing_fields(*pair) for name, pair in samples.items()}
+    for name, fields in timing.items():
+        print(f"{name:<16} plan p50 {fields['step_latency_ms_p50']:.3f} ms "
+              f"({fields['step_latency_samples']} planning steps)")
+    for row in rows:   # timed at the suite's action horizon (the teacher's)
+        if row["action_horizon"] == teacher.config.action_horizon and row["method"] in timing:
+            row.update(timing[row["method"]])
     path = write_results(args.out / f"student_capacity_{args.task}.json", rows)
     print(f"wrote {path}")
-
-
-def suite_ta(policy) -> int:
-    """The action horizon the policy was trained and is benchmarked with."""
-    return int(policy.config.action_horizon)
 
 
 if __name__ == "__main__":
