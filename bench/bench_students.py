@@ -35,11 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastpolicy.bench.suites import BIMODAL_ACTION_HORIZONS, BIMODAL_CM_OPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: per-task overrides of the ``students`` suite: where its teacher lives and how its SDP streams
 TASKS: dict[str, dict[str, Any]] = {
-    "agv-bimodal-block": {},
+    # Ta chosen on validation seeds per method, and a student trained where its one call starts
+    # (the demo suite's settings: fastpolicy.bench.suites.BIMODAL_*)
+    "agv-bimodal-block": {"action_horizons": BIMODAL_ACTION_HORIZONS,
+                          "cm_distill_options": BIMODAL_CM_OPTIONS},
     "maze2d-umaze": {"dataset_size": 100_000, "dataset_recipes": {"maze2d-umaze": "maze2d-umaze-dwell"}},
     # the d4rl suite's teacher (task card horizons and parametrisation) and BC, reused
     "hopper-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",

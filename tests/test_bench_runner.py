@@ -130,3 +130,44 @@ def test_suite_store_path_shares_full_size_stores_only_when_asked(tmp_path):
     shared = SuiteConfig("t", store_root=str(tmp_path), dataset_recipes=demo.dataset_recipes)
     assert suite_store_path(shared, "maze2d-umaze", work) == tmp_path / "maze2d-umaze-dwell"
     assert SUITES["d4rl"].dataset_size is None  # the recipe's D4RL size (1M) unless told otherwise
+
+
+def test_action_horizon_is_chosen_on_validation_seeds_per_method(monkeypatch):
+    """Best validation score wins, ties go to the longer horizon, trained horizons are left alone."""
+    import dataclasses
+
+    import fastpolicy.evaluation as evaluation
+    from fastpolicy.bench.methods import Method
+    from fastpolicy.bench.runner import SUITES, choose_action_horizons
+
+    class Chunked:
+        def __init__(self, scores, ta=8, streaming=False):
+            self.scores, self.streaming = scores, streaming
+            self.config = type("Cfg", (), {"action_horizon": ta})()
+
+        def per_position_time(self, config):
+            return self.streaming
+
+        def with_action_horizon(self, ta):
+            return Chunked(self.scores, ta, self.streaming)
+
+    calls = []
+
+    def fake_evaluate(policy, spec, episodes, seeds, **kw):
+        calls.append((policy.config.action_horizon, tuple(seeds), kw["split"]))
+        return {"score_mean": policy.scores[policy.config.action_horizon]}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    suite = dataclasses.replace(SUITES["students"], action_horizons=(8, 4), validation_seeds=[100, 101])
+    methods = [Method("better-at-4", Chunked({8: 0.5, 4: 0.9})), Method("tie", Chunked({8: 0.9, 4: 0.9})),
+               Method("streaming", Chunked({8: 0.0, 4: 1.0}, ta=4, streaming=True)),
+               Method("bc-mlp", object())]
+    chosen = choose_action_horizons(methods, "agv-bimodal-block", suite, progress=False)
+    assert [m.name for m in chosen] == [m.name for m in methods]
+    assert chosen[0].policy.config.action_horizon == 4 and chosen[1].policy.config.action_horizon == 8
+    assert chosen[0].extra["action_horizon_validation"] == {"8": 0.5, "4": 0.9}
+    assert chosen[2] is methods[2] and chosen[3] is methods[3]      # trained horizons: untouched
+    assert {seeds for _, seeds, _ in calls} == {(100, 101)} and {s for *_, s in calls} == {"validation"}
+    assert len(calls) == 4                                           # two methods × two horizons
+    with pytest.raises(ValueError, match="overlap"):
+        dataclasses.replace(suite, validation_seeds=[0, 100])

@@ -17,6 +17,7 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
         sdp_cm_steps=4,
         batch_size=16,
         episodes=1,
+        validation_seeds=[100],
         latency_steps=4,
         throughput_calls=1,
         progress=False,
@@ -30,6 +31,13 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
     assert by_method["dp-ddpm100"]["nfe_per_step_max"] == 100
     assert by_method["cm-1step"]["nfe_per_step_max"] == 1 and by_method["sdp-cm"]["nfe_per_step_max"] == 1
     assert by_method["dp-onecall"]["nfe_per_step_max"] == 1
+    # every chunked diffusion method ran at the action horizon its validation episodes chose
+    chunked = {"dp-ddpm100", "dp-ddim10", "dp-ddim1-trailing", "dp-onecall", "cm-1step", "cm-2step"}
+    for name, row in by_method.items():
+        assert ("action_horizon_validation" in row) == (name in chunked), name
+        if name in chunked:
+            scores = {int(ta): v for ta, v in row["action_horizon_validation"].items()}
+            assert row["action_horizon"] == max(scores, key=lambda ta: (scores[ta], ta))
     # the multimodal task: every row says which way its episodes went round the block
     assert all(set(r["mode_fractions"]) >= {"north", "south", "none"} for r in rows)
     # ≥ the suite's planning steps were timed per method, with the machine's load recorded

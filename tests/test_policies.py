@@ -64,6 +64,19 @@ def test_with_sampler_changes_nfe_and_method_on_a_view_only():
         policy.set_sampler("ddim:4")
 
 
+def test_with_action_horizon_executes_a_prefix_of_the_same_plan_on_a_view():
+    policy = _dp(sampler="ddim:4").eval()
+    view = policy.with_action_horizon(3)
+    obs = np.random.default_rng(0).normal(size=(2, 2, 3)).astype(np.float32)
+    full = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1))
+    short = view.predict_chunk(obs, generator=torch.Generator().manual_seed(1))
+    assert short.actions.shape[1] == 3 and np.array_equal(short.actions, full.actions[:, :3])
+    assert short.nfe == full.nfe == 4 and view.method == policy.method == "dp-ddim4"
+    assert policy.config.action_horizon == 8 and view.action_horizon == 3
+    with pytest.raises(ValueError, match="action_horizon"):
+        policy.with_action_horizon(16)       # beyond what the predicted sequence holds
+
+
 def test_mode_evaluation_order_does_not_matter():
     """Evaluating mode A then B gives what B then A gives, and the policy's config is unchanged after."""
     from fastpolicy.evaluation import evaluate

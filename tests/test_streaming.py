@@ -190,3 +190,10 @@ def test_stream_and_sampler_views_leave_the_shared_policy_as_it_was():
     assert (ode.method, dp.method, policy.method) == ("sdp-ode6", "sdp-net-dp-ddim4", "sdp-ddpm100")
     assert ode.config.stream == "ode:6" and dp.config.mode == "dp" and dp.init_state(1) is None
     assert policy.config_dict() == config_before and policy.init_state(1) is not None
+
+
+def test_streaming_policy_refuses_another_action_horizon():
+    """Its chunk length is what the buffer was trained on: not an inference setting to tune."""
+    sdp = _sdp()
+    with pytest.raises(ValueError, match="streams chunks"):
+        sdp.with_action_horizon(sdp.config.action_horizon * 2)

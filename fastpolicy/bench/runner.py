@@ -103,6 +103,43 @@ def _print_score(row: dict[str, Any]) -> None:
           f"[{row['eval_seconds']:.0f} s]", flush=True)
 
 
+def choose_action_horizons(methods: Sequence[Method], task: str, suite: SuiteConfig,
+                           progress: bool = True) -> list[Method]:
+    """Each chunked diffusion method at the action horizon that scores best on the validation seeds.
+
+    The action horizon is an inference setting like the sampler, so it is tuned the same way for every
+    method — on ``suite.validation_seeds``, never on the reported ``suite.seeds`` — among
+    ``suite.action_horizons``; ties go to the longer horizon (fewer plans per action). Methods whose
+    horizon is fixed by training (BC's output chunk, a streaming buffer) are returned unchanged. Each
+    chosen method's row keeps the validation scores it was chosen on (``action_horizon_validation``).
+    """
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation import evaluate
+
+    if not suite.action_horizons:
+        return list(methods)
+    spec = get_task(task)
+    chosen: list[Method] = []
+    for m in methods:
+        policy = m.policy
+        if not hasattr(policy, "with_action_horizon") or policy.per_position_time(policy.config):
+            chosen.append(m)
+            continue
+        scores = {}
+        for ta in sorted(set(suite.action_horizons), reverse=True):
+            row = evaluate(policy.with_action_horizon(ta), spec, suite.episodes, suite.validation_seeds,
+                           latency_steps=0, progress=False, method=m.name, split="validation")
+            scores[ta] = float(row["score_mean"])
+        best = max(scores, key=lambda ta: (scores[ta], ta))
+        if progress:
+            print(f"  {m.name:<18} action horizon {best} (validation score "
+                  + ", ".join(f"Ta {ta}: {v:.3f}" for ta, v in scores.items()) + ")", flush=True)
+        chosen.append(Method(m.name, policy.with_action_horizon(best), extra={
+            **m.extra, "action_horizon_validation": {str(ta): v for ta, v in scores.items()},
+            "validation_seeds": list(suite.validation_seeds)}))
+    return chosen
+
+
 def score_methods(methods: Sequence[Method], task: str, suite: SuiteConfig,
                   progress: bool = True) -> list[dict[str, Any]]:
     """Score every method in this process (closed loop, all seeds); one row per method, no timing yet."""
@@ -211,6 +248,15 @@ def run_suite(suite: str | SuiteConfig, tasks: Sequence[str], work_dir: str | Pa
         obs = obs_windows_from_store(store, max(m.policy.obs_horizon for m in methods))
         if progress:
             print(f"[bench] evaluating {len(methods)} methods on {task}", flush=True)
+        if suite.action_horizons:
+            if ray_config is not None:
+                raise ValueError("choosing action horizons on validation seeds runs locally; Ray workers "
+                                 "rebuild methods at their trained horizons — drop ray_config or "
+                                 "suite.action_horizons")
+            if progress:
+                print(f"[bench] action horizons {list(suite.action_horizons)} chosen on validation seeds "
+                      f"{suite.validation_seeds}", flush=True)
+            methods = choose_action_horizons(methods, task, suite, progress)
         if ray_config is None or teacher_run is None:  # Ray workers rebuild methods from a teacher run
             rows = evaluate_methods(methods, task, suite, obs, progress)
         else:

@@ -44,12 +44,20 @@ class SuiteConfig:
     """the teacher's evaluated sampler the students learn (grid, spacing, temperature): DDIM-10"""
     denoise_weight: float = 0.0
     """weight of the distillation's denoising auxiliary loss"""
+    cm_distill_options: dict[str, Any] = field(default_factory=dict)
+    """``DistillConfig`` fields of the 1-segment student over the defaults (e.g. ``top_fraction``)"""
     batch_size: int = 64
     lr: float = 1e-4
     distill_lr: float | None = None
     """consistency distillation's learning rate (None: ``lr``)"""
     episodes: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
+    action_horizons: tuple[int, ...] = ()
+    """candidate action horizons (actions executed per plan, an inference setting): each chunked diffusion
+    method runs at the one that scores best on ``validation_seeds`` (ties: the longer, which plans less
+    often); empty: every method at its trained horizon. Streaming methods and BC keep theirs (trained)."""
+    validation_seeds: list[int] = field(default_factory=lambda: list(range(100, 110)))
+    """environment seeds (× ``episodes``) the inference settings are chosen on, disjoint from ``seeds``"""
     latency_steps: int = 48
     """timed planning steps (control steps that call the denoiser) per method, over all rounds"""
     latency_rounds: int = 2
@@ -87,6 +95,11 @@ class SuiteConfig:
         if self.family not in FAMILY_NAMES:
             raise ValueError(f"unknown method family {self.family!r}; known: {', '.join(FAMILY_NAMES)}")
         self.planners = self.family == "planners"
+        if self.action_horizons and set(self.validation_seeds) & set(self.seeds):
+            raise ValueError(f"validation_seeds {self.validation_seeds} overlap the test seeds {self.seeds}: "
+                             "inference settings must be chosen on other episodes than those reported")
+        if any(int(ta) < 1 for ta in self.action_horizons):
+            raise ValueError(f"action_horizons must be ≥ 1, got {self.action_horizons}")
 
 
 ALL_METHODS: tuple[str, ...] = (
@@ -98,6 +111,14 @@ ALL_METHODS: tuple[str, ...] = (
 clean estimate from the top of the distilled grid (the untrained student); ``dp-ddim{1,2}-trailing``,
 DDIM at the students' call counts; ``dp-ddim1-trailing-t0``, one deterministic call from x_T = 0 (the
 teacher's estimate of the mean action: what scores on unimodal, noisy data such as hopper-medium)."""
+
+BIMODAL_ACTION_HORIZONS: tuple[int, ...] = (8, 4)
+"""agv-bimodal-block (demo and students suites): every chunked diffusion method picks Ta 8 or 4 on
+validation seeds — a late mode switch at the corridor mouth is corrected sooner by planning more often"""
+BIMODAL_CM_OPTIONS: dict[str, Any] = {"top_fraction": 1.0}
+"""agv-bimodal-block's 1-segment student trains at the grid's top only, the level its one call starts at
+(validation seeds 100-109: 94 % success at 1 call and Ta 8 against 90 % with a quarter of each batch
+there; 2 calls 99 % against 97 %)"""
 
 SUITES: dict[str, SuiteConfig] = {
     # Minutes from scratch on a busy 2-core CPU (README): a small goal-holding maze dataset, an MLP
@@ -122,6 +143,7 @@ SUITES: dict[str, SuiteConfig] = {
                         cm_steps=2000, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=1e-3,
                         distill_lr=1e-3, episodes=10, seeds=[0, 1, 2], latency_steps=200, latency_rounds=20,
                         throughput_calls=2, teacher_options={"backbone": "mlp"},
+                        action_horizons=BIMODAL_ACTION_HORIZONS, cm_distill_options=BIMODAL_CM_OPTIONS,
                         dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
                         methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim1-trailing", "dp-onecall",
                                  "sdp-ode6", "cm-1step", "cm-2step", "sdp-cm")),

@@ -100,7 +100,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         log(f"[bench] consistency student of {suite.distill_sampler}, 1 segment ({suite.cm_steps} steps)")
         cm_run = work / "cm1"
         cm = distill(teacher_run, store, cm_run, (1,), train_config(suite.cm_steps, suite, distill=True),
-                     resume=True, distill_config=dcfg)
+                     resume=True, distill_config=dataclasses.replace(dcfg, **suite.cm_distill_options))
         cm_extra = {**teacher_extra, **student_extra, "train_seconds": None,
                     "distill_seconds": run_cost(cm_run).get("total_seconds")}
         for k in (1, 2, 4):

@@ -95,6 +95,18 @@ class DiffusionPolicy(TorchPolicy):
         view = policy_view(self, **self._sampler_config_changes(), **changes)
         return view._use_sampler(spec)
 
+    def with_action_horizon(self, action_horizon: int) -> DiffusionPolicy:
+        """This policy executing ``action_horizon`` actions per plan with its current sampler (an
+        inference setting, chosen on validation seeds like a sampler): a view; this policy is unchanged.
+
+        A streaming policy refuses: its action horizon is the chunk length its buffer was trained on.
+        """
+        if self.per_position_time(self.config):
+            raise ValueError(f"{type(self).__name__} streams chunks of its trained action horizon "
+                             f"({self.config.action_horizon}); it cannot execute {action_horizon} per plan")
+        view = policy_view(self, action_horizon=int(action_horizon))
+        return view._use_sampler(self.config.sampler)
+
     def _sampler_config_changes(self) -> dict[str, Any]:
         """Config fields a subclass changes with the sampler (a streaming policy leaves its stream)."""
         return {}
