@@ -72,8 +72,10 @@ def suite_for(task: str, quick: bool, quick_work: Path | None = None) -> tuple[A
     return suite, work
 
 
-def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | None) -> list[dict[str, Any]]:
-    """Score the 1-segment student's kept checkpoints at one call (same seeds as the suite's rows)."""
+def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | None,
+                       action_horizon: int | None = None) -> list[dict[str, Any]]:
+    """Score the 1-segment student's kept checkpoints at one call (same seeds as the suite's rows), at
+    ``action_horizon`` (the one the suite's 1-call row ran at; None: the student's trained one)."""
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
@@ -81,10 +83,12 @@ def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | Non
 
     spec = get_task(task)
     rows = []
-    if onecall_row is not None:
+    if onecall_row is not None and action_horizon in (None, onecall_row.get("action_horizon")):
         rows.append({**onecall_row, "method": "cm-1step", "distill_steps": 0})
     for ckpt in sorted((run / "checkpoints").glob("step_*")):
         student = load_policy(ckpt).eval().with_steps(1)
+        if action_horizon is not None:
+            student = student.with_action_horizon(action_horizon)
         tracker = ModeTracker(spec) if task.startswith("agv-") else None
         row = evaluate(student, spec, suite.episodes, suite.seeds, latency_steps=0, progress=False,
                        method="cm-1step", step_hook=tracker.hook if tracker else None,
@@ -117,6 +121,9 @@ def retime(task: str, suite: Any, work: Path, out: Path, plot_dir: Path) -> list
     methods = build_methods(suite, task, store, work / task, work / task / "teacher", progress=False)
     if [m.name for m in methods] != [r["method"] for r in rows]:
         raise ValueError(f"{path}: rows {[r['method'] for r in rows]} do not match the suite's methods")
+    # each method at the action horizon its scoring run chose on validation seeds (kept in its row)
+    methods = [dataclasses.replace(m, policy=m.policy.with_action_horizon(r["action_horizon"]))
+               if "action_horizon_validation" in r else m for m, r in zip(methods, rows)]
     obs = obs_windows_from_store(store, max(m.policy.obs_horizon for m in methods))
     rows = time_methods(methods, task, suite, rows, obs)
     for row in rows:   # ``commit`` stays the scoring run's; the timing's own commit beside it
@@ -186,8 +193,9 @@ def main() -> None:
             continue
         rows = run_suite(suite, [task], work_dir=work, results_dir=out, plot_dir=out if args.quick else
                          Path(args.plot).parent, progress=True)
-        onecall = next((r for r in rows if r["method"] == "dp-onecall"), None)
-        curve = distillation_curve(work / task / "cm1", task, suite, onecall)
+        by_method = {r["method"]: r for r in rows}
+        one_call_ta = by_method["cm-1step"].get("action_horizon") if "cm-1step" in by_method else None
+        curve = distillation_curve(work / task / "cm1", task, suite, by_method.get("dp-onecall"), one_call_ta)
         write_results(out / f"students_curve_{task}.json", curve)
         print(f"[students] {task} done in {time.perf_counter() - t0:.0f} s", flush=True)
     curves, teachers = {}, {}
