@@ -58,6 +58,7 @@ _STUDENT_COLUMNS = [
     ("success", "success_rate", "{:.2f}"),
     ("modes (episode fractions)", "modes", "{}"),
     ("calls/step max", "nfe_per_step_max", "{}"),
+    ("Ta", "action_horizon", "{}"),
     ("plan p50 ms", "step_latency_ms_p50", "{:.3f}"),
     ("plan p99 ms", "step_latency_ms_max_p99", "{:.2f}"),
     ("plan samples", "step_latency_samples", "{}"),
