@@ -125,16 +125,16 @@ def choose_action_horizons(methods: Sequence[Method], task: str, suite: SuiteCon
         if not hasattr(policy, "with_action_horizon") or policy.per_position_time(policy.config):
             chosen.append(m)
             continue
-        scores = {}
-        for ta in sorted(set(suite.action_horizons), reverse=True):
-            row = evaluate(policy.with_action_horizon(ta), spec, suite.episodes, suite.validation_seeds,
-                           latency_steps=0, progress=False, method=m.name, split="validation")
-            scores[ta] = float(row["score_mean"])
+        horizons = sorted(set(suite.action_horizons), reverse=True)
+        views = {ta: policy.with_action_horizon(ta) for ta in horizons}
+        scores = {ta: float(evaluate(view, spec, suite.episodes, suite.validation_seeds, latency_steps=0,
+                                     progress=False, method=m.name, split="validation")["score_mean"])
+                  for ta, view in views.items()}
         best = max(scores, key=lambda ta: (scores[ta], ta))
         if progress:
             print(f"  {m.name:<18} action horizon {best} (validation score "
                   + ", ".join(f"Ta {ta}: {v:.3f}" for ta, v in scores.items()) + ")", flush=True)
-        chosen.append(Method(m.name, policy.with_action_horizon(best), extra={
+        chosen.append(Method(m.name, views[best], extra={
             **m.extra, "action_horizon_validation": {str(ta): v for ta, v in scores.items()},
             "validation_seeds": list(suite.validation_seeds)}))
     return chosen
