@@ -151,7 +151,8 @@ def run_task(task_name: str, store_arg: str | None, size: int, args: Args) -> li
     from fastpolicy.data.store import EpisodeStore
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate
-    from fastpolicy.nets.inverse_dynamics import IDMTrainConfig, load_inverse_dynamics
+    from fastpolicy.nets.inverse_dynamics import load_inverse_dynamics
+    from fastpolicy.train.inverse_dynamics import IDMTrainConfig
     from fastpolicy.train.label import idm_errors, label_store, train_idm_on_store
 
     task = get_task(task_name)

@@ -18,8 +18,8 @@ call on the same seeds, beside step 0 (the one-call estimate) — ``students_cur
 ``docs/students_curve.png``.
 
 Teachers: maze2d-umaze-dwell and agv-bimodal-block train their own (the demo's budgets, 4k steps); the
-MuJoCo tasks reuse the ``d4rl`` suite's teacher and BC (``runs/bench/d4rl/<task>``: ``fastpolicy bench
---suite d4rl --task T`` trains them, 20k steps each).
+MuJoCo tasks reuse the ``d4rl`` suite's teacher and BC (``runs/bench/d4rl/<task>``, 20k steps each; trained
+here at the same budgets when absent, ~15 min on one core).
 
     nice -n 3 .venv/bin/python bench/bench_students.py --task agv-bimodal-block maze2d-umaze
     nice -n 3 .venv/bin/python bench/bench_students.py --task hopper-medium walker2d-medium
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastpolicy.bench.suites import BIMODAL_ACTION_HORIZONS, BIMODAL_CM_OPTIONS
+from fastpolicy.bench.suites import BIMODAL_ACTION_HORIZONS, BIMODAL_CM_OPTIONS, SUITES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,11 +46,14 @@ TASKS: dict[str, dict[str, Any]] = {
     "agv-bimodal-block": {"action_horizons": BIMODAL_ACTION_HORIZONS,
                           "cm_distill_options": BIMODAL_CM_OPTIONS},
     "maze2d-umaze": {"dataset_size": 100_000, "dataset_recipes": {"maze2d-umaze": "maze2d-umaze-dwell"}},
-    # the d4rl suite's teacher (task card horizons and parametrisation) and BC, reused
+    # the d4rl suite's teacher (task card horizons and parametrisation) and BC, reused — or trained at the
+    # d4rl suite's budgets when absent, so a fresh checkout gets the same teachers from this script alone
     "hopper-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",
+                      "teacher_steps": SUITES["d4rl"].teacher_steps, "bc_steps": SUITES["d4rl"].bc_steps,
                       "sdp_options": {"action_horizon": 2}, "sdp_ode_levels": 14,
                       "bc_options": {"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2}},
     "walker2d-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",
+                        "teacher_steps": SUITES["d4rl"].teacher_steps, "bc_steps": SUITES["d4rl"].bc_steps,
                         "sdp_options": {"action_horizon": 1}, "sdp_ode_levels": 8,
                         "bc_options": {"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2}},
 }

@@ -28,7 +28,8 @@ import torch
 
 from fastpolicy.data.split import split_store
 from fastpolicy.data.store import EpisodeStore
-from fastpolicy.nets.inverse_dynamics import IDMTrainConfig, load_inverse_dynamics
+from fastpolicy.nets.inverse_dynamics import load_inverse_dynamics
+from fastpolicy.train.inverse_dynamics import IDMTrainConfig
 from fastpolicy.train.label import idm_errors, label_store, train_idm_on_store
 from fastpolicy.train.offline import train_offline
 from fastpolicy.train.trainer import TrainConfig

@@ -296,9 +296,9 @@ def test_training_flags_are_defined_once_from_the_config_dataclasses():
     import dataclasses
 
     from fastpolicy.cli import build_parser
-    from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
     from fastpolicy.train.cli import TRAINING_FLAGS
     from fastpolicy.train.config import TrainConfig
+    from fastpolicy.train.inverse_dynamics import IDMTrainConfig
 
     parser = build_parser()
     train = vars(parser.parse_args(["train", "--store", "s", "--out", "o"]))

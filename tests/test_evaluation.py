@@ -129,3 +129,14 @@ def test_step_hook_sees_every_step_of_every_running_episode(maze_teacher):
     # the hook saw exactly the steps the episodes ran
     steps_seen = sum(int(alive.sum()) for _, alive in calls)
     assert steps_seen == round(row["episode_length_mean"] * 4)
+
+
+def test_measure_latency_stops_at_the_requested_planning_steps(maze_teacher):
+    """ddim:4 at Ta 8 plans on one control step in eight: 5 timed plans need 40 timed control steps."""
+    from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation.rollouts import measure_latency
+
+    stats = measure_latency(load_policy(maze_teacher / "run"), get_task("maze2d-umaze"), warmup=3,
+                            planning_steps=5)
+    assert sum(n > 0 for n in stats.nfe) == 5 and set(stats.nfe) == {0, 4}
+    assert len(stats.nfe) == len(stats.latency_s) and 33 <= len(stats.nfe) <= 40

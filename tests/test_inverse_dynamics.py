@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from fastpolicy.nets.inverse_dynamics import (
-    IDMTrainConfig,
     InverseDynamics,
     InverseDynamicsConfig,
-    fit_inverse_dynamics,
     load_inverse_dynamics,
     predict_windows,
     save_inverse_dynamics,
     transition_windows,
 )
+from fastpolicy.train.inverse_dynamics import IDMTrainConfig, InverseDynamicsFit, fit_inverse_dynamics
 
 A = np.array([[1.0, 0.1, 0, 0], [0, 1.0, 0, 0.1], [0, 0, 0.9, 0], [0, 0, 0, 0.9]])
 B = np.array([[0, 0], [0.1, 0], [0, 0.1], [0.05, 0.05]])
@@ -145,3 +144,57 @@ def test_bad_inputs_are_named():
                              action_mask=np.zeros(len(obs), bool))
     with pytest.raises(ValueError, match="do not match the config"):
         fit_inverse_dynamics(obs, act, ends, InverseDynamicsConfig(5, 2))
+
+
+def test_fit_runs_on_the_shared_trainer_and_resumes_bit_for_bit(tmp_path):
+    """Stopped after 40 of 80 steps and resumed: the same weights, best steps and history as one run;
+    the run directory loads as the best-on-validation model with the fit report."""
+    obs, act, ends = linear_system(episodes=12, length=30)
+    config = InverseDynamicsConfig(4, 2, history=1, hidden=32, ensemble=2, dropout=0.1)
+
+    def fit(steps, run, resume=False):
+        train = IDMTrainConfig(steps=steps, eval_every=20, batch_size=32)
+        return fit_inverse_dynamics(obs, act, ends, config, train, run_dir=run, resume=resume)
+
+    whole, whole_report = fit(80, tmp_path / "whole")
+    after_step = InverseDynamicsFit.after_step
+
+    def crash_at_45(self, step):
+        after_step(self, step)
+        if step == 45:   # the last checkpoint is step 40's
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(InverseDynamicsFit, "after_step", crash_at_45)
+        with pytest.raises(KeyboardInterrupt):
+            fit(80, tmp_path / "split")
+    resumed, resumed_report = fit(80, tmp_path / "split", resume=True)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed_report == whole_report
+    assert [h["step"] for h in whole_report.history][::2] == [20, 40, 60, 80]
+    loaded = load_inverse_dynamics(tmp_path / "whole")
+    for a, b in zip(whole.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert loaded.checkpoint_info["fit"]["best_step"] == whole_report.best_step
+    _, longer = fit(100, tmp_path / "whole", resume=True)   # trained further: the history grows
+    assert [h["step"] for h in longer.history][::2] == [20, 40, 60, 80, 100]
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(80, tmp_path / "whole")
+
+
+def test_constant_schedule_and_beta1_reach_the_optimizer(tmp_path):
+    from fastpolicy.train.config import TrainConfig
+    from fastpolicy.train.trainer import Trainer
+
+    cfg = IDMTrainConfig(steps=10, cosine=False).trainer_config(ensemble=1)
+    assert (cfg.lr_schedule, cfg.adam_beta1, cfg.warmup_steps, cfg.ema) == ("constant", 0.9, 0, False)
+    model = InverseDynamics(InverseDynamicsConfig(3, 1, history=0, hidden=8))
+    trainer = Trainer(model, None, cfg, tmp_path / "run")
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [trainer._lr_lambda(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cosine = Trainer(model, None, TrainConfig(steps=10, warmup_steps=0, ema=False, tensorboard=False),
+                     tmp_path / "run2")
+    assert cosine._lr_lambda(0) == 1.0 and cosine._lr_lambda(5) == pytest.approx(0.5)   # no warm-up step
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")

@@ -11,7 +11,7 @@ import torch
 from fastpolicy.cli import main
 from fastpolicy.data.split import split_store, store_content_hash
 from fastpolicy.data.store import EpisodeStore
-from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
+from fastpolicy.train.inverse_dynamics import IDMTrainConfig
 from fastpolicy.train.label import idm_errors, label_store, train_idm_on_store
 from fastpolicy.utils.checkpoint import model_hash
 

@@ -102,19 +102,20 @@ def measure_latency(
         _check_dims(policy, env.observation_space)
         obs, _ = env.reset(seed=seed)
         session = policy.new_session(batch_size=1, seed=seed)
-        i = 0
+        i = planned = 0
         while True:
             if i == warmup:
                 session.stats = StepStats()
             if i >= warmup:
                 # (a policy that never calls a denoiser stops after 64 control steps per planning step)
-                done = (sum(n > 0 for n in session.stats.nfe) >= planning_steps
+                done = (planned >= planning_steps
                         or i - warmup >= 64 * planning_steps) if planning_steps else i - warmup >= steps
                 if done:
                     break
             obs, _, terminated, truncated, _ = env.step(
                 np.clip(session.act(obs), env.action_space.low, env.action_space.high)
             )
+            planned += i >= warmup and session.stats.nfe[-1] > 0   # a running count: O(1) per step
             if terminated or truncated:
                 obs, _ = env.reset()
                 session.reset()

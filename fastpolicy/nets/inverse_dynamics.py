@@ -17,8 +17,9 @@ Pieces:
                            the k+1 states up to ``s_t`` followed by ``s_{t+1}``, raw (unnormalised).
 ``transition_windows``     builds those windows from concatenated episodes (edge-padded history; the
                            last step of an episode has no next state unless ``next_obs`` is given).
-``fit_inverse_dynamics``   trains on arrays: episode-level validation hold-out (10%), best-checkpoint
-                           selection on validation loss, per ensemble member.
+``fit_inverse_dynamics``   (in ``fastpolicy.train.inverse_dynamics``, on the shared ``Trainer``) trains
+                           on arrays: episode-level validation hold-out (10%), best weights on validation
+                           loss, per ensemble member.
 ``save_inverse_dynamics`` / ``load_inverse_dynamics``   safetensors + ``config.json`` through
                            ``fastpolicy.utils.checkpoint`` (no pickle); the model hash is the hash of the
                            weights file, as for policies.
@@ -32,18 +33,12 @@ checkpoint. The prediction is the Gaussian-mixture moment match: mean of the mea
 mean of (σᵢ² + μᵢ²) − μ̄². In MSE mode a member has no variance head; its std is its validation
 RMSE per action dimension (a calibrated homoscedastic estimate), so ``std`` is always meaningful.
 
-Why a small loop here and not ``fastpolicy.train.Trainer``: the model is selected on validation loss
-(per ensemble member), which the policy trainer — EMA, cosine schedule, periodic checkpoints — does not
-do; the IDM trains in seconds, and the loop is a few lines. A planner that trains its IDM jointly
-with its diffusion model calls :meth:`InverseDynamics.loss` from its own ``forward`` instead.
-
-Length: the model, its data windows, its fit loop and its checkpoint I/O; the fit loop is the part to
-move onto the shared ``Trainer`` once that can select on validation loss per ensemble member.
+A planner that trains its IDM jointly with its diffusion model calls :meth:`InverseDynamics.loss`
+from its own ``forward``.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -319,153 +314,6 @@ def transition_windows(obs: np.ndarray, episode_ends: np.ndarray, history: int =
     return windows, has_next
 
 
-# --- training --------------------------------------------------------------------------------------
-
-@dataclass
-class IDMTrainConfig:
-    """How an inverse-dynamics model is fitted."""
-
-    steps: int = 4000
-    """optimizer steps per member"""
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    val_fraction: float = 0.1
-    """fraction of labeled episodes held out for validation / best-checkpoint selection"""
-    eval_every: int = 100
-    cosine: bool = True
-    """cosine-decay the learning rate to 0 over ``steps`` (sharper optimum for the same budget)"""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"IDMTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-
-
-@dataclass
-class IDMFitReport:
-    """What training did: per member, the step it kept and its validation loss there."""
-
-    best_step: list[int]
-    best_val_loss: list[float]
-    train_transitions: int
-    val_transitions: int
-    train_episodes: list[int]
-    val_episodes: list[int]
-    history: list[dict[str, float]]
-    """(step, member, train_loss, val_loss) every eval_every steps"""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _validation_episodes(candidates: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    n_val = min(int(round(len(candidates) * fraction)), len(candidates) - 1)
-    if fraction > 0 and n_val == 0 and len(candidates) >= 2:
-        n_val = 1
-    return np.sort(np.random.default_rng(seed).choice(candidates, size=max(n_val, 0), replace=False))
-
-
-def fit_inverse_dynamics(obs: np.ndarray, action: np.ndarray, episode_ends: np.ndarray,
-                         config: InverseDynamicsConfig, train: IDMTrainConfig | None = None,
-                         action_mask: np.ndarray | None = None, next_obs: np.ndarray | None = None,
-                         progress: bool = False) -> tuple[InverseDynamics, IDMFitReport]:
-    """Train an inverse-dynamics model on the transitions with a known action and a next state.
-
-    Validation holds out ``val_fraction`` of the labeled episodes (whole episodes, so no near-duplicate
-    neighbouring steps leak across); each member keeps the weights of its lowest validation loss
-    (without a validation set: its last weights). Returns the model in eval mode and a report.
-    """
-    from tqdm.auto import tqdm
-
-    train = train or IDMTrainConfig()
-    obs = np.asarray(obs, dtype=np.float32)
-    action = np.asarray(action, dtype=np.float32)
-    ends = np.asarray(episode_ends, dtype=np.int64)
-    if obs.ndim != 2 or action.ndim != 2 or len(obs) != len(action):
-        raise ValueError(f"obs (T, obs_dim) and action (T, action_dim) must share T; got {obs.shape}, "
-                         f"{action.shape}")
-    if (obs.shape[1], action.shape[1]) != (config.obs_dim, config.action_dim):
-        raise ValueError(f"data dims (obs {obs.shape[1]}, action {action.shape[1]}) do not match the config "
-                         f"(obs {config.obs_dim}, action {config.action_dim})")
-    known = np.ones(len(obs), bool) if action_mask is None else np.asarray(action_mask, dtype=bool)
-    windows, has_next = transition_windows(obs, ends, config.history, next_obs)
-    usable = known & has_next
-    if not usable.any():
-        raise ValueError("no transition has both a known action and a next state; "
-                         "cannot train inverse dynamics")
-    episode = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))
-    labeled_eps = np.unique(episode[usable])
-    val_eps = _validation_episodes(labeled_eps, train.val_fraction, train.seed)
-    is_val = np.isin(episode, val_eps)
-    tr_idx = np.flatnonzero(usable & ~is_val)
-    va_idx = np.flatnonzero(usable & is_val)
-
-    torch.manual_seed(train.seed)
-    model = InverseDynamics.from_data(config, obs[known], action[known])
-    x_tr, y_tr = torch.from_numpy(windows[tr_idx]), torch.from_numpy(action[tr_idx])
-    x_va, y_va = torch.from_numpy(windows[va_idx]), torch.from_numpy(action[va_idx])
-    optimizers = [torch.optim.AdamW(m.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-                  for m in model.members]
-    def lr_factor(i: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(i, train.steps) / train.steps)) if train.cosine else 1.0
-
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) for opt in optimizers]
-    gen = torch.Generator().manual_seed(train.seed)
-    best_state = [copy.deepcopy(m.state_dict()) for m in model.members]
-    best_loss = [math.inf] * config.ensemble
-    best_step = [0] * config.ensemble
-    history: list[dict[str, float]] = []
-
-    def val_losses() -> list[float]:
-        model.eval()
-        with torch.inference_mode():
-            out = [model.member_losses(x_va[i:i + 8192], y_va[i:i + 8192]) * len(x_va[i:i + 8192])
-                   for i in range(0, len(x_va), 8192)]
-        model.train()
-        return (torch.stack(out).sum(0) / len(x_va)).tolist()
-
-    model.train()
-    for step in tqdm(range(1, train.steps + 1), desc="inverse dynamics", disable=not progress, leave=False):
-        # independent batches per member: the members differ by initialisation and data order
-        idx = torch.randint(0, len(x_tr), (config.ensemble, train.batch_size), generator=gen)
-        losses = torch.cat([model.member_losses(x_tr[idx[e]], y_tr[idx[e]], member=e)
-                            for e in range(config.ensemble)])
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        for opt, sched in zip(optimizers, schedulers):
-            opt.step()
-            sched.step()
-        if step % train.eval_every == 0 or step == train.steps:
-            val = val_losses() if len(x_va) else [math.nan] * config.ensemble
-            for e in range(config.ensemble):
-                history.append({"step": step, "member": e, "train_loss": float(losses[e].detach()),
-                                "val_loss": val[e]})
-                score = val[e] if len(x_va) else -step  # no validation set: keep the last weights
-                if score < best_loss[e]:
-                    best_loss[e], best_step[e] = score, step
-                    best_state[e] = copy.deepcopy(model.members[e].state_dict())
-    for e, member in enumerate(model.members):
-        member.load_state_dict(best_state[e])
-    model.eval()
-    if config.loss == "mse":
-        ref_x, ref_y = (x_va, y_va) if len(x_va) else (x_tr, y_tr)
-        with torch.inference_mode():
-            means, _ = model(ref_x)
-        config.mse_std = (means - ref_y).square().mean(1).sqrt().tolist()
-    report = IDMFitReport(best_step=best_step,
-                          best_val_loss=[v if len(x_va) else math.nan for v in best_loss],
-                          train_transitions=len(tr_idx), val_transitions=len(va_idx),
-                          train_episodes=np.setdiff1d(labeled_eps, val_eps).tolist(),
-                          val_episodes=val_eps.tolist(),
-                          history=history)
-    return model, report
-
-
 @torch.inference_mode()
 def predict_windows(model: InverseDynamics, windows: np.ndarray, batch_size: int = 8192,
                     clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -490,7 +338,7 @@ def gaussian_nll(mean: np.ndarray, std: np.ndarray, action: np.ndarray, min_std:
 
 # --- checkpoints -----------------------------------------------------------------------------------
 
-def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, report: IDMFitReport | None = None,
+def save_inverse_dynamics(model: InverseDynamics, path: str | os.PathLike, report: Any = None,
                           extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` as a checkpoint directory (``model.safetensors``, ``normalizer.safetensors``,
     ``config.json`` with policy_type ``inverse-dynamics``), atomically."""

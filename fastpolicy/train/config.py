@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+LR_SCHEDULES = ("cosine", "constant")
+
 
 @dataclass
 class TrainConfig:
@@ -21,9 +23,13 @@ class TrainConfig:
     """samples per optimizer step"""
     lr: float = 1e-4
     """peak learning rate (AdamW, cosine decay after the warm-up)"""
+    lr_schedule: str = "cosine"
+    """after the warm-up: cosine (decay to 0 at the last step) | constant"""
     weight_decay: float = 1e-6
+    adam_beta1: float = 0.95
+    """AdamW's first-moment decay (Diffusion Policy's 0.95; 0.9 is torch's default)"""
     warmup_steps: int = 500
-    """linear learning-rate warm-up steps"""
+    """linear learning-rate warm-up steps (0: none)"""
     ema: bool = True
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999
@@ -44,6 +50,13 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
+        if not 0.0 <= self.adam_beta1 < 1.0:
+            raise ValueError(f"TrainConfig.adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be ≥ 0, got {self.warmup_steps}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

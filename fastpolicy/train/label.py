@@ -83,11 +83,8 @@ def train_idm_on_store(store_path: str | os.PathLike, out: str | os.PathLike,
     """
     from fastpolicy.data.split import store_content_hash
     from fastpolicy.data.store import EpisodeStore
-    from fastpolicy.nets.inverse_dynamics import (
-        InverseDynamicsConfig,
-        fit_inverse_dynamics,
-        save_inverse_dynamics,
-    )
+    from fastpolicy.nets.inverse_dynamics import InverseDynamicsConfig, save_inverse_dynamics
+    from fastpolicy.train.inverse_dynamics import fit_inverse_dynamics
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastpolicy.nets.inverse_dynamics import IDMTrainConfig
 from fastpolicy.train import label as _label
 from fastpolicy.train.cli import add_threads_flag
+from fastpolicy.train.inverse_dynamics import IDMTrainConfig
 from fastpolicy.train.label import label_store, train_idm_on_store
 from fastpolicy.utils.args import add_config_flags, config_kwargs
 

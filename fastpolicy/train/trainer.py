@@ -3,7 +3,10 @@
 Any policy module trains here if ``module(batch, generator) -> dict`` returns a dict with a scalar
 ``"loss"`` (plus any scalars to log) and it offers ``policy_type``, ``config_dict()`` and
 ``normalizer_state()``. A module may also offer ``export_state(state_dict) -> state_dict`` to choose
-the inference weights a checkpoint holds (a distiller keeps only its student); parameters with
+the inference weights a checkpoint holds (a distiller keeps only its student, an inverse-dynamics fit
+its best-on-validation members), ``after_step(step)`` for work between an optimizer step and that step's
+checkpoint (validation, best-weights selection: keep its state in buffers so a resume restores it) and
+``checkpoint_extra() -> dict`` for fields written into each checkpoint's config; parameters with
 ``requires_grad=False`` are neither optimised nor EMA-averaged. All randomness of a step (batch
 indices, diffusion noise and timesteps) comes from one ``torch.Generator`` whose state is
 checkpointed, so a resumed run continues exactly as the uninterrupted run would have (tested bit
@@ -93,7 +96,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [p for _, p in self._trainable],
             lr=config.lr,
-            betas=(0.95, 0.999),
+            betas=(config.adam_beta1, 0.999),
             eps=1e-8,
             weight_decay=config.weight_decay,
         )
@@ -131,9 +134,11 @@ class Trainer:
                           FastpolicyWarning, stacklevel=2)
 
     def _lr_lambda(self, step: int) -> float:
-        warm = max(1, self.config.warmup_steps)
+        warm = self.config.warmup_steps
         if step < warm:
             return (step + 1) / warm
+        if self.config.lr_schedule == "constant":
+            return 1.0
         progress = (step - warm) / max(1, self.config.steps - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -183,7 +188,8 @@ class Trainer:
             step=self.step,
             train_tensors=tensors,
             train_meta=meta,
-            extra={"train": self.extra_config},
+            extra={"train": self.extra_config,
+                   **(self.policy.checkpoint_extra() if hasattr(self.policy, "checkpoint_extra") else {})},
         )
         write_latest(self.run_dir, name)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
@@ -269,6 +275,7 @@ class Trainer:
         )
         logs: dict[str, float] = {}
         running = self._running = None
+        after_step = getattr(self.policy, "after_step", None)
         while self.step < cfg.steps:
             if self._stop_requested:
                 bar.close()
@@ -290,6 +297,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.step([p for _, p in self._trainable])
             self.step += 1
+            if after_step is not None:
+                after_step(self.step)
             value = float(loss.detach())
             running = self._running = value if running is None else 0.98 * running + 0.02 * value
             logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
