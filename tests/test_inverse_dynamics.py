@@ -1,4 +1,4 @@
-"""fastpolicy.nets.inverse_dynamics: recovery on a linear system, model selection, ensemble, checkpoints."""
+"""Inverse dynamics (the nets model, its fit on the shared Trainer): recovery, selection, resume, I/O."""
 
 from __future__ import annotations
 
