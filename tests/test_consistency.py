@@ -140,6 +140,10 @@ def test_checkpoint_loads_as_consistency_policy_with_identical_actions(linear_st
     again = distill(tmp_path / "teacher", linear_store, tmp_path / "prog", (2, 1), cfg, resume=True,
                     distill_config=DistillConfig("ddim:8"))
     assert again.checkpoint_hash == final.checkpoint_hash
+    # ... but never a student of another recipe: its numbers would be reported under the new settings
+    with pytest.raises(ValueError, match="student_hidden"):
+        distill(tmp_path / "teacher", linear_store, tmp_path / "prog", (2, 1), cfg, resume=True,
+                distill_config=DistillConfig("ddim:8", student_hidden=32))
 
 
 def test_streaming_student_costs_at_most_one_call_per_step(linear_store):
@@ -209,9 +213,11 @@ def test_distillation_target_is_one_teacher_sampler_step(prediction_type):
     assert torch.equal(target, x_prev)
 
 
-def test_student_learns_both_modes_of_a_bimodal_toy():
+@pytest.mark.parametrize("student_hidden", [None, 32])
+def test_student_learns_both_modes_of_a_bimodal_toy(student_hidden):
     """Actions ±0.8 with equal odds and nothing in the observation to choose: a teacher samples both;
-    its one-call clean estimate averages them (≈ 0); the distilled 1-step student samples both again."""
+    its one-call clean estimate averages them (≈ 0); the distilled 1-step student samples both again —
+    also a student 4× narrower than its teacher, distilled from a random init."""
     torch.manual_seed(0)
     cfg = dict(obs_dim=1, action_dim=1, obs_horizon=1, pred_horizon=2, action_horizon=1, backbone="mlp",
                sampler="ddim:10", backbone_kwargs={"hidden": 128})
@@ -238,9 +244,10 @@ def test_student_learns_both_modes_of_a_bimodal_toy():
 
     hi, lo, mid = modes(teacher)
     assert hi > 0.3 and lo > 0.3 and mid < 0.1                     # the teacher keeps both modes
-    student = student_from_teacher(teacher)
-    assert modes(student.eval())[2] > 0.5                          # untrained: the average of the modes
-    module = ConsistencyDistiller(teacher, student.train(), DistillConfig())
+    student = student_from_teacher(teacher, hidden=student_hidden)
+    if student_hidden is None:
+        assert modes(student.eval())[2] > 0.5                      # untrained: the average of the modes
+    module = ConsistencyDistiller(teacher, student.train(), DistillConfig(student_hidden=student_hidden))
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(500):
         loss = module(batch(), gen)["loss"]
@@ -300,3 +307,23 @@ def test_sampling_fast_path_is_the_consistency_function(prediction_type):
             fast = student._grid_map(x, i, j, cond)
             ref = student.consistency_fn(x, ts[i].expand(3), ts[j].expand(3), cond)
             torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_narrow_student_has_its_own_width_and_a_seeded_init():
+    teacher = _teacher()
+    a = student_from_teacher(teacher, hidden=64, seed=1)
+    b = student_from_teacher(teacher, hidden=64, seed=1)
+    c = student_from_teacher(teacher, hidden=64, seed=2)
+    assert a.backbone.output_layer.in_features == 64 and a.config.backbone_kwargs["hidden"] == 64
+    assert teacher.backbone.output_layer.in_features == 256
+    wa, wb, wc = (s.backbone.input_layer[0].weight for s in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    # the teacher's width is the warm start, whatever way it is asked for
+    same = student_from_teacher(teacher, hidden=256)
+    assert torch.equal(same.backbone.output_layer.weight, teacher.backbone.output_layer.weight)
+    with pytest.raises(ValueError, match="target='ode'"):
+        DistillConfig(student_hidden=64, target="bootstrap")
+    with pytest.raises(ValueError, match="student_hidden"):
+        DistillConfig(student_hidden=0)
+    with pytest.raises(ValueError, match="MLP denoiser"):
+        student_from_teacher(_teacher(backbone="unet-small", backbone_kwargs={}), hidden=64)

@@ -98,6 +98,11 @@ class DistillConfig:
     """distil a streaming student (per-position segments = chunks) from an SDP teacher"""
     chunkwise_fraction: float = 0.8
     """streaming: share of chunk-wise samples; the rest trains the single-segment warm-up map"""
+    student_hidden: int | None = None
+    """the student MLP's width; None: the teacher's, warm-started from its weights. A narrower student
+    costs less per call, cold and warm — the lever when a 1-call plan's time is mostly its one network
+    call — and starts from a seeded random init instead: with the exact ``ode`` target the fit is a
+    regression onto the teacher's sampler output, with no bootstrap for a poor start to drift from"""
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -116,6 +121,12 @@ class DistillConfig:
             raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
         if self.denoise_weight < 0:
             raise ValueError(f"denoise_weight must be ≥ 0, got {self.denoise_weight}")
+        if self.student_hidden is not None and self.student_hidden < 1:
+            raise ValueError(f"student_hidden must be ≥ 1 (None: the teacher's width), "
+                             f"got {self.student_hidden}")
+        if self.student_hidden is not None and self.target != "ode":
+            raise ValueError("a student of another width starts untrained; it needs the exact target "
+                             "(target='ode'), since a bootstrap target would be its own random network")
 
 
 def evaluated_sampler(teacher: DiffusionPolicy, streaming: bool = False) -> str:
@@ -131,25 +142,48 @@ def evaluated_sampler(teacher: DiffusionPolicy, streaming: bool = False) -> str:
 
 
 def student_from_teacher(teacher: DiffusionPolicy, teacher_sampler: str | None = None, segments: int = 1,
-                         streaming: bool = False) -> ConsistencyPolicy:
+                         streaming: bool = False, hidden: int | None = None,
+                         seed: int = 0) -> ConsistencyPolicy:
     """A ConsistencyPolicy with the teacher's config and weights plus a zero stop-time input.
 
-    Its grid is ``teacher_sampler`` (default: the sampler the teacher is evaluated with).
+    Its grid is ``teacher_sampler`` (default: the sampler the teacher is evaluated with). ``hidden``
+    other than the teacher's MLP width gives a student of that width from a random init seeded by
+    ``seed`` (the teacher's weights do not fit it).
     """
     keep = {f.name for f in dataclasses.fields(ConsistencyPolicyConfig)}
     base = {k: v for k, v in teacher.config_dict().items() if k in keep}
     base["sampler"] = "ddim:10"  # unused by the student; any valid spec
     spec = teacher_sampler or evaluated_sampler(teacher, streaming)
     steps = 1 if streaming else segments
+    kwargs = dict(base.get("backbone_kwargs") or {})
+    resize = hidden is not None and hidden != kwargs.get("hidden", _mlp_default_hidden())
+    if resize:
+        if base.get("backbone") != "mlp":
+            raise ValueError(f"student_hidden resizes an MLP denoiser; the teacher's backbone is "
+                             f"{base.get('backbone')!r}")
+        base["backbone_kwargs"] = {**kwargs, "hidden": int(hidden)}
     config = ConsistencyPolicyConfig.from_dict({**base, "teacher_sampler": spec, "segments": segments,
                                                 "steps": steps, "streaming": streaming})
-    student = ConsistencyPolicy(config, {k: v.clone() for k, v in teacher.normalizer_state().items()})
+    norm = {k: v.clone() for k, v in teacher.normalizer_state().items()}
+    if resize:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ConsistencyPolicy(config, norm).to(teacher.device)
+    student = ConsistencyPolicy(config, norm)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     bad = [k for k in missing if ".stop_time_embedding." not in k]
     if bad or unexpected:
         raise ValueError(f"teacher weights do not fit the student (missing {bad[:4]}, "
                          f"unexpected {unexpected[:4]})")
     return student.to(teacher.device)
+
+
+def _mlp_default_hidden() -> int:
+    import inspect
+
+    from fastpolicy.nets.mlp import MLPDenoiser
+
+    return int(inspect.signature(MLPDenoiser).parameters["hidden"].default)
 
 
 class ConsistencyDistiller(nn.Module):
@@ -452,11 +486,14 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
     for i, k in enumerate(segments):
         dcfg = dataclasses.replace(base, segments=k)
         run_dir = out if i == len(segments) - 1 else out / "stages" / f"seg{k}"
+        if resume:
+            _refuse_other_recipe(run_dir, dcfg)
         if resume and run_is_complete(run_dir, train_config.steps):
             prev = load_policy(run_dir)
             prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
             continue
-        student = student_from_teacher(teacher, dcfg.teacher_sampler, k, dcfg.streaming)
+        student = student_from_teacher(teacher, dcfg.teacher_sampler, k, dcfg.streaming,
+                                       hidden=dcfg.student_hidden, seed=train_config.seed)
         if prev is not None:  # progressive: the previous stage's (EMA) student, re-targeted to k segments
             student.backbone.load_state_dict(prev.backbone.state_dict())
         module = ConsistencyDistiller(teacher, student, dcfg)
@@ -467,6 +504,25 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
         prev_seconds = float((read_cost(run_dir) or {}).get("total_seconds", prev_seconds))
     assert prev is not None
     return prev
+
+
+def _refuse_other_recipe(run_dir: Path, dcfg: DistillConfig) -> None:
+    """A run directory reused or resumed must hold a student of the same recipe (width included):
+    reusing one distilled otherwise would report its numbers under the new settings."""
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
+
+    try:
+        saved = read_config(resolve_checkpoint(run_dir)).get("train", {}).get("distill")
+    except (FileNotFoundError, ValueError):
+        return
+    if not isinstance(saved, dict):
+        return
+    defaults = dataclasses.asdict(DistillConfig())   # keys an older run did not record had these values
+    differ = {k: (saved.get(k, defaults[k]), v) for k, v in dataclasses.asdict(dcfg).items()
+              if saved.get(k, defaults[k]) != v}
+    if differ:
+        raise ValueError(f"{run_dir} holds a student distilled with other settings (saved, asked): {differ}; "
+                         "distil into another directory or remove that one")
 
 
 def finetune_streaming(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLike,
