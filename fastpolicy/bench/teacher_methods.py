@@ -103,6 +103,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                      resume=True, distill_config=dataclasses.replace(dcfg, **suite.cm_distill_options))
         cm_extra = {**teacher_extra, **student_extra, "train_seconds": None,
                     "distill_seconds": run_cost(cm_run).get("total_seconds")}
+        if cm.config.backbone_kwargs.get("hidden") is not None:   # its width, when set (e.g. narrower)
+            cm_extra["student_hidden"] = cm.config.backbone_kwargs["hidden"]
         for k in (1, 2, 4):
             if wanted(suite, f"cm-{k}step"):
                 methods.append(Method(f"cm-{k}step", cm.with_steps(k), extra=dict(cm_extra)))
