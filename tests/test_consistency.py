@@ -166,22 +166,6 @@ def test_streaming_student_costs_at_most_one_call_per_step(linear_store):
     data = build_dataset(EpisodeStore.open(linear_store), 2, 16, 4)
     assert torch.isfinite(module(data.sample_batch(np.arange(8)), gen)["loss"])
 
-    # streaming_hard_fraction: rows drawn from the hard windows, observations *and* their data actions
-    hard = module.find_hard_windows(data, windows=64, seed=0)
-    assert len(hard) >= 3 and module.hard_x0.shape == (len(hard), 16, 1)
-    window = data.sample_batch(np.array([3] * 8))             # one window, as the only hard one
-    module.hard_conds = student.normalize_obs(window["obs"][:1, :2]).flatten(1)
-    module.hard_x0 = student.normalize_action(window["action"][:1, :16])
-    module.hard_mask = window["action_mask"][:1] if "action_mask" in window else None
-    module.config = DistillConfig("ode:12", segments=3, streaming=True, streaming_hard_fraction=1.0)
-    from_hard = module(data.sample_batch(np.arange(20, 28)), torch.Generator().manual_seed(5))["loss"]
-    module.config = DistillConfig("ode:12", segments=3, streaming=True)
-    gen = torch.Generator().manual_seed(5)
-    torch.randint(0, 1, (8,), generator=gen)                 # the draw that picked the hard rows
-    assert torch.allclose(from_hard, module(window, gen)["loss"])   # the batch became that window
-    with pytest.raises(ValueError, match="streaming student"):
-        DistillConfig(streaming_hard_fraction=0.5)
-
 
 def test_grid_is_the_teachers_evaluated_sampler():
     """The student never sees a level its teacher's sampler does not use (DDIM-10 leading: t = 90 … 0)."""

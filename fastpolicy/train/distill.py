@@ -98,9 +98,6 @@ class DistillConfig:
     """distil a streaming student (per-position segments = chunks) from an SDP teacher"""
     chunkwise_fraction: float = 0.8
     """streaming: share of chunk-wise samples; the rest trains the single-segment warm-up map"""
-    streaming_hard_fraction: float = 0.0
-    """streaming: share of each batch drawn from the hard windows (observations *and* their data actions:
-    streaming rows are data-noised, there are no trajectory rows to carry them)"""
     student_hidden: int | None = None
     """the student MLP's width; None: the teacher's, warm-started from its weights. A narrower student
     costs less per call, cold and warm — the lever when a 1-call plan's time is mostly its one network
@@ -112,10 +109,6 @@ class DistillConfig:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not 0.0 <= self.hard_fraction <= 1.0:   # used up to trajectory_fraction (its rows carry it)
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
-        if not 0.0 <= self.streaming_hard_fraction <= 1.0:
-            raise ValueError(f"streaming_hard_fraction must be in [0, 1], got {self.streaming_hard_fraction}")
-        if self.streaming_hard_fraction and not self.streaming:
-            raise ValueError("streaming_hard_fraction is for a streaming student (hard_fraction: the others)")
         if not 0.0 <= self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in [0, 1], got {self.top_fraction}")
         if not 0.0 <= self.trajectory_fraction <= 1.0:
@@ -220,8 +213,6 @@ class ConsistencyDistiller(nn.Module):
         dim = scfg.pred_horizon * scfg.action_dim
         self.huber_c = config.huber_c if config.huber_c is not None else 0.00054 * math.sqrt(dim)
         self.hard_conds: torch.Tensor | None = None
-        self.hard_x0: torch.Tensor | None = None     # their data action chunks (normalised), for streaming
-        self.hard_mask: torch.Tensor | None = None
 
     @torch.no_grad()
     def find_hard_windows(self, dataset: Any, windows: int = 8192, quantile: float = 0.95,
@@ -246,9 +237,6 @@ class ConsistencyDistiller(nn.Module):
         spread = (plans[0] - plans[1]).pow(2).flatten(1).mean(1)
         keep = spread >= torch.quantile(spread, quantile)
         self.hard_conds = cond[keep]
-        self.hard_x0 = st.normalize_action(batch["action"][:, : scfg.pred_horizon].to(st.device))[keep]
-        mask = batch.get("action_mask")
-        self.hard_mask = mask[keep.cpu()] if mask is not None else None
         return self.hard_conds
 
     # --- what the Trainer saves -----------------------------------------------------------------
@@ -384,16 +372,6 @@ class ConsistencyDistiller(nn.Module):
         scfg = st.config
         cond = st.normalize_obs(batch["obs"][:, : scfg.obs_horizon]).flatten(1)
         x0 = st.normalize_action(batch["action"][:, : scfg.pred_horizon])
-        mask = batch.get("action_mask")
-        n_hard = int(round(self.config.streaming_hard_fraction * x0.shape[0]))
-        if n_hard and self.hard_conds is not None:   # streaming: the decision points, with their data
-            pick = torch.randint(0, len(self.hard_conds), (n_hard,), generator=generator).to(cond.device)
-            cond = torch.cat([self.hard_conds[pick], cond[n_hard:]])
-            x0 = torch.cat([self.hard_x0[pick], x0[n_hard:]])
-            if mask is not None:
-                hard = (self.hard_mask[pick.cpu()].to(mask) if self.hard_mask is not None
-                        else torch.ones_like(mask[:n_hard]))
-                mask = torch.cat([hard, mask[n_hard:]])
         g, b = self.sample_grid(x0.shape[0], generator)
         n_top = 0 if self.config.streaming else int(round(self.config.top_fraction * x0.shape[0]))
         g[:n_top] = self.grid       # rows at the top: the one input a 1-step student is ever given
@@ -425,6 +403,7 @@ class ConsistencyDistiller(nn.Module):
                 target = st.consistency_fn(x_prev, self._net_t(t_prev), self._net_t(t_b), cond,
                                            backbone=self.target)
         pred, raw = st.consistency_fn(x_g, self._net_t(t_g), self._net_t(t_b), cond, return_raw=True)
+        mask = batch.get("action_mask")
         weight = mask[:, : scfg.pred_horizon, None].to(x0.dtype) if mask is not None else 1.0
         loss_cd = self.pseudo_huber((pred - target) * weight)
         out = {"loss": loss_cd, "cd_loss": loss_cd.detach()}
@@ -449,9 +428,8 @@ def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_
     cfg = module.student.config if isinstance(module, ConsistencyDistiller) else module.config
     dataset = build_dataset(EpisodeStore.open(store_path), cfg.obs_horizon, cfg.pred_horizon,
                             cfg.action_horizon)
-    if isinstance(module, ConsistencyDistiller) and module.config.target == "ode" and (
-            module.config.streaming_hard_fraction > 0 if module.config.streaming
-            else module.config.hard_fraction > 0):
+    if (isinstance(module, ConsistencyDistiller) and module.config.hard_fraction > 0
+            and not module.config.streaming and module.config.target == "ode"):
         module.find_hard_windows(dataset, seed=train_config.seed)
     # a stage directory may exist without a run in it (it holds the earlier stages): nothing to resume
     resume = resume and (run_dir / "latest").exists()
