@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PLANNER_METHODS: tuple[str, ...] = ("diffuser-ddpm20", "decision-diffuser-ddpm200",
-                                    "decision-diffuser-ddpm50", "trajectory-diffuser-k1")
+                                    "decision-diffuser-ddpm50", "trajectory-diffuser-refine1")
 """method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with its default
 refinement, k = 1)"""
 
