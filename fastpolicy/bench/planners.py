@@ -132,7 +132,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
 
 def summarize_planner_targets(rows: Sequence[dict[str, Any]],
                               latency_key: str = "step_latency_ms_p50") -> dict[str, Any]:
-    """The issue's targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
+    """The planners' targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
     ≥ its score, and ≥ the Diffuser's score. Misses are reported as such; ablation rows are ignored."""
     main = [r for r in rows if not r.get("ablation")]
     by = {r["method"]: r for r in main}
