@@ -132,6 +132,7 @@ def validate(task: str, args: Args) -> Path:
     from fastpolicy.bench.suites import SUITES
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
     from fastpolicy.evaluation import evaluate
+    from fastpolicy.evaluation.method_names import canonical_method
     from fastpolicy.evaluation.results import read_results, update_results
 
     suite = SUITES["d4rl"]
@@ -140,7 +141,8 @@ def validate(task: str, args: Args) -> Path:
         if not (work / run / "latest").exists():
             raise FileNotFoundError(f"{work / run} has no trained run: run `bench/bench_d4rl.py --tasks "
                                     f"{task}` first (validation scores the suite's own runs)")
-    names = args.validation_methods or ["bc-mlp", *(m for m in suite.methods if m in TEACHER_SAMPLERS)]
+    names = ([canonical_method(m) for m in args.validation_methods] if args.validation_methods else
+             ["bc-mlp", *(m for m in suite.methods if m in TEACHER_SAMPLERS)])
     path = ROOT / args.results_dir / f"d4rl_validation_{task}.json"
     done = {(r["method"], r.get("checkpoint_hash"), tuple(r["seeds"])) for r in
             (read_results(path) if path.exists() else [])}
@@ -187,7 +189,8 @@ def action_errors(task: str, args: Args, windows: int = 2000) -> Path:
             win = np.stack([obs[i - to + 1:i + 1] for i in picks]).astype(np.float32)
             truth = np.stack([act[i:i + 2] for i in picks])
             specs = {"bc-mlp": None} if run == "bc" else {m: TEACHER_SAMPLERS[m] for m in (
-                "dp-ddim1-trailing-t0", "dp-ddim10-t0", "dp-ddpm100-t0", "dp-ddpm100-t0.5", "dp-ddpm100")}
+                "teacher-ddim1-trailing-temp0", "teacher-ddim10-temp0", "teacher-ddpm100-temp0",
+                "teacher-ddpm100-temp0.5", "teacher-ddpm100")}
             for name, spec in specs.items():
                 view = policy if spec is None else policy.with_sampler(spec)
                 pred = np.asarray(view.predict_chunk(win, generator=torch.Generator().manual_seed(0)).actions)

@@ -82,9 +82,12 @@ def suite_for(args: Args) -> Any:
 
 
 def method_names(args: Args) -> list[str]:
+    """The method ids to score (older ids such as ``dp-ddim10`` are accepted and mapped to today's)."""
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
+    from fastpolicy.evaluation.method_names import canonical_method
 
-    names = args.methods or [BC, *(m for m in suite_for(args).methods if m in TEACHER_SAMPLERS)]
+    names = ([canonical_method(m) for m in args.methods] if args.methods else
+             [BC, *(m for m in suite_for(args).methods if m in TEACHER_SAMPLERS)])
     unknown = [m for m in names if m != BC and m not in TEACHER_SAMPLERS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {[BC, *TEACHER_SAMPLERS]}")

@@ -39,7 +39,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:  # run as a script from a checkout without installing
         sys.path.insert(0, str(path))
 
-METHODS = ("cm-1step", "dp-ddpm100", "dp-ddim10", "cm-2step", "sdp-cm")
+METHODS = ("student-1call", "teacher-ddpm100", "teacher-ddim10", "student-2calls", "streaming-student-1call")
 VARIANTS = ("eager", "graph", "graph-bf16")
 
 
@@ -69,11 +69,14 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
+    from fastpolicy.evaluation.method_names import canonical_method
+
     d = Args()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out-dir", default=None)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=d.methods)
+    p.add_argument("--methods", nargs="+", type=canonical_method, choices=METHODS, default=d.methods,
+                   help="method ids (older ids such as cm-1step are accepted)")
     p.add_argument("--backbones", nargs="+", default=d.backbones)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=d.batch_sizes)
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=d.variants)
@@ -110,19 +113,19 @@ def build_policy(method: str, backbone: str, args: Args, device: str):
     cfg: dict[str, Any] = {"obs_dim": args.obs_dim, "action_dim": args.action_dim, "backbone": backbone}
     if args.quick:
         cfg["backbone_kwargs"] = {"down_dims": [16, 32]}
-    if method.startswith("dp-"):
-        sampler = {"dp-ddpm100": "ddpm:100", "dp-ddim10": "ddim:10"}[method]
+    if method.startswith("teacher-"):
+        sampler = {"teacher-ddpm100": "ddpm:100", "teacher-ddim10": "ddim:10"}[method]
         policy = DiffusionPolicy.from_config({**cfg, "sampler": sampler})
     else:
         fields = {f.name for f in dataclasses.fields(ConsistencyPolicyConfig)}
-        if method == "sdp-cm":
+        if method == "streaming-student-1call":
             # To=2, Tp=16, Ta=4: h = 3 chunks, one segment each (grid from the SDP stream when the config
             # names its teacher's sampler, else the default grid)
             cfg.update(streaming=True, segments=3, action_horizon=4)
             if "teacher_sampler" in fields:
                 cfg["teacher_sampler"] = "ode:6"
         else:
-            cfg["steps"] = {"cm-1step": 1, "cm-2step": 2}[method]
+            cfg["steps"] = {"student-1call": 1, "student-2calls": 2}[method]
         policy = ConsistencyPolicy.from_config(cfg)
     return policy.to(device).eval()
 
@@ -202,9 +205,9 @@ def serve_row(args: Args, device: str) -> dict[str, Any]:
     from fastpolicy.evaluation.results import make_row
     from fastpolicy.utils.checkpoint import save_checkpoint
 
-    policy = build_policy("cm-1step", args.backbones[0], args, "cpu")
+    policy = build_policy("student-1call", args.backbones[0], args, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(Path(tmp) / "cm-1step", policy_type=policy.policy_type,
+        ckpt = save_checkpoint(Path(tmp) / "student-1call", policy_type=policy.policy_type,
                                policy_config=policy.config_dict(), model_state=policy.state_dict(),
                                normalizer_state=policy.normalizer_state(), step=0)
         largest = max(int(s) for s in args.server_graph_sizes.split(","))
@@ -221,7 +224,7 @@ def serve_row(args: Args, device: str) -> dict[str, Any]:
             server.stop()
     summary = load.summarize(stats, elapsed)
     return make_row(
-        "gpu-serve", "cm-1step", steps=None, nfe_per_step_mean=summary["nfe_per_chunk"],
+        "gpu-serve", "student-1call", steps=None, nfe_per_step_mean=summary["nfe_per_chunk"],
         latency_ms_p50=summary["rtt_ms_p50"], latency_ms_p99=summary["rtt_ms_p99"],
         sessions=args.server_sessions, hz=args.server_hz, duration_s=args.server_duration_s,
         backbone=args.backbones[0], graph_batch_sizes=args.server_graph_sizes,
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, b, n, v) for m in args.methods for b in args.backbones for n in args.batch_sizes
             for v in args.variants]
     # acceptance-critical first: the 1-step student and DDPM-100 on unet-small at batch 1, then the server
-    critical = {("cm-1step", "unet-small", 1), ("dp-ddpm100", "unet-small", 1)}
+    critical = {("student-1call", "unet-small", 1), ("teacher-ddpm100", "unet-small", 1)}
     jobs.sort(key=lambda j: (0 if j[:3] in critical else 1))
     n_critical = sum(1 for j in jobs if j[:3] in critical)
     rows: list[dict[str, Any]] = []
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_server() -> None:
         nonlocal errors
         if time.monotonic() - start > args.budget_s:
-            serve_rows.append(skipped_row("gpu-serve", "cm-1step", "skipped: time budget", args))
+            serve_rows.append(skipped_row("gpu-serve", "student-1call", "skipped: time budget", args))
             return
         try:
             serve_rows.append(serve_row(args, device))
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             errors += 1
             traceback.print_exc()
             reason = f"error: {type(exc).__name__}: {exc}"
-            serve_rows.append(skipped_row("gpu-serve", "cm-1step", reason, args))
+            serve_rows.append(skipped_row("gpu-serve", "student-1call", reason, args))
         print(f"[{time.monotonic() - start:6.1f}s] server: {serve_rows[-1].get('status')}", flush=True)
 
     for i, (method, backbone, batch, variant) in enumerate(jobs):

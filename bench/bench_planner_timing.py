@@ -53,7 +53,7 @@ class Args:
     plot: str = "docs/planners_summary.png"
     summary: str = "bench/results/planners_summary.json"
     """scores (from bench_planners.py's ``planners_<task>.json``) beside these quiet latencies, one row per
-    task × planner, with the issue's targets checked on the Trajectory Diffuser's row"""
+    task × planner, with the planners' targets checked on the Trajectory Diffuser's row"""
     plot_only: bool = False
     """time nothing: redraw ``--plot`` from the ``--summary`` JSON as it is"""
     protocol: bool = False

@@ -85,6 +85,7 @@ def main(args: Args) -> None:
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate, measure_latency
+    from fastpolicy.evaluation.method_names import calls
     from fastpolicy.evaluation.results import write_results
     from fastpolicy.evaluation.timing import timing_fields
     from fastpolicy.policies.checkpoint import load_policy
@@ -99,7 +100,7 @@ def main(args: Args) -> None:
     if args.quick:
         from fastpolicy.bench.runner import run_suite
 
-        suite = dataclasses.replace(suite, methods=["dp-ddim10", "cm-1step"])
+        suite = dataclasses.replace(suite, methods=["teacher-ddim10", "student-1call"])
         scratch = args.out / "work"
         run_suite(suite, [args.task], work_dir=work, results_dir=scratch, plot_dir=scratch, progress=False)
     run = work / args.task
@@ -121,11 +122,11 @@ def main(args: Args) -> None:
     seeds = list(args.seeds[:1] if args.quick else args.seeds)
     rows = []
     for ta in args.horizons:
-        methods = {"dp-ddpm100": teacher.with_sampler("ddpm:100", action_horizon=ta),
-                   "dp-ddim10": teacher.with_sampler("ddim:10", action_horizon=ta)}
-        for name, student in (("cm", narrow), (f"cm-h{args.hidden}", wide)):
+        methods = {"teacher-ddpm100": teacher.with_sampler("ddpm:100", action_horizon=ta),
+                   "teacher-ddim10": teacher.with_sampler("ddim:10", action_horizon=ta)}
+        for name, student in (("student", narrow), (f"student-h{args.hidden}", wide)):
             for k in (1, 2):
-                methods[f"{name}-{k}step"] = policy_view(student, action_horizon=ta, steps=k)._use_steps(k)
+                methods[f"{name}-{calls(k)}"] = policy_view(student, action_horizon=ta, steps=k)._use_steps(k)
         for name, policy in methods.items():
             tracker = ModeTracker(spec)
             row = evaluate(policy, spec, episodes, seeds, latency_steps=0, progress=False, method=name,
@@ -136,8 +137,9 @@ def main(args: Args) -> None:
             print(f"Ta {ta} {name:<16} score {row['score_mean']:.3f} success {row['success_rate']:.2f} "
                   f"{row.get('modes', '')}", flush=True)
     # 1-call latency of the narrow and the wide student beside the teacher's samplers, interleaved
-    timed = {"dp-ddpm100": teacher.with_sampler("ddpm:100"), "dp-ddim10": teacher.with_sampler("ddim:10"),
-             "cm-1step": narrow.with_steps(1), f"cm-h{args.hidden}-1step": wide.with_steps(1)}
+    timed = {"teacher-ddpm100": teacher.with_sampler("ddpm:100"),
+             "teacher-ddim10": teacher.with_sampler("ddim:10"),
+             "student-1call": narrow.with_steps(1), f"student-h{args.hidden}-1call": wide.with_steps(1)}
     samples = {name: ([], []) for name in timed}
     rounds, per_round = (2, 2) if args.quick else (20, 10)
     for r in range(rounds):

@@ -6,11 +6,11 @@ method, median and p99 of the planning-step latency with the sample count in the
 before and after):
 
 * the teacher (DDPM-100, the reference; DDIM-10, the sampler the students learn) and DDIM at the
-  students' call counts (``dp-ddim{1,2}-trailing``);
+  students' call counts (``teacher-ddim{1,2}-trailing``);
 * the baselines that show what a student adds: BC, and the teacher's one-call clean estimate from the
-  top of the distilled grid (``dp-onecall`` = the student before any distillation);
-* the 1-segment consistency student (1 and 2 calls), the SDP (``sdp-ode{N}``, N/h calls per control
-  step) and the streaming consistency student (``sdp-cm``, one call per control step);
+  top of the distilled grid (``teacher-one-call-estimate`` = the student before any distillation);
+* the 1-segment consistency student (1 and 2 calls), the SDP (``streaming-ode{N}``, N/h calls per control
+  step) and the streaming consistency student (``streaming-student-1call``, one call per control step);
 * on the multimodal AGV task, the fraction of episodes per mode (``mode_fractions``).
 
 Then the distillation curve: the student's kept checkpoints (every quarter of its budget) scored at one
@@ -103,14 +103,14 @@ def distillation_curve(run: Path, task: str, suite: Any, onecall_row: dict | Non
     warm_started = recipe.get("student_hidden") is None
     same_ta = onecall_row is not None and action_horizon in (None, onecall_row.get("action_horizon"))
     if warm_started and same_ta:
-        rows.append({**onecall_row, "method": "cm-1step", "distill_steps": 0})
+        rows.append({**onecall_row, "method": "student-1call", "distill_steps": 0})
     for ckpt in ckpts:
         student = load_policy(ckpt).eval().with_steps(1)
         if action_horizon is not None:
             student = student.with_action_horizon(action_horizon)
         tracker = ModeTracker(spec) if task.startswith("agv-") else None
         row = evaluate(student, spec, suite.episodes, suite.seeds, latency_steps=0, progress=False,
-                       method="cm-1step", step_hook=tracker.hook if tracker else None,
+                       method="student-1call", step_hook=tracker.hook if tracker else None,
                        distilled_sampler=suite.distill_sampler)
         if tracker is not None:
             row.update(tracker.summary())
@@ -213,8 +213,10 @@ def main() -> None:
         rows = run_suite(suite, [task], work_dir=work, results_dir=out, plot_dir=out if args.quick else
                          Path(args.plot).parent, progress=True)
         by_method = {r["method"]: r for r in rows}
-        one_call_ta = by_method["cm-1step"].get("action_horizon") if "cm-1step" in by_method else None
-        curve = distillation_curve(work / task / "cm1", task, suite, by_method.get("dp-onecall"), one_call_ta)
+        one_call = by_method.get("student-1call")
+        one_call_ta = one_call.get("action_horizon") if one_call is not None else None
+        curve = distillation_curve(work / task / "cm1", task, suite,
+                                   by_method.get("teacher-one-call-estimate"), one_call_ta)
         write_results(out / f"students_curve_{task}.json", curve)
         print(f"[students] {task} done in {time.perf_counter() - t0:.0f} s", flush=True)
     curves, teachers = {}, {}
@@ -223,7 +225,7 @@ def main() -> None:
         main_rows = out / f"students_{task}.json"
         if path.exists() and main_rows.exists():
             curves[task] = read_results(path)
-            ref = {r["method"]: r for r in read_results(main_rows)}.get("dp-ddpm100")
+            ref = {r["method"]: r for r in read_results(main_rows)}.get("teacher-ddpm100")
             teachers[task] = ref["score_mean"] if ref else None
     plot = Path(args.plot) if not args.quick else out / "students_curve.png"
     print(f"wrote {plot_curves(curves, teachers, plot)}")

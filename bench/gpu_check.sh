@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of the real-time path (issue 19): ≤ 5 min on one GPU, rows → bench/results/gpu_*.json.
+# The GPU check of the real-time path (CUDA graphs and the server): ≤ 5 min on one GPU,
+# rows → bench/results/gpu_*.json.
 #
 #   bash bench/gpu_check.sh              # everything (bench/bench_gpu.py's defaults)
 #   bash bench/gpu_check.sh --quick      # CPU dry run of the same logic, rows to a temp dir

@@ -3,14 +3,14 @@
 The prose in docs/benchmarks.md is written by hand; each table sits between
 ``<!-- table:NAME -->`` and ``<!-- /table -->`` markers and is regenerated from the JSON that
 bench/manifest.toml names for it (with a column layout of :data:`LAYOUTS`), so the document can never
-drift from the measured rows and every table has a study that produces it.
+drift from the measured rows and every table has a study that produces it. Rows are read with
+``read_results``, so method ids written before the rename show under today's names.
 Usage: ``python bench/update_docs.py [--check]`` (``--check`` exits 1 if a table is stale).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import manifest  # bench/manifest.py, beside this script
 
 from fastpolicy.bench.report import markdown_table
+from fastpolicy.evaluation.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -249,7 +250,8 @@ def render(name: str, tables: dict[str, manifest.Table] | None = None) -> str:
     path = ROOT / "bench" / "results" / table.file
     if not path.exists():
         return f"_(no results yet: bench/results/{table.file})_"
-    rows = [r for r in json.loads(path.read_text()) if table.task is None or r.get("task") == table.task]
+    # read_results: rows written before the method rename show today's method ids
+    rows = [r for r in read_results(path) if table.task is None or r.get("task") == table.task]
     lines = [markdown_table(rows, columns=LAYOUTS[table.layout])]
     commits = sorted({r.get("commit", "?") for r in rows})
     lines.append(f"\n<sub>source: `bench/results/{table.file}` · commit {', '.join(commits)}</sub>")

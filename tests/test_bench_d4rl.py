@@ -55,19 +55,21 @@ def test_the_teacher_is_the_sampler_that_won_on_validation_not_on_test(tmp_path)
     from fastpolicy.evaluation.results import write_results
 
     write_results(tmp_path / "d4rl_validation_hopper-medium.json",
-                  [_row("hopper-medium", "bc-mlp", 90.0), _row("hopper-medium", "dp-ddpm100", 50.0),
-                   _row("hopper-medium", "dp-ddim10-t0", 70.0)])
-    rows = [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "dp-ddpm100", 65.0),
-            _row("hopper-medium", "dp-ddim10-t0", 55.0), _row("hopper-medium", "dp-ddim10", 99.0),
-            _row("walker2d-medium", "dp-ddpm100", 80.0)]
+                  [_row("hopper-medium", "bc-mlp", 90.0), _row("hopper-medium", "teacher-ddpm100", 50.0),
+                   _row("hopper-medium", "teacher-ddim10-temp0", 70.0)])
+    rows = [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "teacher-ddpm100", 65.0),
+            _row("hopper-medium", "teacher-ddim10-temp0", 55.0),
+            _row("hopper-medium", "teacher-ddim10", 99.0), _row("walker2d-medium", "teacher-ddpm100", 80.0)]
     marked = {(r["task"], r["method"]): r for r in d4rl.mark_selected(rows, tmp_path)}
-    assert marked[("hopper-medium", "dp-ddim10-t0")]["selected_on_validation"] is True
-    assert marked[("hopper-medium", "dp-ddim10-t0")]["validation_score"] == 70.0
-    assert marked[("hopper-medium", "dp-ddpm100")]["selected_on_validation"] is False
-    assert marked[("hopper-medium", "dp-ddim10")]["validation_score"] is None  # not validated: never chosen
-    assert marked[("hopper-medium", "dp-ddim10")]["selected_on_validation"] is False
+    assert marked[("hopper-medium", "teacher-ddim10-temp0")]["selected_on_validation"] is True
+    assert marked[("hopper-medium", "teacher-ddim10-temp0")]["validation_score"] == 70.0
+    assert marked[("hopper-medium", "teacher-ddpm100")]["selected_on_validation"] is False
+    # not validated: never chosen
+    assert marked[("hopper-medium", "teacher-ddim10")]["validation_score"] is None
+    assert marked[("hopper-medium", "teacher-ddim10")]["selected_on_validation"] is False
     assert "selected_on_validation" not in marked[("hopper-medium", "bc-mlp")]  # BC is not a teacher sampler
-    assert marked[("walker2d-medium", "dp-ddpm100")]["selected_on_validation"] is None  # no validation run
+    # no validation run
+    assert marked[("walker2d-medium", "teacher-ddpm100")]["selected_on_validation"] is None
 
 
 def test_validation_refuses_a_task_without_trained_runs(tmp_path, monkeypatch):
@@ -83,14 +85,14 @@ def test_some_methods_replace_only_their_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(d4rl, "ROOT", tmp_path)
     (tmp_path / "res").mkdir()
     write_results(tmp_path / "res" / "d4rl_hopper-medium.json",
-                  [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "dp-ddpm100", 50.0)])
+                  [_row("hopper-medium", "bc-mlp", 60.0), _row("hopper-medium", "teacher-ddpm100", 50.0)])
 
     def fake_suite(cmd, **kw):
         out = Path(cmd[cmd.index("--results-dir") + 1])
-        assert cmd[cmd.index("--methods") + 1] == "dp-ddpm100"
-        write_results(out / "d4rl_hopper-medium.json", [_row("hopper-medium", "dp-ddpm100", 55.0)])
+        assert cmd[cmd.index("--methods") + 1] == "teacher-ddpm100"
+        write_results(out / "d4rl_hopper-medium.json", [_row("hopper-medium", "teacher-ddpm100", 55.0)])
 
     monkeypatch.setattr(d4rl.subprocess, "run", fake_suite)
-    d4rl.run_task("hopper-medium", d4rl.Args(peers=False, methods=["dp-ddpm100"], results_dir="res"))
+    d4rl.run_task("hopper-medium", d4rl.Args(peers=False, methods=["teacher-ddpm100"], results_dir="res"))
     rows = {r["method"]: r["score_mean"] for r in read_results(tmp_path / "res" / "d4rl_hopper-medium.json")}
-    assert rows == {"bc-mlp": 60.0, "dp-ddpm100": 55.0}
+    assert rows == {"bc-mlp": 60.0, "teacher-ddpm100": 55.0}

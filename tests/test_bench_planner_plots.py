@@ -54,4 +54,4 @@ def test_planners_plot_only_names_points_in_a_legend(tmp_path, figures):
     assert (tmp_path / "planners_maze2d-umaze.png").stat().st_size > 0 and not (tmp_path / "never").exists()
     ((ylabel, legend),) = figures[0]
     names = [t.get_text() for t in legend.get_texts()]
-    assert ylabel == report.SCORE_LABELS["d4rl"] and "TD-k1" in names and "diffuser-ddpm20" in names
+    assert ylabel == report.SCORE_LABELS["d4rl"] and "TD-refine1" in names and "diffuser-ddpm20" in names

@@ -40,7 +40,7 @@ def trained_work(tmp_path_factory):
     store = ensure_dataset("maze2d-umaze", root / "data", 1000)
     build_planner_methods(store, root / "work" / "maze2d-umaze", "maze2d-umaze", 2, 2,
                           lambda steps: planner_train_config(steps, 8, 1e-3, progress=False), TINY,
-                          candidates=2, methods=("diffuser-ddpm20", "trajectory-diffuser-k1"),
+                          candidates=2, methods=("diffuser-ddpm20", "trajectory-diffuser-refine1"),
                           log=lambda msg: None,
                           options_by_type={"trajectory-diffuser": TD_TINY})
     return root / "work"
@@ -55,22 +55,22 @@ def test_timing_rows_speedups_and_summary(trained_work, tmp_path):
     by = {r["method"]: r for r in rows}
     # the planners, the derived Decision Diffusers and the TD's stages, all timed
     assert {"diffuser-ddpm20", "decision-diffuser-ddpm200", "decision-diffuser-ddpm50",
-            "trajectory-diffuser-k1", "trajectory-diffuser-k1/draft", "trajectory-diffuser-k1/refine",
-            "trajectory-diffuser-k1/draft-no-kv-cache"} <= set(by)
-    td = by["trajectory-diffuser-k1"]
+            "trajectory-diffuser-refine1", "trajectory-diffuser-refine1/draft",
+            "trajectory-diffuser-refine1/refine", "trajectory-diffuser-refine1/draft-no-kv-cache"} <= set(by)
+    td = by["trajectory-diffuser-refine1"]
     assert td["td_speedup"] == 1.0 and td["transformer_calls_per_plan"] == 3
     dd = by["decision-diffuser-ddpm200"]
     assert dd["td_speedup"] == pytest.approx(dd["latency_ms_p50"] / td["latency_ms_p50"])
-    assert "td_speedup" not in by["trajectory-diffuser-k1/draft"]
+    assert "td_speedup" not in by["trajectory-diffuser-refine1/draft"]
 
     # the summary takes the scores from bench_planners.py's file and the latencies from the timing
     scored = [dict(by[m], score_mean=s, latency_ms_p50=999.0)
-              for m, s in (("decision-diffuser-ddpm200", 5.0), ("trajectory-diffuser-k1", 7.0),
+              for m, s in (("decision-diffuser-ddpm200", 5.0), ("trajectory-diffuser-refine1", 7.0),
                            ("diffuser-ddpm20", 9.0))]
     write_results(tmp_path / "planners_maze2d-umaze.json", scored)
     summary = {r["method"]: r for r in timing.summarize(rows, tmp_path)}
-    assert summary["trajectory-diffuser-k1"]["latency_ms_p50"] == td["latency_ms_p50"]
-    assert summary["trajectory-diffuser-k1"]["closed_loop_latency_ms_p50"] == 999.0
+    assert summary["trajectory-diffuser-refine1"]["latency_ms_p50"] == td["latency_ms_p50"]
+    assert summary["trajectory-diffuser-refine1"]["closed_loop_latency_ms_p50"] == 999.0
     # the Diffuser scored higher than TD here, so that target is reported as missed
-    assert summary["trajectory-diffuser-k1"]["target_score_ge_diffuser"] is False
+    assert summary["trajectory-diffuser-refine1"]["target_score_ge_diffuser"] is False
     assert timing.plot_summary(list(summary.values()), tmp_path / "summary.png").stat().st_size > 0

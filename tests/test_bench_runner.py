@@ -20,18 +20,19 @@ def _row(method, score, step_ms, **kw):
 
 
 TABLE = [
-    _row("dp-ddpm100", 80.0, 600.0),
-    _row("dp-ddim10", 78.0, 60.0),
-    _row("sdp-cm", 77.0, 6.0, distill_seconds=90.0),
-    _row("cm-1step", 77.0, 5.5, distill_seconds=80.0),
-    _row("cm-2step", 79.0, 11.0),
+    _row("teacher-ddpm100", 80.0, 600.0),
+    _row("teacher-ddim10", 78.0, 60.0),
+    _row("streaming-student-1call", 77.0, 6.0, distill_seconds=90.0),
+    _row("student-1call", 77.0, 5.5, distill_seconds=80.0),
+    _row("student-2calls", 79.0, 11.0),
     _row("bc-mlp", 40.0, 0.3),
     _row("broken", None, 0.1),                 # no score: never selected
 ]
 
 
 @pytest.mark.parametrize("budget, expected", [
-    (1000, "dp-ddpm100"), (100, "cm-2step"), (11, "cm-2step"), (10, "cm-1step"), (5.5, "cm-1step"),
+    (1000, "teacher-ddpm100"), (100, "student-2calls"), (11, "student-2calls"), (10, "student-1call"),
+    (5.5, "student-1call"),
     (1, "bc-mlp"),
 ])
 def test_budget_picks_best_score_that_fits(budget, expected):
@@ -39,7 +40,8 @@ def test_budget_picks_best_score_that_fits(budget, expected):
 
 
 def test_budget_ties_go_to_the_faster_method():
-    assert select_method(TABLE, 8.0)["method"] == "cm-1step"   # sdp-cm has the same score but is slower
+    # the streaming student has the same score but is slower
+    assert select_method(TABLE, 8.0)["method"] == "student-1call"
 
 
 def test_budget_nothing_fits_is_a_clear_error():
@@ -75,11 +77,11 @@ def test_timing_fields_worst_step_uses_planning_steps_only():
     assert t["step_latency_ms_max_p99"] == pytest.approx(np.percentile([20] + [10] * 24, 99))
     assert t["latency_ms_p50"] == pytest.approx(1.0) and t["nfe_per_step_max_steady"] == 4
     targets = summarize_targets(TABLE)
-    # cm-1step keeps 77 / 80 = 96 % at 600 / 5.5 = 109× DDPM-100 and 60 / 5.5 = 10.9× DDIM-10 (medians)
-    assert targets["best_student"] == "cm-1step" and targets["best_student_meets_all"] is True
+    # student-1call keeps 77 / 80 = 96 % at 600 / 5.5 = 109× DDPM-100 and 60 / 5.5 = 10.9× DDIM-10 (medians)
+    assert targets["best_student"] == "student-1call" and targets["best_student_meets_all"] is True
     assert targets["best_student_speedup_vs_ddpm100"] == pytest.approx(600 / 5.5)
-    assert targets["sdp_cm_keeps_95pct"] is True
-    slow = [{**r, "step_latency_ms_p50": 20.0} if r["method"].startswith("cm-") else r for r in TABLE]
+    assert targets["streaming_student_keeps_95pct"] is True
+    slow = [{**r, "step_latency_ms_p50": 20.0} if r["method"].startswith("student-") else r for r in TABLE]
     t = summarize_targets(slow)   # 3× DDIM-10 only: reported as a miss, never hidden
     assert t["best_student_meets_all"] is False and t["best_student_speedup_vs_ddim10"] < 5
 
@@ -90,8 +92,8 @@ def test_report_command_renders_table_and_plot(tmp_path, capsys):
     path = write_results(tmp_path / "r.json", TABLE)
     md, png = tmp_path / "t.md", tmp_path / "p.png"
     assert main(["report", str(path), "--md", str(md), "--png", str(png), "--budget-ms", "10"]) == 0
-    assert "cm-1step" in md.read_text() and png.stat().st_size > 1000
-    assert "budget 10 ms → cm-1step" in capsys.readouterr().out
+    assert "student-1call" in md.read_text() and png.stat().st_size > 1000
+    assert "budget 10 ms → student-1call" in capsys.readouterr().out
     assert main(["report", str(path), "--budget-ms", "0.01"]) == 2
 
 

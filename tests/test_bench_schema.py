@@ -20,7 +20,7 @@ def _row(**kw):
         latency_ms_p99=2.0,
     )
     base.update(kw)
-    return make_row("maze2d-umaze", "dp-ddim10", **base)
+    return make_row("maze2d-umaze", "teacher-ddim10", **base)
 
 
 def test_row_has_every_required_field_and_environment():

@@ -11,8 +11,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_students.py"
 def test_students_benchmark_smoke(tmp_path, run_script):
     run_script(SCRIPT, "--quick", "--task", "agv-bimodal-block", "--out", tmp_path)
     rows = {r["method"]: r for r in json.loads((tmp_path / "students_agv-bimodal-block.json").read_text())}
-    assert {"bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-onecall", "cm-1step", "cm-2step", "sdp-cm"} <= set(rows)
-    assert rows["cm-1step"]["nfe_per_step_max"] == 1 and rows["sdp-cm"]["nfe_per_step_max"] == 1
+    assert {"bc-mlp", "teacher-ddpm100", "teacher-ddim10", "teacher-one-call-estimate", "student-1call",
+            "student-2calls", "streaming-student-1call"} <= set(rows)
+    assert rows["student-1call"]["nfe_per_step_max"] == 1
+    assert rows["streaming-student-1call"]["nfe_per_step_max"] == 1
     assert all("modes" in r and r["step_latency_samples"] >= 4 for r in rows.values())
     curve = json.loads((tmp_path / "students_curve_agv-bimodal-block.json").read_text())
     assert curve[0]["distill_steps"] == 0 and curve[-1]["distill_steps"] > 0
@@ -29,9 +31,10 @@ def test_student_capacity_smoke(tmp_path, run_script):
     script = SCRIPT.parent / "bench_student_capacity.py"
     run_script(script, "--quick", "--out", tmp_path)
     rows = json.loads((tmp_path / "student_capacity_agv-bimodal-block.json").read_text())
-    assert {(r["method"], r["action_horizon"]) for r in rows} >= {("cm-1step", 8), ("cm-h512-1step", 4)}
+    assert {(r["method"], r["action_horizon"]) for r in rows} >= {("student-1call", 8),
+                                                                  ("student-h512-1call", 4)}
     assert all(r["split"] == "validation" and min(r["seeds"]) >= 100 for r in rows)
-    assert any(r.get("step_latency_samples") for r in rows if r["method"] == "cm-h512-1step")
+    assert any(r.get("step_latency_samples") for r in rows if r["method"] == "student-h512-1call")
 
     import runpy
 

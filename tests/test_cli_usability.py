@@ -1,6 +1,6 @@
 """Every bad input gets a clear answer, tried as a user would: through the ``fastpolicy``
-command in a subprocess. One test per finding of the issue: tracebacks where one line was promised,
-Ctrl-C during training, a closed pipe, silently wrong results, surprising defaults and the plots.
+command in a subprocess. One test per finding of the usability review: tracebacks where one line was
+promised, Ctrl-C during training, a closed pipe, silently wrong results, surprising defaults and the plots.
 
 The subprocesses of a test run concurrently (each spends most of its time importing), so the whole
 module costs about as much as its slowest command.

@@ -100,7 +100,7 @@ def test_segmented_sampling_spends_k_calls(k):
     student.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
     out = student.predict_chunk(OBS, None, torch.Generator().manual_seed(0))
     assert out.nfe == k == len(calls) and out.actions.shape == (3, 8, 2)
-    assert student.method == ("cm-1step" if k == 1 else f"cm-seg{k}")
+    assert student.method == ("student-1call" if k == 1 else f"progressive-student-{k}calls")
 
 
 def test_single_segment_chaining_spends_steps_calls():
@@ -149,7 +149,7 @@ def test_checkpoint_loads_as_consistency_policy_with_identical_actions(linear_st
 def test_streaming_student_costs_at_most_one_call_per_step(linear_store):
     sdp = StreamingPolicy.from_config(dict(obs_dim=2, action_dim=1, backbone="mlp")).eval()
     student = student_from_teacher(sdp, "ode:12", segments=3, streaming=True).eval()
-    assert student.method == "sdp-cm"
+    assert student.method == "streaming-student-1call"
     state, gen = student.init_state(3), torch.Generator().manual_seed(0)
     for _ in range(4):
         out = student.predict_chunk(OBS[..., :2], state, gen)

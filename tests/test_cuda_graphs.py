@@ -49,10 +49,10 @@ def make(name: str, device: str = "cpu"):
         "ddim10": lambda: DiffusionPolicy.from_config({**TINY, "sampler": "ddim:10"}),
         "ddpm10": lambda: DiffusionPolicy.from_config({**TINY, "sampler": "ddpm:10"}),
         "ddim-t0": lambda: DiffusionPolicy.from_config({**TINY, "sampler": "ddim:4,temperature=0"}),
-        "cm-1step": lambda: _consistency(steps=1),
-        "cm-2step": lambda: _consistency(steps=2),
-        "sdp-cm": lambda: _consistency(streaming=True, segments=3, action_horizon=4),
-        "sdp-ode": lambda: StreamingPolicy.from_config({**TINY, "stream": "ode:6"}),
+        "student-1call": lambda: _consistency(steps=1),
+        "student-2calls": lambda: _consistency(steps=2),
+        "streaming-student-1call": lambda: _consistency(streaming=True, segments=3, action_horizon=4),
+        "streaming-ode6": lambda: StreamingPolicy.from_config({**TINY, "stream": "ode:6"}),
     }[name]()
     return policy.to(device).eval()
 
@@ -97,7 +97,7 @@ def test_plan_batches_pads_the_remainder_to_the_next_captured_size():
 # --------------------------------------------------------------------------- fallbacks (CPU)
 
 
-@pytest.mark.parametrize("name", ["ddim10", "sdp-cm"])
+@pytest.mark.parametrize("name", ["ddim10", "streaming-student-1call"])
 def test_on_cpu_the_wrapper_is_the_eager_policy_and_says_why(name, caplog):
     policy = make(name)
     with caplog.at_level(logging.INFO, logger="fastpolicy.policies.cuda_graphs"):
@@ -161,7 +161,8 @@ def test_an_uncapturable_call_runs_eagerly_and_says_why(cls, reason, caplog):
 # --------------------------------------------------------------------------- the capture logic (dry run)
 
 
-@pytest.mark.parametrize("name", ["ddim10", "ddpm10", "cm-1step", "cm-2step", "sdp-cm", "sdp-ode"])
+@pytest.mark.parametrize("name", ["ddim10", "ddpm10", "student-1call", "student-2calls",
+                                  "streaming-student-1call", "streaming-ode6"])
 def test_dry_run_replay_equals_the_eager_call_for_the_same_generator(name):
     policy = make(name)
     wrapped = GraphedPolicy(policy, (1, 4), dry_run=True)
@@ -173,7 +174,7 @@ def test_dry_run_replay_equals_the_eager_call_for_the_same_generator(name):
         state_e, state_w = eager.state, mine.state
     status = wrapped.status()
     assert status["active"] and not status["failures"]
-    assert status["graphs"] == (2 if name.startswith("sdp") else 1)
+    assert status["graphs"] == (2 if name.startswith("streaming") else 1)
 
 
 class _SpyPolicy(DiffusionPolicy):
@@ -205,7 +206,7 @@ def test_batches_are_padded_to_captured_sizes_and_sliced():
 
 
 def test_mixed_streaming_states_are_grouped_by_signature():
-    policy = make("sdp-ode")
+    policy = make("streaming-ode6")
     wrapped = GraphedPolicy(policy, (1, 4), dry_run=True)
     state = wrapped.predict_chunk(_obs(policy, 3, 0), None, torch.Generator().manual_seed(0)).state
     fresh = wrapped.init_state(1)
@@ -222,13 +223,13 @@ def test_mixed_streaming_states_are_grouped_by_signature():
 
 
 def test_warmup_captures_the_recurring_signatures():
-    wrapped = GraphedPolicy(make("sdp-cm"), (1, 2), dry_run=True)
+    wrapped = GraphedPolicy(make("streaming-student-1call"), (1, 2), dry_run=True)
     status = wrapped.warmup(generator=torch.Generator())
     assert status["graphs"] == 4  # fresh and steady, at each size
 
 
 def test_compare_precision_bf16_is_close_to_fp32():
-    report = compare_precision(make("cm-1step"), "bf16", batch_size=2, calls=2, dry_run=True)
+    report = compare_precision(make("student-1call"), "bf16", batch_size=2, calls=2, dry_run=True)
     assert report.ok and report.rel_rms < report.tolerance
     assert report.status["dtype"] == "bfloat16" and report.status["active"]
 
@@ -292,13 +293,15 @@ def test_gpu_check_without_cuda_exits_with_one_line(capsys):
 def test_gpu_check_quick_dry_run_writes_valid_rows(tmp_path):
     from fastpolicy.evaluation.results import read_results
 
-    code = _bench_gpu().main(["--quick", "--out-dir", str(tmp_path), "--methods", "cm-1step", "sdp-cm",
-                              "--samples", "2", "--warmup", "1", "--server-sessions", "2",
-                              "--server-duration-s", "1"])
+    # cm-1step: an older id, accepted as student-1call
+    code = _bench_gpu().main(["--quick", "--out-dir", str(tmp_path), "--methods", "cm-1step",
+                              "streaming-student-1call", "--samples", "2", "--warmup", "1",
+                              "--server-sessions", "2", "--server-duration-s", "1"])
     assert code == 0
     rows = read_results(tmp_path / "gpu_latency.json")
     assert {(r["method"], r["batch_size"], r["variant"]) for r in rows} == {
-        (m, b, v) for m in ("cm-1step", "sdp-cm") for b in (1, 4) for v in ("eager", "graph", "graph-bf16")}
+        (m, b, v) for m in ("student-1call", "streaming-student-1call") for b in (1, 4)
+        for v in ("eager", "graph", "graph-bf16")}
     assert all(r["status"] == "ok" and r["samples"] == 2 and r["dry_run"] for r in rows)
     assert all(r["graph_status"]["active"] for r in rows if r["variant"] != "eager")
     assert all(r["bf16_ok"] for r in rows if r["variant"] == "graph-bf16" and r["batch_size"] == 1)
@@ -311,7 +314,8 @@ def test_gpu_check_quick_dry_run_writes_valid_rows(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("name", ["ddim10", "ddpm10", "cm-1step", "cm-2step", "sdp-cm", "sdp-ode"])
+@pytest.mark.parametrize("name", ["ddim10", "ddpm10", "student-1call", "student-2calls",
+                                  "streaming-student-1call", "streaming-ode6"])
 def test_cuda_graph_replay_equals_eager(name):
     policy = make(name, "cuda")
     wrapped = GraphedPolicy(policy, (1, 4))
@@ -323,11 +327,11 @@ def test_cuda_graph_replay_equals_eager(name):
         state_e, state_w = eager.state, mine.state
     status = wrapped.status()
     assert status["active"] and not status["failures"], status
-    assert status["graphs"] == (2 if name.startswith("sdp") else 1)
+    assert status["graphs"] == (2 if name.startswith("streaming") else 1)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_graph_bf16_is_validated_against_fp32():
-    report = compare_precision(make("cm-1step", "cuda"), "bf16", batch_size=4, calls=4)
+    report = compare_precision(make("student-1call", "cuda"), "bf16", batch_size=4, calls=4)
     assert report.ok and report.status["active"] and not report.status["failures"], report

@@ -28,11 +28,13 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
         validate_row(row)
         assert row["step_latency_ms_max_p99"] is not None and row["throughput_b64"] > 0
     by_method = {r["method"]: r for r in rows}
-    assert by_method["dp-ddpm100"]["nfe_per_step_max"] == 100
-    assert by_method["cm-1step"]["nfe_per_step_max"] == 1 and by_method["sdp-cm"]["nfe_per_step_max"] == 1
-    assert by_method["dp-onecall"]["nfe_per_step_max"] == 1
+    assert by_method["teacher-ddpm100"]["nfe_per_step_max"] == 100
+    assert by_method["student-1call"]["nfe_per_step_max"] == 1
+    assert by_method["streaming-student-1call"]["nfe_per_step_max"] == 1
+    assert by_method["teacher-one-call-estimate"]["nfe_per_step_max"] == 1
     # every chunked diffusion method ran at the action horizon its validation episodes chose
-    chunked = {"dp-ddpm100", "dp-ddim10", "dp-ddim1-trailing", "dp-onecall", "cm-1step", "cm-2step"}
+    chunked = {"teacher-ddpm100", "teacher-ddim10", "teacher-ddim1-trailing", "teacher-one-call-estimate",
+               "student-1call", "student-2calls"}
     for name, row in by_method.items():
         assert ("action_horizon_validation" in row) == (name in chunked), name
         if name in chunked:
@@ -45,7 +47,7 @@ def test_demo_runs_every_stage_and_writes_results(tmp_path, capsys):
     saved = json.loads((tmp_path / "demo" / "demo_agv-bimodal-block.json").read_text())
     assert len(saved) == len(rows)
     assert (tmp_path / "demo" / "pareto_demo_agv-bimodal-block.png").stat().st_size > 10_000
-    assert "cm-1step" in capsys.readouterr().out
+    assert "student-1call" in capsys.readouterr().out
     # A second run reuses the dataset and every trained run instead of redoing them.
     before = sorted(
         p.name for p in (tmp_path / "demo" / "agv-bimodal-block" / "teacher" / "checkpoints").iterdir()

@@ -351,10 +351,11 @@ def test_spec_options_from_text_round_trip():
     assert (spec.timestep_spacing, spec.temperature) == ("trailing", 0.5)
     assert spec.name == "ddim:10,spacing=trailing,temperature=0.5"
     assert SamplerSpec.parse(spec.name) == spec
-    assert spec.slug == "ddim10-trailing-t0.5"
+    assert spec.slug == "ddim10-trailing-temp0.5"
     assert SamplerSpec.parse("ddpm:100,clip=false").clip_sample is False
     assert SamplerSpec.parse("dpm:5,order=1").solver_order == 1
     assert SamplerSpec.parse("ddim:10").name == "ddim:10" and SamplerSpec.parse("ddim:10").slug == "ddim10"
+    assert SamplerSpec.parse("dpm:10").slug == "dpmsolver10"  # method ids spell the solver out
     # keyword overrides win over the text
     assert SamplerSpec.parse("ddpm:10,temperature=0.5", temperature=0.0).temperature == 0.0
     for bad in ("ddim:10,spacing", "ddim:10,speed=3", "ddim:10,temperature=hot", "ddim:10,clip=maybe"):

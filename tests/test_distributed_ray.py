@@ -99,7 +99,8 @@ def test_sweep_on_ray_equals_local_run_result_for_result(ray_local, tmp_path, mo
     suite = runner.SuiteConfig(
         "tiny", dataset_size=1200, teacher_steps=6, bc_steps=4, cm_steps=4, batch_size=16, episodes=1,
         seeds=[0, 1], latency_steps=4, latency_rounds=1, throughput_calls=1, seg_stages=(),
-        teacher_options={"backbone": "mlp"}, methods=("bc-mlp", "dp-ddim4", "cm-2step"), progress=False)
+        teacher_options={"backbone": "mlp"}, methods=("bc-mlp", "teacher-ddim4", "student-2calls"),
+        progress=False)
     # AGV, not maze2d: an untrained policy scores exactly 0 on the maze, whereas on the AGV track every
     # action moves the shaped return and the episode length (collisions end episodes early), so equal
     # rows mean equal rollouts

@@ -68,13 +68,13 @@ def test_eval_cli_compares_samplers_and_writes_json(maze_teacher, capsys):
     )
     assert rc == 0
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["dp-ddim4", "dp-ddim2"]
+    assert [r["method"] for r in rows] == ["teacher-ddim4", "teacher-ddim2"]
     assert [r["nfe_per_step_max"] for r in rows] == [4, 2]
     # which weights were measured: the checkpoint's content hash, in every row and in the table
     expected = "sha256:" + load_policy(maze_teacher / "run").checkpoint_hash
     assert {r["checkpoint_hash"] for r in rows} == {expected}
     out = capsys.readouterr().out
-    assert "dp-ddim2" in out and expected[:15] in out
+    assert "teacher-ddim2" in out and expected[:15] in out
 
 
 def test_policy_for_another_task_is_refused_clearly(linear_store, tmp_path):

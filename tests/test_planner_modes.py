@@ -56,7 +56,7 @@ def test_with_refinement_is_a_view_and_validates():
     td = _policy("trajectory-diffuser")
     before = _actions(td)
     draft_only = td.with_refinement(steps=0)
-    assert draft_only.refine_levels() == [] and draft_only.method.endswith("k0")
+    assert draft_only.refine_levels() == [] and draft_only.method.endswith("refine0")
     assert td.config.refine_steps == 2 and td.refine_levels() == [4, 2, -1]
     np.testing.assert_array_equal(_actions(td), before)
     np.testing.assert_array_equal(_actions(td.with_refinement(steps=3, start=1.0)),

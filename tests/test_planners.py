@@ -146,7 +146,7 @@ def test_refinement_levels_and_ablation_knobs():
     td.set_refinement(steps=0)
     assert td.refine_levels() == [] and td.predict_chunk(np.zeros((1, 1, OBS)), None, _gen()).nfe == 0
     td.set_refinement(steps=3, start=1.0)
-    assert td.refine_levels()[0] == 9 and len(td.refine_levels()) == 4 and td.method.endswith("k3")
+    assert td.refine_levels()[0] == 9 and len(td.refine_levels()) == 4 and td.method.endswith("refine3")
     with pytest.raises(ValueError, match="refine_start"):
         td.set_refinement(steps=2, start=0.0)
 
@@ -292,12 +292,12 @@ def test_planners_suite_is_selectable_and_targets_are_summarised():
     from fastpolicy.bench.runner import SUITES
     from fastpolicy.cli import main
 
-    assert SUITES["planners"].family == "planners" and "trajectory-diffuser-k1" in PLANNER_METHODS
-    assert main(["bench", "--suite", "planners", "--methods", "dp-ddpm100", "--no-write"]) == 2
+    assert SUITES["planners"].family == "planners" and "trajectory-diffuser-refine1" in PLANNER_METHODS
+    assert main(["bench", "--suite", "planners", "--methods", "teacher-ddpm100", "--no-write"]) == 2
     rows = [{"method": "decision-diffuser-ddpm200", "score_mean": 10.0, "step_latency_ms_p50": 60.0},
             {"method": "diffuser-ddpm20", "score_mean": 12.0, "step_latency_ms_p50": 5.0},
-            {"method": "trajectory-diffuser-k3", "score_mean": 11.0, "step_latency_ms_p50": 10.0},
-            {"method": "trajectory-diffuser-k1-start0.3", "score_mean": 99.0, "step_latency_ms_p50": 1.0,
+            {"method": "trajectory-diffuser-refine3", "score_mean": 11.0, "step_latency_ms_p50": 10.0},
+            {"method": "trajectory-diffuser-refine1-start0.3", "score_mean": 99.0, "step_latency_ms_p50": 1.0,
              "ablation": True}]
     t = summarize_planner_targets(rows)
     assert t["td_speedup_vs_dd200"] == 6.0 and t["target_5x_vs_dd_at_its_score"] is True
@@ -317,7 +317,8 @@ def test_planners_suite_runs_end_to_end(tmp_path):
                         diffuser_steps=2,
                         batch_size=8, episodes=1, latency_steps=2, latency_rounds=1, throughput_calls=1,
                         progress=False, planner_candidates=2,
-                        methods=("diffuser-ddpm20", "decision-diffuser-ddpm200", "trajectory-diffuser-k1"),
+                        methods=("diffuser-ddpm20", "decision-diffuser-ddpm200",
+                                 "trajectory-diffuser-refine1"),
                         planner_options={"*": tiny, "diffuser": {"sampler": "ddpm:10"},
                                          "trajectory-diffuser": {"sampler": "ddpm:10", "d_model": 16,
                                                                  "d_ff": 16, "n_layers": 1,
@@ -325,7 +326,7 @@ def test_planners_suite_runs_end_to_end(tmp_path):
     rows = run_suite(suite, ["maze2d-umaze"], work_dir=tmp_path / "work", results_dir=tmp_path,
                      plot_dir=tmp_path, progress=False)
     names = [r["method"] for r in rows]
-    assert names == ["diffuser-ddpm10", "decision-diffuser-ddpm10", "trajectory-diffuser-k1"]
+    assert names == ["diffuser-ddpm10", "decision-diffuser-ddpm10", "trajectory-diffuser-refine1"]
     assert all(r["step_latency_ms_p50"] > 0 and r["suite"] == "planners-test" for r in rows)
     assert rows[2]["transformer_calls_per_plan"] == 3 and rows[1]["shares_networks_with"] == rows[2]["method"]
     assert len(read_results(tmp_path / "planners-test_maze2d-umaze.json")) == 3

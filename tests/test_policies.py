@@ -54,10 +54,10 @@ def test_with_sampler_changes_nfe_and_method_on_a_view_only():
     policy = _dp(sampler="ddim:10").eval()
     config_before = dict(policy.config_dict())
     view = policy.with_sampler("ddpm:100", action_horizon=4)
-    assert view.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 100 and view.method == "dp-ddpm100"
+    assert view.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 100 and view.method == "teacher-ddpm100"
     assert view.config.sampler == "ddpm:100" and view.action_horizon == view.config.action_horizon == 4
     # the shared policy is untouched: same mode, same config; the view shares its weights (no copy)
-    assert policy.method == "dp-ddim10" and policy.config_dict() == config_before
+    assert policy.method == "teacher-ddim10" and policy.config_dict() == config_before
     assert policy.predict_chunk(np.zeros((1, 2, 3), np.float32)).nfe == 10
     assert all(a is b for a, b in zip(policy.parameters(), view.parameters()))
     with pytest.warns(DeprecationWarning, match="with_sampler"):
@@ -71,7 +71,7 @@ def test_with_action_horizon_executes_a_prefix_of_the_same_plan_on_a_view():
     full = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(1))
     short = view.predict_chunk(obs, generator=torch.Generator().manual_seed(1))
     assert short.actions.shape[1] == 3 and np.array_equal(short.actions, full.actions[:, :3])
-    assert short.nfe == full.nfe == 4 and view.method == policy.method == "dp-ddim4"
+    assert short.nfe == full.nfe == 4 and view.method == policy.method == "teacher-ddim4"
     assert policy.config.action_horizon == 8 and view.action_horizon == 3
     with pytest.raises(ValueError, match="action_horizon"):
         policy.with_action_horizon(16)       # beyond what the predicted sequence holds
@@ -92,7 +92,7 @@ def test_mode_evaluation_order_does_not_matter():
     a_then_b = [run("ddim:4"), run("ddpm:10")]
     b_then_a = [run("ddpm:10"), run("ddim:4")]
     assert a_then_b == b_then_a[::-1]
-    assert policy.config_dict() == config_before and policy.method == "dp-ddim10"
+    assert policy.config_dict() == config_before and policy.method == "teacher-ddim10"
 
 
 def test_bad_observation_window_is_named():
@@ -184,7 +184,7 @@ def test_sampler_spec_text_carries_spacing_and_temperature_into_the_policy():
     policy = _dp().with_sampler("ddim:10,spacing=trailing,temperature=0.5")
     assert policy.sampler.spec.timestep_spacing == "trailing" and policy.sampler.spec.temperature == 0.5
     assert policy.sampler.spec.prediction_type == policy.config.prediction_type == "sample"
-    assert int(policy.sampler.timesteps[0]) == 99 and policy.method == "dp-ddim10-trailing-t0.5"
+    assert int(policy.sampler.timesteps[0]) == 99 and policy.method == "teacher-ddim10-trailing-temp0.5"
     eps = _dp(prediction_type="epsilon")
     with pytest.raises(ValueError, match="amplifies"):
         eps.with_sampler("dpm:5")                # unclipped from t = 99 with an ε model

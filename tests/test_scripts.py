@@ -40,5 +40,5 @@ def _train_offline(tmp_path, steps):
 
 def test_train_offline_script_trains_evaluates_and_resumes(tmp_path):
     rows = _train_offline(tmp_path, 4)
-    assert rows[0]["method"] == "dp-ddim2" and rows[0]["steps"] == 4
+    assert rows[0]["method"] == "teacher-ddim2" and rows[0]["steps"] == 4
     assert _train_offline(tmp_path, 6)[0]["steps"] == 6  # same --out: resumed from step 4, not restarted

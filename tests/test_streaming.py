@@ -187,7 +187,8 @@ def test_stream_and_sampler_views_leave_the_shared_policy_as_it_was():
     policy = _sdp(stream="ddpm:100")
     config_before = dict(policy.config_dict())
     ode, dp = policy.with_stream("ode:6"), policy.with_sampler("ddim:4")
-    assert (ode.method, dp.method, policy.method) == ("sdp-ode6", "sdp-net-dp-ddim4", "sdp-ddpm100")
+    assert (ode.method, dp.method, policy.method) == ("streaming-ode6", "streaming-net-as-teacher-ddim4",
+                                                      "streaming-ddpm100")
     assert ode.config.stream == "ode:6" and dp.config.mode == "dp" and dp.init_state(1) is None
     assert policy.config_dict() == config_before and policy.init_state(1) is not None
 

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-ms", type=float, default=None,
                    help="also select the best-scoring method whose p99 worst-case step latency fits "
                         "this budget")
-    p.add_argument("--methods", nargs="+", default=None, help="restrict to these methods")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="restrict to these methods (ids as in docs/method_names.md; older ids such as "
+                        "dp-ddim10 are accepted)")
     p.add_argument("--work-dir", default=None, help="runs and datasets (default runs/bench/<suite>)")
     p.add_argument("--results-dir", default=None,
                    help="where <suite>_<task>.json/.md go (default: the work dir)")
@@ -60,6 +62,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fastpolicy.bench.planners import PLANNER_METHODS
     from fastpolicy.bench.runner import ALL_METHODS, run_suite
     from fastpolicy.envs.registry import get_task
+    from fastpolicy.evaluation.method_names import canonical_method
     from fastpolicy.utils.atomic import check_writable
 
     ray_config = ray_config_from_args(args)  # before any work: a missing extra is one line
@@ -78,10 +81,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     suite = SUITES[args.suite]
     if args.methods:
         known = PLANNER_METHODS if suite.planners else ALL_METHODS
-        unknown = sorted(set(args.methods) - set(known))
+        methods = tuple(canonical_method(m) for m in args.methods)  # older ids → today's names
+        unknown = sorted(set(methods) - set(known))
         if unknown:
             raise ValueError(f"unknown methods {unknown} for suite {suite.name}; known: {', '.join(known)}")
-        suite = dataclasses.replace(suite, methods=tuple(args.methods))
+        suite = dataclasses.replace(suite, methods=methods)
     run_suite(suite, args.task, work_dir=work_dir, teacher=args.teacher, results_dir=results_dir,
               plot_dir=plot_dir, budget_ms=args.budget_ms, write=not args.no_write,
               ray_config=ray_config)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PLANNER_METHODS: tuple[str, ...] = ("diffuser-ddpm20", "decision-diffuser-ddpm200",
-                                    "decision-diffuser-ddpm50", "trajectory-diffuser-k1")
+                                    "decision-diffuser-ddpm50", "trajectory-diffuser-refine1")
 """method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with its default
 refinement, k = 1)"""
 
@@ -132,7 +132,7 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
 
 def summarize_planner_targets(rows: Sequence[dict[str, Any]],
                               latency_key: str = "step_latency_ms_p50") -> dict[str, Any]:
-    """The issue's targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
+    """The planners' targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
     ≥ its score, and ≥ the Diffuser's score. Misses are reported as such; ablation rows are ignored."""
     main = [r for r in rows if not r.get("ablation")]
     by = {r["method"]: r for r in main}

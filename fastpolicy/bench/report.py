@@ -161,7 +161,8 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
-def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-ddpm100") -> dict[str, Any]:
+def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "teacher-ddpm100"
+                      ) -> dict[str, Any]:
     """The students' targets, computed from the rows (nothing hidden: misses are reported as such).
 
     Ratios are of *median* planning-step latencies measured in this run (interleaved): a student
@@ -170,7 +171,7 @@ def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-
     """
     by = {r["method"]: r for r in rows}
     out: dict[str, Any] = {}
-    ddpm, ddim = by.get(teacher_method), by.get("dp-ddim10")
+    ddpm, ddim = by.get(teacher_method), by.get("teacher-ddim10")
     key = "step_latency_ms_p50"
     if ddpm is None or ddpm.get(key) is None or ddpm.get("score_mean") is None:
         return out
@@ -189,19 +190,20 @@ def summarize_targets(rows: Sequence[dict[str, Any]], teacher_method: str = "dp-
         return res
 
     students = [r for r in rows
-                if r["method"].startswith("cm-") and r.get(key) and r.get("score_mean") is not None]
+                if r["method"].startswith(("student-", "progressive-student-")) and r.get(key)
+                and r.get("score_mean") is not None]
     checked = {r["method"]: check(r) for r in students}
     winners = [m for m, c in checked.items() if c["meets_all"]]
     pick = min(winners or checked, key=lambda m: by[m][key], default=None)
     if pick is not None:
         out["best_student"] = pick
         out.update({f"best_student_{k}": v for k, v in checked[pick].items()})
-    scm = by.get("sdp-cm")
+    scm = by.get("streaming-student-1call")
     if scm is not None and scm.get("score_mean") is not None:
-        out["sdp_cm_keeps_95pct"] = bool(scm["score_mean"] >= floor)
-        out["sdp_cm_calls_per_step_max"] = scm.get("nfe_per_step_max")
+        out["streaming_student_keeps_95pct"] = bool(scm["score_mean"] >= floor)
+        out["streaming_student_calls_per_step_max"] = scm.get("nfe_per_step_max")
         if scm.get(key):
-            out["sdp_cm_speedup_vs_ddpm100"] = ddpm[key] / scm[key]
+            out["streaming_student_speedup_vs_ddpm100"] = ddpm[key] / scm[key]
     return out
 
 

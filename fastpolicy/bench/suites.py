@@ -63,7 +63,7 @@ class SuiteConfig:
     latency_rounds: int = 2
     throughput_calls: int = 3
     sdp_ode_levels: int = 6
-    """the SDP's deterministic stream ``ode:N`` (method ``sdp-ode{N}``; N/h calls per control step)"""
+    """the SDP's deterministic stream ``ode:N`` (method ``streaming-ode{N}``; N/h calls per control step)"""
     sdp_options: dict[str, Any] = field(default_factory=dict)
     """the SDP's policy options over the teacher's (default Ta = 4: h = 3 chunks at To 2 / Tp 16)"""
     methods: tuple[str, ...] | None = None
@@ -103,14 +103,18 @@ class SuiteConfig:
 
 
 ALL_METHODS: tuple[str, ...] = (
-    "bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim4", "dp-ddim2-trailing", "dp-ddim1-trailing", "dp-onecall",
-    "dp-dpm10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
-    "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim1-trailing-t0", "dp-ddim10-ta4", "sdp-net-dp-ddim10",
-    "sdp-ddpm100", "sdp-ode6", "cm-1step", "cm-2step", "cm-4step", "cm-seg2", "cm-seg1", "sdp-cm")
-"""Method ids. Baselines that show what a student adds: ``bc-mlp``; ``dp-onecall``, the teacher's one-call
-clean estimate from the top of the distilled grid (the untrained student); ``dp-ddim{1,2}-trailing``,
-DDIM at the students' call counts; ``dp-ddim1-trailing-t0``, one deterministic call from x_T = 0 (the
-teacher's estimate of the mean action: what scores on unimodal, noisy data such as hopper-medium)."""
+    "bc-mlp", "teacher-ddpm100", "teacher-ddim10", "teacher-ddim4", "teacher-ddim2-trailing",
+    "teacher-ddim1-trailing", "teacher-one-call-estimate", "teacher-dpmsolver10",
+    "teacher-ddpm100-temp0.5", "teacher-ddim10-temp0.5", "teacher-ddpm100-temp0", "teacher-ddim10-temp0",
+    "teacher-ddim1-trailing-temp0", "teacher-ddim10-exec4", "streaming-net-as-teacher-ddim10",
+    "streaming-ddpm100", "streaming-ode6", "student-1call", "student-2calls", "student-4calls",
+    "progressive-student-2calls", "progressive-student-1call", "streaming-student-1call")
+"""Method ids (docs/method_names.md says what each is; result files written before the rename use older
+ids, mapped on read by ``fastpolicy.evaluation.method_names``). Baselines that show what a student adds:
+``bc-mlp``; ``teacher-one-call-estimate``, the teacher's one-call clean estimate from the top of the
+distilled grid (the untrained student); ``teacher-ddim{1,2}-trailing``, DDIM at the students' call counts;
+``teacher-ddim1-trailing-temp0``, one deterministic call from x_T = 0 (the teacher's estimate of the mean
+action: what scores on unimodal, noisy data such as hopper-medium)."""
 
 BIMODAL_ACTION_HORIZONS: tuple[int, ...] = (8, 4)
 """agv-bimodal-block (demo and students suites): every chunked diffusion method picks Ta 8 or 4 on
@@ -128,7 +132,8 @@ SUITES: dict[str, SuiteConfig] = {
                          seg_stages=(), batch_size=128, lr=1e-3, distill_lr=1e-4, episodes=4, seeds=[0],
                          latency_steps=16, latency_rounds=1, throughput_calls=1,
                          teacher_options={"backbone": "mlp"},
-                         methods=("bc-mlp", "dp-ddim10", "dp-ddim4", "sdp-ode6", "cm-1step", "sdp-cm")),
+                         methods=("bc-mlp", "teacher-ddim10", "teacher-ddim4", "streaming-ode6",
+                                  "student-1call", "streaming-student-1call")),
     "quick": SuiteConfig("quick"),
     "full": SuiteConfig("full", dataset_size=300_000, teacher_steps=8000, bc_steps=4000, sdp_steps=2000,
                         cm_steps=2000, seg_steps=1000, sdp_cm_steps=2000, episodes=10, seeds=[0, 1, 2],
@@ -145,17 +150,18 @@ SUITES: dict[str, SuiteConfig] = {
                         throughput_calls=2, teacher_options={"backbone": "mlp"},
                         action_horizons=BIMODAL_ACTION_HORIZONS, cm_distill_options=BIMODAL_CM_OPTIONS,
                         dataset_recipes={"maze2d-umaze": "maze2d-umaze-dwell"},
-                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim1-trailing", "dp-onecall",
-                                 "sdp-ode6", "cm-1step", "cm-2step", "sdp-cm")),
+                        methods=("bc-mlp", "teacher-ddpm100", "teacher-ddim10", "teacher-ddim1-trailing",
+                                 "teacher-one-call-estimate", "streaming-ode6", "student-1call",
+                                 "student-2calls", "streaming-student-1call")),
     # bench/bench_students.py: the demo's methods plus DDIM at the students' call counts, on the
     # multimodal AGV task, the goal-holding maze and the D4RL teachers (per-task overrides there)
     "students": SuiteConfig("students", dataset_size=20_000, teacher_steps=4000, bc_steps=2000, sdp_steps=800,
                             cm_steps=2000, sdp_cm_steps=1500, seg_stages=(), batch_size=256, lr=1e-3,
                             distill_lr=1e-3, episodes=10, seeds=[0, 1, 2], latency_steps=200,
                             latency_rounds=20, throughput_calls=2, teacher_options={"backbone": "mlp"},
-                            methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddim2-trailing",
-                                     "dp-ddim1-trailing", "dp-onecall", "sdp-ode6", "cm-1step", "cm-2step",
-                                     "sdp-cm")),
+                            methods=("bc-mlp", "teacher-ddpm100", "teacher-ddim10", "teacher-ddim2-trailing",
+                                     "teacher-ddim1-trailing", "teacher-one-call-estimate", "streaming-ode6",
+                                     "student-1call", "student-2calls", "streaming-student-1call")),
     # D4RL-style MuJoCo tasks: the scores side by side with the published numbers and the d3rlpy peers
     # (bench/bench_d4rl_peers.py). CPU-sized: MLP denoiser teacher, 20k optimizer steps at batch 256 for
     # teacher and BC; the recipe's full-size datasets at datasets/store/<recipe> (`fastpolicy data make`).
@@ -168,8 +174,9 @@ SUITES: dict[str, SuiteConfig] = {
                         latency_steps=64, latency_rounds=2, throughput_calls=2,
                         teacher_options={"backbone": "mlp"},
                         bc_options={"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2},
-                        methods=("bc-mlp", "dp-ddpm100", "dp-ddim10", "dp-ddpm100-t0.5", "dp-ddim10-t0.5",
-                                 "dp-ddpm100-t0", "dp-ddim10-t0", "dp-ddim1-trailing-t0")),
+                        methods=("bc-mlp", "teacher-ddpm100", "teacher-ddim10", "teacher-ddpm100-temp0.5",
+                                 "teacher-ddim10-temp0.5", "teacher-ddpm100-temp0", "teacher-ddim10-temp0",
+                                 "teacher-ddim1-trailing-temp0")),
     # Diffusion planners (offline RL, return-guided): Diffuser, Decision Diffuser (reference DDPM-200 and a
     # strided DDPM-50) and Trajectory Diffuser, CPU-sized (MLP denoisers, H = 16); bench/bench_planners.py
     # runs the same methods plus the KV-cache and refinement ablations. Mazes use the goal-holding data

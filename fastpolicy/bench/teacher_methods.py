@@ -2,9 +2,9 @@
 
 BC-MLP; the teacher at DDPM-100, DDIM-10/4, DDIM at the students' call counts, DPM-Solver++ and
 temperatures 0.5 / 0 (each a sampler view of the one loaded teacher); the SDP network as a plain DP and
-streaming at DDPM-100 / ODE-N; consistency students (1/2/4 steps, segmented k) and the streaming
-consistency student. Whatever a suite's methods need is trained or distilled under its work directory,
-or reused from there when complete, so an interrupted suite resumes.
+streaming at DDPM-100 / ODE-N; consistency students (1/2/4 calls, segmented k) and the streaming
+consistency student (method ids: docs/method_names.md). Whatever a suite's methods need is trained or
+distilled under its work directory, or reused from there when complete, so an interrupted suite resumes.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from typing import Any
 
 from fastpolicy.bench.methods import Method, ensure_trained, run_cost, train_config, wanted
 from fastpolicy.bench.suites import SuiteConfig
+from fastpolicy.evaluation.method_names import calls
 from fastpolicy.evaluation.timing import backbone_forward_ms
 
 #: The teacher's sampler choices as benchmark methods (each a sampler view of the one trained teacher).
 TEACHER_SAMPLERS: dict[str, str] = {
-    "dp-ddpm100": "ddpm:100", "dp-ddim10": "ddim:10", "dp-ddim4": "ddim:4",
-    "dp-ddim2-trailing": "ddim:2,spacing=trailing", "dp-ddim1-trailing": "ddim:1,spacing=trailing",
-    "dp-dpm10": "dpm:10", "dp-ddpm100-t0.5": "ddpm:100,temperature=0.5",
-    "dp-ddim10-t0.5": "ddim:10,temperature=0.5", "dp-ddpm100-t0": "ddpm:100,temperature=0",
-    "dp-ddim10-t0": "ddim:10,temperature=0", "dp-ddim1-trailing-t0": "ddim:1,spacing=trailing,temperature=0",
+    "teacher-ddpm100": "ddpm:100", "teacher-ddim10": "ddim:10", "teacher-ddim4": "ddim:4",
+    "teacher-ddim2-trailing": "ddim:2,spacing=trailing", "teacher-ddim1-trailing": "ddim:1,spacing=trailing",
+    "teacher-dpmsolver10": "dpm:10", "teacher-ddpm100-temp0.5": "ddpm:100,temperature=0.5",
+    "teacher-ddim10-temp0.5": "ddim:10,temperature=0.5", "teacher-ddpm100-temp0": "ddpm:100,temperature=0",
+    "teacher-ddim10-temp0": "ddim:10,temperature=0",
+    "teacher-ddim1-trailing-temp0": "ddim:1,spacing=trailing,temperature=0",
 }
 
 
@@ -66,8 +68,8 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         if wanted(suite, name):
             methods.append(Method(name, sampler(spec), extra=dict(teacher_extra)))
 
-    sdp_names = ("sdp-ddpm100", f"sdp-ode{suite.sdp_ode_levels}", "sdp-ode6", "sdp-net-dp-ddim10", "sdp-cm",
-                 "dp-ddim10-ta4")
+    sdp_names = ("streaming-ddpm100", f"streaming-ode{suite.sdp_ode_levels}", "streaming-ode6",
+                 "streaming-net-as-teacher-ddim10", "streaming-student-1call", "teacher-ddim10-exec4")
     sdp = None
     if wanted(suite, *sdp_names):
         log(f"[bench] SDP fine-tuned from the teacher ({suite.sdp_steps} steps)")
@@ -76,27 +78,28 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
                                  resume=True, options=dict(suite.sdp_options))
         sdp_extra = {**teacher_extra, "train_seconds": None,
                      "distill_seconds": run_cost(sdp_run).get("seconds")}
-        if wanted(suite, "dp-ddim10-ta4"):  # the teacher at the SDP's Ta: a like-for-like reference
-            methods.append(Method("dp-ddim10-ta4", sampler("ddim:10", sdp.config.action_horizon),
+        if wanted(suite, "teacher-ddim10-exec4"):  # the teacher at the SDP's Ta: a like-for-like reference
+            methods.append(Method("teacher-ddim10-exec4", sampler("ddim:10", sdp.config.action_horizon),
                                   extra=dict(teacher_extra)))
-        if wanted(suite, "sdp-net-dp-ddim10"):
-            methods.append(Method("sdp-net-dp-ddim10", sdp.with_sampler("ddim:10"), extra=dict(sdp_extra)))
-        if wanted(suite, "sdp-ddpm100"):
-            methods.append(Method("sdp-ddpm100", sdp.with_stream("ddpm:100"), extra=dict(sdp_extra)))
-        ode = f"sdp-ode{suite.sdp_ode_levels}"
-        if wanted(suite, ode, "sdp-ode6"):
+        if wanted(suite, "streaming-net-as-teacher-ddim10"):
+            methods.append(Method("streaming-net-as-teacher-ddim10", sdp.with_sampler("ddim:10"),
+                                  extra=dict(sdp_extra)))
+        if wanted(suite, "streaming-ddpm100"):
+            methods.append(Method("streaming-ddpm100", sdp.with_stream("ddpm:100"), extra=dict(sdp_extra)))
+        ode = f"streaming-ode{suite.sdp_ode_levels}"
+        if wanted(suite, ode, "streaming-ode6"):
             methods.append(Method(ode, sdp.with_stream(f"ode:{suite.sdp_ode_levels}"), extra=dict(sdp_extra)))
 
     dcfg = DistillConfig(teacher_sampler=suite.distill_sampler, denoise_weight=suite.denoise_weight)
-    if wanted(suite, "dp-onecall"):
+    if wanted(suite, "teacher-one-call-estimate"):
         # the untrained student: the teacher's one-call clean estimate from the top of the distilled grid
         from fastpolicy.train.distill import student_from_teacher
 
         onecall = student_from_teacher(teacher, suite.distill_sampler).eval()
         onecall.checkpoint_hash = getattr(teacher, "checkpoint_hash", None)
-        methods.append(Method("dp-onecall", onecall, extra=dict(teacher_extra)))
+        methods.append(Method("teacher-one-call-estimate", onecall, extra=dict(teacher_extra)))
     student_extra = {"distilled_sampler": suite.distill_sampler}
-    if wanted(suite, "cm-1step", "cm-2step", "cm-4step"):
+    if wanted(suite, "student-1call", "student-2calls", "student-4calls"):
         log(f"[bench] consistency student of {suite.distill_sampler}, 1 segment ({suite.cm_steps} steps)")
         cm_run = work / "cm1"
         cm = distill(teacher_run, store, cm_run, (1,), train_config(suite.cm_steps, suite, distill=True),
@@ -106,15 +109,15 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         if cm.config.backbone_kwargs.get("hidden") is not None:   # its width, when set (e.g. narrower)
             cm_extra["student_hidden"] = cm.config.backbone_kwargs["hidden"]
         for k in (1, 2, 4):
-            if wanted(suite, f"cm-{k}step"):
-                methods.append(Method(f"cm-{k}step", cm.with_steps(k), extra=dict(cm_extra)))
-    if suite.seg_stages and wanted(suite, *(f"cm-seg{k}" for k in suite.seg_stages)):
+            if wanted(suite, f"student-{calls(k)}"):
+                methods.append(Method(f"student-{calls(k)}", cm.with_steps(k), extra=dict(cm_extra)))
+    if suite.seg_stages and wanted(suite, *(f"progressive-student-{calls(k)}" for k in suite.seg_stages)):
         log(f"[bench] segmented students {list(suite.seg_stages)} ({suite.seg_steps} steps per stage)")
         seg_run = work / "cmseg"
         seg_cfg = train_config(suite.seg_steps, suite, distill=True)
         distill(teacher_run, store, seg_run, suite.seg_stages, seg_cfg, resume=True, distill_config=dcfg)
         for k in suite.seg_stages:
-            name = f"cm-seg{k}"
+            name = f"progressive-student-{calls(k)}"
             if not wanted(suite, name):
                 continue
             run = seg_run if k == suite.seg_stages[-1] else seg_run / "stages" / f"seg{k}"
@@ -122,7 +125,7 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
             methods.append(Method(name, student, extra={
                 **teacher_extra, **student_extra, "train_seconds": None,
                 "distill_seconds": run_cost(run).get("total_seconds")}))
-    if sdp is not None and wanted(suite, "sdp-cm"):
+    if sdp is not None and wanted(suite, "streaming-student-1call"):
         stream = f"ode:{suite.sdp_ode_levels}"
         log(f"[bench] streaming consistency student of the SDP's {stream} ({suite.sdp_cm_steps} steps)")
         h = sdp.layout.chunks if hasattr(sdp, "layout") else 3
@@ -131,13 +134,13 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         scm = distill(work / "sdp", store, scm_run, (h,), scm_cfg, resume=True,
                       distill_config=dataclasses.replace(dcfg, teacher_sampler=stream, segments=h,
                                                          streaming=True))
-        methods.append(Method("sdp-cm", scm, extra={
+        methods.append(Method("streaming-student-1call", scm, extra={
             **teacher_extra, "distilled_sampler": stream, "train_seconds": None,
             # the SDP fine-tune is part of what this student cost
             "distill_seconds": (run_cost(scm_run).get("seconds") or 0.0)
             + (run_cost(work / "sdp").get("seconds") or 0.0)}))
     if suite.methods is not None:   # rows in the order the suite lists them (baselines first)
         order = {name: i for i, name in enumerate(suite.methods)}
-        methods.sort(key=lambda m: order.get(m.name, order.get("sdp-ode6", len(order))
-                                             if m.name.startswith("sdp-ode") else len(order)))
+        methods.sort(key=lambda m: order.get(m.name, order.get("streaming-ode6", len(order))
+                                             if m.name.startswith("streaming-ode") else len(order)))
     return methods

@@ -157,11 +157,12 @@ class SamplerSpec:
 
     @property
     def slug(self) -> str:
-        """The name as a method-id fragment: ``ddim10``, ``ddpm100-t0.5``, ``ddim10-trailing``."""
-        parts = [f"{self.kind}{self.steps}"]
+        """The name as a method-id fragment: ``ddim10``, ``ddpm100-temp0.5``, ``ddim10-trailing``,
+        ``dpmsolver10`` (DPM-Solver++ spelled out)."""
+        parts = [f"{'dpmsolver' if self.kind == 'dpm' else self.kind}{self.steps}"]
         for option in self.name.split(",")[1:]:
             key, _, value = option.partition("=")
-            parts.append({"spacing": value, "temperature": f"t{value}"}.get(key, f"{key}{value}"))
+            parts.append({"spacing": value, "temperature": f"temp{value}"}.get(key, f"{key}{value}"))
         return "-".join(parts)
 
 

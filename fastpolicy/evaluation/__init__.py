@@ -4,7 +4,9 @@
   ``measure_latency``;
 * :mod:`~fastpolicy.evaluation.results` — the shared result schema (``make_row``, ``write_results``,
   ``read_results``, …) and ``score_row``, the score arithmetic every evaluation path shares;
-* :mod:`~fastpolicy.evaluation.timing` — percentiles and the timing measurements benchmarks share.
+* :mod:`~fastpolicy.evaluation.timing` — percentiles and the timing measurements benchmarks share;
+* :mod:`~fastpolicy.evaluation.method_names` — ``canonical_method``: the self-explanatory method ids, and
+  the old ids of result files written before the rename mapped to them.
 
 The names below resolve on first use, so importing the schema does not import the environments.
 """
@@ -19,6 +21,7 @@ _EXPORTS = {
     "_step_success": "rollouts",
     "make_row": "results", "write_results": "results", "read_results": "results", "update_results": "results",
     "validate_row": "results", "score_row": "results", "REQUIRED_FIELDS": "results",
+    "canonical_method": "method_names",
 }
 
 __all__ = [name for name in _EXPORTS if not name.startswith("_")]

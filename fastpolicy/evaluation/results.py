@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastpolicy.evaluation.method_names import canonical_row
 from fastpolicy.utils.atomic import atomic_file
 from fastpolicy.utils.misc import git_commit
 
@@ -125,7 +126,9 @@ def write_results(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Pa
 
 
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a results file; ValueError naming the file (and row) when it is not one."""
+    """The rows of a results file, method ids in today's names (a file written before the rename keeps its
+    old ids on disk: :mod:`fastpolicy.evaluation.method_names`); ValueError naming the file (and row) when
+    it is not one."""
     try:
         rows = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -139,6 +142,7 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             validate_row(r)
         except ValueError as exc:
             raise ValueError(f"{path}: row {i}: {exc}") from None
+        canonical_row(r)
     return rows
 
 

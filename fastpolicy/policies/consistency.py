@@ -63,6 +63,11 @@ from fastpolicy.policies.streaming import (
 FIRST_STEPS = ("denoise", "zeros")
 
 
+def _calls(k: int) -> str:
+    """``1call`` / ``2calls``: a method id's call count (as ``fastpolicy.evaluation.method_names.calls``)."""
+    return f"{k}call" if k == 1 else f"{k}calls"
+
+
 def student_grid(teacher_sampler: str, num_train_timesteps: int, streaming: bool = False) -> torch.Tensor:
     """(G+1,) int64 ascending grid: −1 (clean), then the teacher sampler's timesteps from low to high.
 
@@ -182,11 +187,11 @@ class ConsistencyPolicy(DiffusionPolicy):
             self._streamed = self.layout.streamed().to(self.device)
             self._post_warmup = self.layout.post_warmup_levels().to(self.device)
             self._start_levels = self.layout.start_levels().to(self.device)
-            self.method = "sdp-cm"
+            self.method = "streaming-student-1call"
         elif cfg.segments > 1:
-            self.method = f"cm-seg{cfg.segments}"
+            self.method = f"progressive-student-{_calls(cfg.segments)}"
         else:
-            self.method = f"cm-{self.steps}step"
+            self.method = f"student-{_calls(self.steps)}"
         return self
 
     def _use_sampler(self, spec: str) -> ConsistencyPolicy:  # the teacher's samplers do not apply

@@ -121,7 +121,7 @@ class DiffusionPolicy(TorchPolicy):
         full = self._sampler_spec(spec)
         self.sampler = make_sampler(self.schedule, full, device=self.device)
         self.sampler_name = full.name
-        self.method = f"dp-{full.slug}"
+        self.method = f"teacher-{full.slug}"
         return self
 
     def _apply(self, fn, *args, **kwargs):  # keep sampler tables on the module's device

@@ -313,7 +313,7 @@ class StreamingPolicy(DiffusionPolicy):
         """Ordinary (constant-level) sampling, e.g. ``ddim:10``: the network used as a plain DP teacher."""
         super()._use_sampler(spec)
         self.mode = "dp"
-        self.method = f"sdp-net-dp-{self.sampler.spec.slug}"
+        self.method = f"streaming-net-as-teacher-{self.sampler.spec.slug}"
         return self
 
     def _use_stream(self, spec: str) -> StreamingPolicy:
@@ -324,7 +324,7 @@ class StreamingPolicy(DiffusionPolicy):
         self.stream_kind, self.stream_spec = kind, spec
         self._build_stream_tables()
         self.mode = "stream"
-        self.method = f"sdp-{kind}{levels}"
+        self.method = f"streaming-{kind}{levels}"
         return self
 
     def _build_stream_tables(self) -> None:

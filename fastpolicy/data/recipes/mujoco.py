@@ -64,7 +64,7 @@ class MujocoSpec:
     env_id: str
     ref_min: float      # D4RL REF_MIN_SCORE (random policy on the v2 env)
     ref_max: float      # D4RL REF_MAX_SCORE (expert policy on the v2 env)
-    medium_threshold: float      # "1/3 of REF_MAX" as the project's issue fixes it (see MUJOCO)
+    medium_threshold: float      # "1/3 of REF_MAX", as this project's medium recipe fixes it (see MUJOCO)
     max_episode_steps: int = 1000
 
     @property

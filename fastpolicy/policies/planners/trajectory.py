@@ -53,7 +53,7 @@ class TrajectoryDiffuser(StatePlanner):
 
     def _set_method(self) -> None:
         cfg = self.config
-        self.method = f"trajectory-diffuser-k{cfg.refine_steps}"
+        self.method = f"trajectory-diffuser-refine{cfg.refine_steps}"
 
     def with_refinement(self, steps: int | None = None, start: float | None = None) -> TrajectoryDiffuser:
         """This planner refining with k = ``steps`` from level ``start`` (fraction of N), where given: a view
