@@ -132,6 +132,9 @@ def test_tracebacks_became_one_clear_line(read_only_dir, linear_store, tiny_run,
         "demo": ["demo", "--out", str(ro / "demo")],
         "distill": ["distill", "--teacher", str(tiny_run), "--store", str(linear_store),
                     "--out", str(ro / "student")],
+        # a narrower student starts untrained: a bootstrapped target would be its own random network
+        "narrow": ["distill", "--teacher", str(tiny_run), "--store", str(linear_store),
+                   "--out", str(tmp_path / "narrow"), "--student-hidden", "32", "--target", "bootstrap"],
     }
     import torch
 
@@ -148,6 +151,7 @@ def test_tracebacks_became_one_clear_line(read_only_dir, linear_store, tiny_run,
     assert_one_line_error(results["hz"], "--hz must be > 0")
     assert_one_line_error(results["server"], "cannot reach the policy server")
     assert_one_line_error(results["report"], "garbage.json")
+    assert_one_line_error(results["narrow"], "target='ode'")
     assert time.monotonic() - t0 < 60, "an unreachable server must be reported within seconds"
 
 

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--denoise-weight", type=float, default=0.0,
                    help="weight of the denoising auxiliary loss (the teacher's own loss)")
     p.add_argument("--streaming", action="store_true", help="streaming student from an SDP teacher")
+    p.add_argument("--student-hidden", type=int, default=None,
+                   help="student MLP width (default: the teacher's, warm-started from its weights); a "
+                        "narrower student starts from a seeded random init and needs --target ode")
     p.add_argument("--resume", action="store_true", help="continue (or skip finished stages of) --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_distill)
@@ -56,7 +59,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     tcfg = training_config(args, progress=not args.no_progress)
     dcfg = DistillConfig(teacher_sampler=args.teacher_sampler, segments=stages[-1], solver=args.solver,
                          target=args.target, target_decay=args.target_decay,
-                         denoise_weight=args.denoise_weight, streaming=args.streaming)
+                         denoise_weight=args.denoise_weight, streaming=args.streaming,
+                         student_hidden=args.student_hidden)
     student = distill(args.teacher, args.store, args.out, stages, tcfg, resume=args.resume,
                       distill_config=dcfg)
     cost = read_cost(args.out) or {}
