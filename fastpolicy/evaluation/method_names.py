@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from fastpolicy.utils.misc import calls
+
 RENAMED: dict[str, str] = {
     "dp-onecall": "teacher-one-call-estimate",
     "sdp-cm": "streaming-student-1call",
@@ -26,11 +28,6 @@ RENAMED: dict[str, str] = {
 
 METHOD_FIELDS: tuple[str, ...] = ("method", "shares_networks_with")
 """Row fields that hold a method id (a derived planner names the run whose networks it reuses)."""
-
-
-def calls(k: int) -> str:
-    """``1call``, ``2calls``: the denoiser calls per plan as a name fragment."""
-    return f"{k}call" if k == 1 else f"{k}calls"
 
 
 def _sampler_slug(slug: str) -> str:

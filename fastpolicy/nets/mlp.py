@@ -90,6 +90,7 @@ class MLPDenoiser(nn.Module):
         if depth < 1:
             raise ValueError(f"MLPDenoiser depth must be >= 1, got {depth}")
         self.horizon, self.input_dim, self.global_cond_dim = horizon, input_dim, global_cond_dim
+        self.hidden = hidden
         self.time_embedding = TimestepEmbedding(time_embed_dim)
         self.stop_time_embedding = StopTimeEmbedding(time_embed_dim) if stop_time else None
         self.per_position_time = per_position_time

@@ -59,13 +59,9 @@ from fastpolicy.policies.streaming import (
     roll_buffer,
     timesteps_of,
 )
+from fastpolicy.utils.misc import calls
 
 FIRST_STEPS = ("denoise", "zeros")
-
-
-def _calls(k: int) -> str:
-    """``1call`` / ``2calls``: a method id's call count (as ``fastpolicy.evaluation.method_names.calls``)."""
-    return f"{k}call" if k == 1 else f"{k}calls"
 
 
 def student_grid(teacher_sampler: str, num_train_timesteps: int, streaming: bool = False) -> torch.Tensor:
@@ -189,9 +185,9 @@ class ConsistencyPolicy(DiffusionPolicy):
             self._start_levels = self.layout.start_levels().to(self.device)
             self.method = "streaming-student-1call"
         elif cfg.segments > 1:
-            self.method = f"progressive-student-{_calls(cfg.segments)}"
+            self.method = f"progressive-student-{calls(cfg.segments)}"
         else:
-            self.method = f"student-{_calls(self.steps)}"
+            self.method = f"student-{calls(self.steps)}"
         return self
 
     def _use_sampler(self, spec: str) -> ConsistencyPolicy:  # the teacher's samplers do not apply

@@ -155,13 +155,13 @@ def student_from_teacher(teacher: DiffusionPolicy, teacher_sampler: str | None =
     base["sampler"] = "ddim:10"  # unused by the student; any valid spec
     spec = teacher_sampler or evaluated_sampler(teacher, streaming)
     steps = 1 if streaming else segments
-    kwargs = dict(base.get("backbone_kwargs") or {})
-    resize = hidden is not None and hidden != kwargs.get("hidden", _mlp_default_hidden())
+    width = getattr(teacher.backbone, "hidden", None)     # an MLP denoiser's width
+    resize = hidden is not None and hidden != width
     if resize:
-        if base.get("backbone") != "mlp":
+        if width is None:
             raise ValueError(f"student_hidden resizes an MLP denoiser; the teacher's backbone is "
                              f"{base.get('backbone')!r}")
-        base["backbone_kwargs"] = {**kwargs, "hidden": int(hidden)}
+        base["backbone_kwargs"] = {**(base.get("backbone_kwargs") or {}), "hidden": int(hidden)}
     config = ConsistencyPolicyConfig.from_dict({**base, "teacher_sampler": spec, "segments": segments,
                                                 "steps": steps, "streaming": streaming})
     norm = {k: v.clone() for k, v in teacher.normalizer_state().items()}
@@ -176,14 +176,6 @@ def student_from_teacher(teacher: DiffusionPolicy, teacher_sampler: str | None =
         raise ValueError(f"teacher weights do not fit the student (missing {bad[:4]}, "
                          f"unexpected {unexpected[:4]})")
     return student.to(teacher.device)
-
-
-def _mlp_default_hidden() -> int:
-    import inspect
-
-    from fastpolicy.nets.mlp import MLPDenoiser
-
-    return int(inspect.signature(MLPDenoiser).parameters["hidden"].default)
 
 
 class ConsistencyDistiller(nn.Module):

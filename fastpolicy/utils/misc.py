@@ -11,6 +11,11 @@ import numpy as np
 import torch
 
 
+def calls(k: int) -> str:
+    """``1call``, ``2calls``: denoiser calls per plan as a method-id fragment (``student-2calls``)."""
+    return f"{k}call" if k == 1 else f"{k}calls"
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch RNGs (envs are seeded through their own ``reset(seed=)``)."""
     random.seed(seed)
