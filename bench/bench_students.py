@@ -59,11 +59,14 @@ TASKS: dict[str, dict[str, Any]] = {
     # the d4rl suite's teacher (task card horizons and parametrisation) and BC, reused — or trained at the
     # d4rl suite's budgets when absent, so a fresh checkout gets the same teachers from this script alone
     # 1-call student 128 wide, 16000 steps (walker's recipe, below): validation seeds 100-109 × 10 give
-    # 55.6 against the teacher's DDPM-100 54.1 there (the warm-started 256-wide student: 53.9)
+    # 55.6 against the teacher's DDPM-100 54.1 there (the warm-started 256-wide student: 53.9).
+    # The SDP's stream for the streaming student, on the same validation episodes (h = 7 chunks at Ta 2):
+    # ode:7 / 14 / 21 / 28 streams 58.4 / 56.4 / 56.8 / 55.8, their streaming students (1500 steps)
+    # ode:7 56.2, ode:14 55.5, ode:21 58.9 — ode:21 (3 levels per chunk) kept
     "hopper-medium": {"work_dir": "runs/bench/d4rl", "dataset_size": None, "store_root": "datasets/store",
                       "cm_distill_options": {"student_hidden": 128}, "cm_steps": 16000,
                       "teacher_steps": SUITES["d4rl"].teacher_steps, "bc_steps": SUITES["d4rl"].bc_steps,
-                      "sdp_options": {"action_horizon": 2}, "sdp_ode_levels": 14,
+                      "sdp_options": {"action_horizon": 2}, "sdp_ode_levels": 21,
                       "bc_options": {"obs_horizon": 2, "pred_horizon": 16, "action_horizon": 2}},
     # 1-call student 128 wide, 16000 steps from a random init (as maze's, above): validation seeds 100-109
     # × 10 give 77.8 against the teacher's DDPM-100 78.8 there (the warm-started 256-wide student: 80.5;
