@@ -40,9 +40,6 @@ class SuiteConfig:
     seg_steps: int = 100
     """per stage of the segmented progression"""
     sdp_cm_steps: int = 300
-    sdp_cm_closed_loop: dict[str, Any] = field(default_factory=dict)
-    """closed-loop rounds after the streaming student (``fastpolicy.evaluation.closed_loop``): ``rounds``,
-    ``episodes``, ``fraction``, ``steps`` per round; empty: none"""
     distill_sampler: str = "ddim:10"
     """the teacher's evaluated sampler the students learn (grid, spacing, temperature): DDIM-10"""
     denoise_weight: float = 0.0

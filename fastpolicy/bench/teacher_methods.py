@@ -134,26 +134,11 @@ def build_methods(suite: SuiteConfig, task: str, store: Path, work: Path, teache
         scm = distill(work / "sdp", store, scm_run, (h,), scm_cfg, resume=True,
                       distill_config=dataclasses.replace(dcfg, teacher_sampler=stream, segments=h,
                                                          streaming=True))
-        # the SDP fine-tune is part of what this student cost
-        seconds = (run_cost(scm_run).get("seconds") or 0.0) + (run_cost(work / "sdp").get("seconds") or 0.0)
-        loop_extra: dict[str, Any] = {}
-        if suite.sdp_cm_closed_loop:
-            from fastpolicy.evaluation.closed_loop import distill_closed_loop
-
-            opts = dict(suite.sdp_cm_closed_loop)
-            steps = int(opts.pop("steps", suite.sdp_cm_steps))
-            log(f"[bench] closed-loop rounds of the streaming student ({opts}, {steps} steps each)")
-            loop_run = work / "sdpcm-closed-loop"
-            scm = distill_closed_loop(work / "sdp", store, scm_run, loop_run, task,
-                                      train_config(steps, suite, distill=True),
-                                      dataclasses.replace(dcfg, teacher_sampler=stream, segments=h,
-                                                          streaming=True), **opts)
-            rounds = [loop_run / "rounds" / f"round{r}" for r in range(1, opts.get("rounds", 1))] + [loop_run]
-            seconds += sum(run_cost(r).get("seconds") or 0.0 for r in rounds)
-            loop_extra = {"closed_loop": {**opts, "steps": steps}}
         methods.append(Method("streaming-student-1call", scm, extra={
             **teacher_extra, "distilled_sampler": stream, "train_seconds": None,
-            "distill_seconds": seconds, **loop_extra}))
+            # the SDP fine-tune is part of what this student cost
+            "distill_seconds": (run_cost(scm_run).get("seconds") or 0.0)
+            + (run_cost(work / "sdp").get("seconds") or 0.0)}))
     if suite.methods is not None:   # rows in the order the suite lists them (baselines first)
         order = {name: i for i, name in enumerate(suite.methods)}
         methods.sort(key=lambda m: order.get(m.name, order.get("streaming-ode6", len(order))

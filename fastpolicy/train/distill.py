@@ -31,12 +31,6 @@ the loss; the frozen teacher and the EMA target are submodules with ``requires_g
 the resume state, so ``--resume`` continues bit for bit), and ``export_state`` makes each checkpoint
 hold the student alone.
 
-Two options change where the student starts or what it sees: ``student_hidden`` gives a narrower MLP
-student from a seeded random init (cheaper per call; the exact target makes it a regression), and a
-streaming student may train part of each batch on buffer states it met in its own closed loop
-(``closed_loop_fraction`` with ``closed_loop_states``, collected by ``fastpolicy.evaluation.closed_loop``,
-which runs the rounds since it needs the environment).
-
 ``finetune_streaming`` warm-starts a StreamingPolicy (SDP) from a DiffusionPolicy teacher's weights —
 same backbone, per-position timesteps — and trains it on the chunk-wise/constant level mix.
 
@@ -104,11 +98,6 @@ class DistillConfig:
     """distil a streaming student (per-position segments = chunks) from an SDP teacher"""
     chunkwise_fraction: float = 0.8
     """streaming: share of chunk-wise samples; the rest trains the single-segment warm-up map"""
-    closed_loop_fraction: float = 0.0
-    """streaming: share of each batch whose inputs are buffer states the student met in its own closed
-    loop (``closed_loop_states`` of :func:`distill`, collected by
-    ``fastpolicy.evaluation.closed_loop``), labelled by the teacher's stream from the same state — the
-    decision states a stream reaches off the data, where a student fit to noised data alone strays"""
     student_hidden: int | None = None
     """the student MLP's width; None: the teacher's, warm-started from its weights. A narrower student
     costs less per call, cold and warm — the lever when a 1-call plan's time is mostly its one network
@@ -132,11 +121,6 @@ class DistillConfig:
             raise ValueError(f"target_decay must be in [0, 1), got {self.target_decay}")
         if self.denoise_weight < 0:
             raise ValueError(f"denoise_weight must be ≥ 0, got {self.denoise_weight}")
-        if not 0.0 <= self.closed_loop_fraction <= 1.0:
-            raise ValueError(f"closed_loop_fraction must be in [0, 1], got {self.closed_loop_fraction}")
-        if self.closed_loop_fraction > 0 and not (self.streaming and self.target == "ode"):
-            raise ValueError("closed-loop states train a streaming student on its exact target "
-                             "(streaming=True, target='ode')")
         if self.student_hidden is not None and self.student_hidden < 1:
             raise ValueError(f"student_hidden must be ≥ 1 (None: the teacher's width), "
                              f"got {self.student_hidden}")
@@ -221,21 +205,6 @@ class ConsistencyDistiller(nn.Module):
         dim = scfg.pred_horizon * scfg.action_dim
         self.huber_c = config.huber_c if config.huber_c is not None else 0.00054 * math.sqrt(dim)
         self.hard_conds: torch.Tensor | None = None
-        self.closed_loop: dict[str, torch.Tensor] | None = None
-
-    def use_closed_loop_states(self, states: dict[str, torch.Tensor]) -> None:
-        """Streaming: keep ``{"buffer": (M, Tp, A), "cond": (M, C)}`` steady-state inputs (normalised, as
-        the student's stream holds them) to draw ``closed_loop_fraction`` of each batch from."""
-        scfg = self.student.config
-        buf, cond = states.get("buffer"), states.get("cond")
-        if buf is None or cond is None or buf.shape[0] != cond.shape[0] or buf.shape[0] == 0:
-            raise ValueError("closed-loop states need non-empty 'buffer' (M, Tp, A) and 'cond' (M, C) "
-                             "with one row each")
-        if tuple(buf.shape[1:]) != (scfg.pred_horizon, scfg.action_dim):
-            raise ValueError(f"closed-loop buffers have shape {tuple(buf.shape)}, "
-                             f"expected (M, {scfg.pred_horizon}, {scfg.action_dim})")
-        self.closed_loop = {"buffer": buf.float().to(self.student.device),
-                            "cond": cond.float().to(self.student.device)}
 
     @torch.no_grad()
     def find_hard_windows(self, dataset: Any, windows: int = 8192, quantile: float = 0.95,
@@ -377,25 +346,6 @@ class ConsistencyDistiller(nn.Module):
         rows = torch.arange(n, device=st.device)
         return stack[g, rows], stack[b, rows]
 
-    def _closed_loop_rows(self, x_g: torch.Tensor, g: torch.Tensor, b: torch.Tensor, cond: torch.Tensor,
-                          generator: torch.Generator | None):
-        """The first ``closed_loop_fraction`` rows become stored closed-loop states at the levels a steady
-        streaming step starts from (every chunk at its segment's top, the tail held)."""
-        bank = self.closed_loop
-        n = int(round(self.config.closed_loop_fraction * x_g.shape[0]))
-        if n == 0:
-            return x_g, g, b, cond, 0
-        pick = torch.randint(0, bank["buffer"].shape[0], (n,), generator=generator).to(x_g.device)
-        seg_len = self.grid // self.config.segments
-        chunk = self.layout.position_chunks().to(g.device)[None, :]
-        bound = (chunk * seg_len).clamp_max(self.grid)
-        start = torch.where(chunk < self.layout.chunks, bound + seg_len, bound)
-        g, b = g.clone(), b.clone()
-        g[:n], b[:n] = start, bound
-        x_g = torch.cat([bank["buffer"][pick].to(x_g.dtype), x_g[n:]])
-        cond = torch.cat([bank["cond"][pick].to(cond.dtype), cond[n:]])
-        return x_g, g, b, cond, n
-
     @torch.no_grad()
     def update_target(self) -> None:
         decay = self.config.target_decay
@@ -425,10 +375,6 @@ class ConsistencyDistiller(nn.Module):
         t_prev = ts[torch.maximum(g - 1, b)]
         x_g = add_noise(st.schedule, x0, noise, t_g.clamp_min(0))
         n_traj = 0 if self.config.streaming else int(round(self.config.trajectory_fraction * x0.shape[0]))
-        n_loop = 0
-        if self.closed_loop is not None and self.config.closed_loop_fraction > 0:
-            x_g, g, b, cond, n_loop = self._closed_loop_rows(x_g, g, b, cond, generator)
-            t_g, t_b = ts[g], ts[b]
         with torch.no_grad():
             if self.config.target == "ode":
                 target = self.teacher_solve(x_g[n_traj:], g[n_traj:], b[n_traj:], cond[n_traj:])
@@ -457,7 +403,6 @@ class ConsistencyDistiller(nn.Module):
             # the teacher's own (bounded) loss on the raw output, where the student maps to the clean end
             goal = training_target(st.schedule, x0, noise, t_g.clamp_min(0), scfg.prediction_type)
             to_clean = broadcast_to_sample(t_b < 0, raw).to(x0.dtype)
-            to_clean[:n_loop] = 0.0     # closed-loop rows have no data x0 to denoise towards
             aux = ((raw - goal) * weight * to_clean).pow(2).mean()
             out["loss"] = loss_cd + self.config.denoise_weight * aux
             out["denoise_loss"] = aux.detach()
@@ -489,14 +434,11 @@ def _fit(module: nn.Module, store_path: str | os.PathLike, run_dir: Path, train_
 
 def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLike, out: str | os.PathLike,
             segments: tuple[int, ...] | list[int] = (1,), train_config=None, resume: bool = False,
-            distill_config: DistillConfig | None = None, init_student: ConsistencyPolicy | None = None,
-            closed_loop_states: dict[str, torch.Tensor] | None = None) -> ConsistencyPolicy:
+            distill_config: DistillConfig | None = None) -> ConsistencyPolicy:
     """Distil ``teacher`` (checkpoint/run path or policy) into a consistency student, stage by stage.
 
-    ``segments`` lists the stages (e.g. ``(8, 4, 2, 1)``); each stage starts from the previous student,
-    the first from ``init_student``'s weights when given (a further round of an earlier student).
-    With ``distill_config.streaming`` the teacher must be a StreamingPolicy and ``segments`` its chunks;
-    ``closed_loop_states`` (with ``closed_loop_fraction`` > 0) are the student's own stream states.
+    ``segments`` lists the stages (e.g. ``(8, 4, 2, 1)``); each stage starts from the previous student.
+    With ``distill_config.streaming`` the teacher must be a StreamingPolicy and ``segments`` its chunks.
     Returns the final student (EMA weights, loaded from its checkpoint).
     """
     from fastpolicy.policies.checkpoint import load_policy
@@ -519,10 +461,6 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
         h = num_chunks(teacher.config.pred_horizon, teacher.config.obs_horizon, teacher.config.action_horizon)
         if segments != [h]:
             raise ValueError(f"a streaming student has one segment per chunk: --segments {h}")
-    if (closed_loop_states is not None) != (base.closed_loop_fraction > 0):
-        raise ValueError("closed_loop_states and closed_loop_fraction > 0 go together "
-                         f"(fraction {base.closed_loop_fraction}, states "
-                         f"{'given' if closed_loop_states is not None else 'none'})")
     teacher = teacher.eval()
     base = dataclasses.replace(base, teacher_sampler=base.teacher_sampler
                                or evaluated_sampler(teacher, base.streaming))
@@ -535,7 +473,7 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
                       "compare with `fastpolicy eval --sampler`), pass that as the teacher sampler",
                       UserWarning, stacklevel=2)
     out = Path(out)
-    prev: ConsistencyPolicy | None = init_student
+    prev: ConsistencyPolicy | None = None
     prev_seconds = 0.0
     for i, k in enumerate(segments):
         dcfg = dataclasses.replace(base, segments=k)
@@ -551,8 +489,6 @@ def distill(teacher: str | os.PathLike | DiffusionPolicy, store: str | os.PathLi
         if prev is not None:  # progressive: the previous stage's (EMA) student, re-targeted to k segments
             student.backbone.load_state_dict(prev.backbone.state_dict())
         module = ConsistencyDistiller(teacher, student, dcfg)
-        if closed_loop_states is not None:
-            module.use_closed_loop_states(closed_loop_states)
         extra = {"store": str(store), "teacher": teacher_path, "distill": dataclasses.asdict(dcfg),
                  "stages": segments, "stage": i}
         _fit(module, store, run_dir, train_config, resume, extra, before_seconds=prev_seconds)
