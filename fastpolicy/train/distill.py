@@ -31,6 +31,9 @@ the loss; the frozen teacher and the EMA target are submodules with ``requires_g
 the resume state, so ``--resume`` continues bit for bit), and ``export_state`` makes each checkpoint
 hold the student alone.
 
+``student_hidden`` gives a narrower MLP student from a seeded random init instead (cheaper per call;
+the exact target makes its fit a regression onto the teacher's sampler output).
+
 ``finetune_streaming`` warm-starts a StreamingPolicy (SDP) from a DiffusionPolicy teacher's weights —
 same backbone, per-position timesteps — and trains it on the chunk-wise/constant level mix.
 
