@@ -85,13 +85,13 @@ def main(args: Args) -> None:
     from fastpolicy.envs.agv.modes import ModeTracker
     from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation import evaluate, measure_latency
-    from fastpolicy.evaluation.method_names import calls
     from fastpolicy.evaluation.results import write_results
     from fastpolicy.evaluation.timing import timing_fields
     from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.policies.modes import policy_view
     from fastpolicy.train.distill import ConsistencyDistiller, DistillConfig, _fit, student_from_teacher
     from fastpolicy.train.run_record import run_is_complete
+    from fastpolicy.utils.misc import calls
 
     torch.set_num_threads(args.threads)
     from bench_students import suite_for

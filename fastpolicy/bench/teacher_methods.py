@@ -15,8 +15,8 @@ from typing import Any
 
 from fastpolicy.bench.methods import Method, ensure_trained, run_cost, train_config, wanted
 from fastpolicy.bench.suites import SuiteConfig
-from fastpolicy.evaluation.method_names import calls
 from fastpolicy.evaluation.timing import backbone_forward_ms
+from fastpolicy.utils.misc import calls
 
 #: The teacher's sampler choices as benchmark methods (each a sampler view of the one trained teacher).
 TEACHER_SAMPLERS: dict[str, str] = {

@@ -76,4 +76,4 @@ def canonical_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-__all__ = ["METHOD_FIELDS", "RENAMED", "calls", "canonical_method", "canonical_row"]
+__all__ = ["METHOD_FIELDS", "RENAMED", "canonical_method", "canonical_row"]
