@@ -62,9 +62,11 @@ class Args:
     latency_rounds: int = 5
     latency_calls: int = 40
     """timed plans per method per round (5 × 40 = 200 samples per method)"""
-    td_draft_modes: list[str] = field(default_factory=lambda: ["autoregressive"])
+    td_draft_modes: list[str] = field(default_factory=lambda: ["autoregressive", "one-pass"])
     """one Trajectory Diffuser training run (and its draft alone) per draft mode: ``autoregressive`` (the
-    reference's, H−1 transformer calls) and/or ``one-pass`` (one call)"""
+    reference's, H−1 transformer calls) and ``one-pass`` (one call). Both by default: the refined
+    autoregressive TD planned only 2.7× faster than DD-200 (maze2d-umaze, seed 0, batch 1: 12.2 vs 32.8 ms),
+    its 15 draft calls being the plan; the one-pass TD is the fast-by-design variant"""
     threads: int = 1
     max_episode_steps: int | None = None
     """cut episodes short (smoke runs only; scores then mean little)"""
