@@ -130,8 +130,12 @@ def test_declared_grids_and_settings_as_views():
         "sampler": "ddpm:200", "guidance_weight": 1.2, "target_return_multiple": 1.1}
     assert methods["diffuser-value-guided"].settings()[0] == {"guide_scale": 0.1, "num_candidates": 64}
     assert all(s["refine_steps"] == 0 for s in methods["trajectory-diffuser-draft"].settings())
-    # every return-conditioned method is tuned over the same return targets (defaults count as 1.1)
-    targets = {name: {s.get("target_return_multiple", 1.1) for s in methods[name].settings()}
+    # every return-conditioned method is tuned over the same return targets (a grid entry without one
+    # plans with the config's default rule)
+    from fastpolicy.policies.planner_configs import StatePlannerConfig
+
+    default = StatePlannerConfig.target_return_multiple
+    targets = {name: {s.get("target_return_multiple", default) for s in methods[name].settings()}
                for name in ("decision-diffuser-ddpm200", "decision-diffuser-ddim4", "trajectory-diffuser",
                             "trajectory-diffuser-draft")}
     assert all(t == {1.1, 0.8, 0.5} for t in targets.values()), targets
