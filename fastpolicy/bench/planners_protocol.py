@@ -85,12 +85,12 @@ def protocol_methods(dd_train_steps: int = 200, quick: bool = False,
                *({"guidance_weight": 1.2, "target_return_multiple": m} for m in multiples[1:]))
     diffuser_grid = ({"guide_scale": 0.1, "num_candidates": 64}, {"guide_scale": 0.0, "num_candidates": 64},
                      {"guide_scale": 0.3, "num_candidates": 64}, {"guide_scale": 0.1, "num_candidates": 16})
-    td_grid = ({"refine_steps": 1, "refine_start": 0.02, "num_candidates": 8},
+    td_default = {"refine_steps": 1, "refine_start": 0.02, "num_candidates": 8}
+    td_grid = (td_default,
                {"refine_steps": 1, "refine_start": 0.05, "num_candidates": 8},
                {"refine_steps": 2, "refine_start": 0.05, "num_candidates": 8},
-               {"refine_steps": 1, "refine_start": 0.02, "num_candidates": 1},
-               *({"refine_steps": 1, "refine_start": 0.02, "num_candidates": 8, "target_return_multiple": m}
-                 for m in multiples[1:]))
+               {**td_default, "num_candidates": 1},
+               *({**td_default, "target_return_multiple": m} for m in multiples[1:]))
     draft_grid = tuple({"target_return_multiple": m} for m in multiples)
     if quick:
         diffuser_grid = tuple({**g, "num_candidates": 4} for g in diffuser_grid[:2])
