@@ -25,6 +25,8 @@ class Table:
     file: str
     layout: str
     task: str | None = None
+    split: str | None = None
+    """show only the rows of this split (``validation`` / ``test``), for files that hold both"""
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,33 @@ LAYOUTS: dict[str, list[tuple[str, str, str]]] = {
         ("deterministic eval success", "eval_success_mean", "{:.2f}"),
     ],
     "planners": _PLANNER_COLUMNS,
+    # the fair protocol (bench_planners.py): one test row per method, its setting chosen on validation
+    "planners_protocol": [
+        ("method", "method", "{}"),
+        ("test score", "score_mean", "{:.1f}"),
+        ("± SE (episodes)", "score_se_episodes", "{:.1f}"),
+        ("± SE (training seeds)", "score_se_train_seeds", "{:.1f}"),
+        ("Δ vs DD full chain (paired)", "diff_vs_dd_full_mean", "{:+.1f}"),
+        ("± SE", "diff_vs_dd_full_se", "{:.1f}"),
+        ("Δ vs BC (paired)", "diff_vs_bc_mean", "{:+.1f}"),
+        ("± SE ", "diff_vs_bc_se", "{:.1f}"),
+        ("chosen on validation", "setting", "{}"),
+        ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
+        ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
+        ("plan p50 ms", "latency_ms_p50", "{:.2f}"),
+        ("plan p99 ms", "latency_ms_p99", "{:.2f}"),
+        ("× DD full chain", "speedup_vs_dd_full", "{:.1f}"),
+        ("train s", "train_seconds", "{:.0f}"),
+    ],
+    # every setting of every grid on the validation seeds (over the training seeds)
+    "planners_protocol_validation": [
+        ("method", "method", "{}"),
+        ("setting", "setting", "{}"),
+        ("validation score", "score_mean", "{:.1f}"),
+        ("± SE (episodes)", "score_se_episodes", "{:.1f}"),
+        ("± SE (training seeds)", "score_se_train_seeds", "{:.1f}"),
+        ("chosen", "selected_on_validation", "{}"),
+    ],
     "planners_summary": [
         ("task", "task", "{}"),
         *_PLANNER_COLUMNS[:7],  # method … transformer calls/plan; then the quiet latencies
@@ -251,7 +278,8 @@ def render(name: str, tables: dict[str, manifest.Table] | None = None) -> str:
     if not path.exists():
         return f"_(no results yet: bench/results/{table.file})_"
     # read_results: rows written before the method rename show today's method ids
-    rows = [r for r in read_results(path) if table.task is None or r.get("task") == table.task]
+    rows = [r for r in read_results(path) if (table.task is None or r.get("task") == table.task)
+            and (table.split is None or r.get("split") == table.split)]
     lines = [markdown_table(rows, columns=LAYOUTS[table.layout])]
     commits = sorted({r.get("commit", "?") for r in rows})
     lines.append(f"\n<sub>source: `bench/results/{table.file}` · commit {', '.join(commits)}</sub>")

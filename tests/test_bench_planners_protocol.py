@@ -184,9 +184,18 @@ def test_quick_protocol_end_to_end(tmp_path):
         assert r["setting"] == next(v["setting"] for v in own if v["selected_on_validation"])
         assert r["validation_score"] == pytest.approx(best["score_mean"])
         if name != "bc-mlp":
-            assert r["paired_diff_vs_bc-mlp_pairs"] == r["episodes"] == 4
+            assert r["diff_vs_bc_pairs"] == r["episodes"] == 4
     td = test["trajectory-diffuser-one-pass"]
-    assert "paired_diff_vs_decision-diffuser-ddpm10_mean" in td and td["transformer_calls_per_plan"] == 1
+    assert "diff_vs_dd_full_mean" in td and td["transformer_calls_per_plan"] == 1
+    assert td["dd_full_method"] == "decision-diffuser-ddpm10"
+    # the verdict fields, computed from the same run's rows
+    assert td["td_10x_faster_than_dd_full"] == (td["speedup_vs_dd_full"] >= 10)
+    assert td["td_scores_at_least_dd_full"] == (td["diff_vs_dd_full_mean"] >= -td["diff_vs_dd_full_se"])
+    fastest = td["fastest_dd_at_td_score"]
+    if fastest is not None:
+        assert fastest.startswith("decision-diffuser")
+        assert td["speedup_vs_fastest_dd_at_td_score"] == pytest.approx(
+            test[fastest]["latency_ms_p50"] / td["latency_ms_p50"])
     assert test["decision-diffuser-ddim4"]["setting_values"]["sampler"] == "ddim:4"
     runs = tmp_path / "work" / "maze2d-umaze"
     assert (runs / "trajectory-diffuser-one-pass" / "seed2" / "cost.json").exists()
