@@ -246,8 +246,10 @@ def protocol_rows(args: Args, methods, validation, test, chosen, settings, laten
 
     from fastpolicy.bench.planners import planner_extra
     from fastpolicy.bench.planners_protocol import paired_difference, summarize_method
+    from fastpolicy.envs.registry import get_task
     from fastpolicy.evaluation.results import make_row
 
+    kind = {"score_kind": get_task(args.task).score.get("kind", "return")}   # what the scores are (the plot)
     rows = []
     for m in methods:
         own = [r for r in validation if r.method == m.name]
@@ -255,7 +257,7 @@ def protocol_rows(args: Args, methods, validation, test, chosen, settings, laten
             recs = [r for r in own if r.setting == key]
             s = summarize_method(recs)
             rows.append(make_row(args.task, m.name, steps=args.steps, split="validation", setting=key,
-                                 selected_on_validation=key == chosen[m.name][0], **s))
+                                 selected_on_validation=key == chosen[m.name][0], **s, **kind))
     reference_dd = next(m.name for m in methods if m.name.startswith("decision-diffuser-ddpm"))
     test_by = {m.name: [r for r in test if r.method == m.name] for m in methods}
     for m in methods:
@@ -270,7 +272,8 @@ def protocol_rows(args: Args, methods, validation, test, chosen, settings, laten
                        **latency[m.name], family=m.family, batch_size=args.batch_size,
                        samples_seen=args.steps * args.batch_size,
                        train_seconds=float(np.mean(seconds)) if None not in seconds else None,
-                       train_seconds_per_seed=seconds, action_horizon=int(policy.action_horizon), **extra)
+                       train_seconds_per_seed=seconds, action_horizon=int(policy.action_horizon), **extra,
+                       **kind)
         # every control step plans (Ta = 1): the plan latency is the step latency the other tables show
         row.update(step_latency_ms_p50=row["latency_ms_p50"], step_latency_ms_max_p99=row["latency_ms_p99"])
         # fixed keys whatever N is (``dd_full`` names DD at its full DDPM chain), so tables can read them

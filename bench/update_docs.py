@@ -67,18 +67,6 @@ _STUDENT_COLUMNS = [
     ("load 1m before/after", "load_avg_1m_before", "{:.1f}"),
     ("distill s", "distill_seconds", "{:.0f}"),
 ]
-_PLANNER_COLUMNS = [
-    ("method", "method", "{}"),
-    ("score", "score_mean", "{:.1f}"),
-    ("± std", "score_std", "{:.1f}"),
-    ("success", "success_rate", "{:.2f}"),
-    ("episodes", "episodes", "{}"),
-    ("denoiser calls/plan", "denoiser_calls_per_plan", "{}"),
-    ("transformer calls/plan", "transformer_calls_per_plan", "{}"),
-    ("plan p50 ms", "step_latency_ms_p50", "{:.1f}"),
-    ("plan p99 ms", "step_latency_ms_max_p99", "{:.1f}"),
-    ("train s", "train_seconds", "{:.0f}"),
-]
 _DIFFUSION_CORE_COLUMNS = [
     ("variant", "variant", "{}"),
     ("To", "obs_horizon", "{}"),
@@ -162,7 +150,6 @@ LAYOUTS: dict[str, list[tuple[str, str, str]]] = {
         ("± std over seeds", "score_std", "{:.2f}"),
         ("deterministic eval success", "eval_success_mean", "{:.2f}"),
     ],
-    "planners": _PLANNER_COLUMNS,
     # the fair protocol (bench_planners.py): one test row per method, its setting chosen on validation
     "planners_protocol": [
         ("method", "method", "{}"),
@@ -189,23 +176,6 @@ LAYOUTS: dict[str, list[tuple[str, str, str]]] = {
         ("± SE (episodes)", "score_se_episodes", "{:.1f}"),
         ("± SE (training seeds)", "score_se_train_seeds", "{:.1f}"),
         ("chosen", "selected_on_validation", "{}"),
-    ],
-    "planners_summary": [
-        ("task", "task", "{}"),
-        *_PLANNER_COLUMNS[:7],  # method … transformer calls/plan; then the quiet latencies
-        ("plan p50 ms (quiet)", "latency_ms_p50", "{:.1f}"),
-        ("plan p99 ms (quiet)", "latency_ms_p99", "{:.1f}"),
-        ("× TD time", "td_speedup", "{:.2f}"),
-    ],
-    "planners_timing": [
-        ("task", "task", "{}"),
-        ("what", "method", "{}"),
-        ("denoiser", "backbone", "{}"),
-        ("weights", "weights", "{}"),
-        ("p50 ms", "latency_ms_p50", "{:.2f}"),
-        ("p99 ms", "latency_ms_p99", "{:.2f}"),
-        ("× TD time", "td_speedup", "{:.2f}"),
-        ("load (1 min) before", "loadavg_1min_before", "{}"),
     ],
     "agv_teacher": [*_TEACHER_VS_BC[:2], *_TEACHER_VS_BC[4:10],
                     ("modes (episode fractions)", "mode_fractions", "{}"), *_TEACHER_VS_BC[10:]],

@@ -1,4 +1,4 @@
-"""bench/bench_planners.py and bench_planner_timing.py: --plot-only redraws from the committed JSON."""
+"""bench/bench_planners.py --plot-only: the protocol's plot redrawn from the committed JSON, nothing run."""
 
 from __future__ import annotations
 
@@ -36,22 +36,14 @@ def figures(monkeypatch):
     return saved
 
 
-@pytest.mark.skipif(not (RESULTS / "planners_summary.json").exists(), reason="no committed summary")
-def test_summary_plot_only_labels_both_axes(tmp_path, figures):
-    timing = _load("bench_planner_timing")
-    timing.main(timing.Args(plot_only=True, summary=str(RESULTS / "planners_summary.json"),
-                            plot=str(tmp_path / "summary.png"), out=str(tmp_path / "never.json")))
-    assert (tmp_path / "summary.png").stat().st_size > 0 and not (tmp_path / "never.json").exists()
-    (score, _), (latency, _) = figures[0]
-    assert score == report.SCORE_LABELS["d4rl"] and latency == "planning latency p50 (ms, log)"
-
-
-@pytest.mark.skipif(not (RESULTS / "planners_maze2d-umaze.json").exists(), reason="no committed results")
+@pytest.mark.skipif(not (RESULTS / "planners_protocol_maze2d-umaze.json").exists(),
+                    reason="no committed protocol results")
 def test_planners_plot_only_names_points_in_a_legend(tmp_path, figures):
     planners = _load("bench_planners")
     planners.main(planners.Args(task="maze2d-umaze", plot_only=True, results_dir=str(RESULTS),
                                 plot_dir=str(tmp_path), work=str(tmp_path / "never")))
-    assert (tmp_path / "planners_maze2d-umaze.png").stat().st_size > 0 and not (tmp_path / "never").exists()
+    png = tmp_path / "planners_protocol_maze2d-umaze.png"
+    assert png.stat().st_size > 0 and not (tmp_path / "never").exists()
     ((ylabel, legend),) = figures[0]
     names = [t.get_text() for t in legend.get_texts()]
-    assert ylabel == report.SCORE_LABELS["d4rl"] and "TD-refine1" in names and "diffuser-ddpm20" in names
+    assert ylabel == report.SCORE_LABELS["d4rl"] and "bc-mlp" in names and "TD-one-pass" in names

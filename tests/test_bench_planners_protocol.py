@@ -203,18 +203,3 @@ def test_quick_protocol_end_to_end(tmp_path):
     assert (tmp_path / "planners_protocol_maze2d-umaze.png").stat().st_size > 0
     cached = list((tmp_path / "work" / "maze2d-umaze" / "evals" / "test").rglob("*.json"))
     assert len(cached) == 7 * 3 and json.loads(cached[0].read_text())["split"] == "test"
-
-    # bench_planner_timing.py --protocol times the same runs in the settings chosen on validation
-    spec = importlib.util.spec_from_file_location("bench_planner_timing_p",
-                                                  ROOT / "bench" / "bench_planner_timing.py")
-    timing = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = timing
-    spec.loader.exec_module(timing)
-    args = timing.Args(tasks=["maze2d-umaze"], work=str(tmp_path / "work"), rounds=1, repeats=2, unet=False,
-                       protocol=True, out=str(tmp_path / "planners_protocol_timing.json"))
-    timed = {r["method"]: r for r in timing.time_task("maze2d-umaze", args)}
-    assert {"bc-mlp", "decision-diffuser-ddim4", "trajectory-diffuser-one-pass/draft"} <= set(timed)
-    assert timed["decision-diffuser-ddim4"]["nfe_per_step_mean"] == 4
-    summary = {r["method"]: r for r in timing.summarize(list(timed.values()), tmp_path, protocol=True)}
-    assert summary["bc-mlp"]["score_mean"] == test["bc-mlp"]["score_mean"]
-    assert summary["bc-mlp"]["latency_ms_p50"] == timed["bc-mlp"]["latency_ms_p50"]
