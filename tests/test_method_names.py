@@ -47,7 +47,7 @@ def table_of_names() -> dict[str, str]:
 
 def test_every_committed_id_maps_to_a_self_explanatory_name():
     ids = committed_ids()
-    assert {"dp-ddim10", "cm-1step", "sdp-cm", "trajectory-diffuser-k1"} <= ids  # the files were found
+    assert {"dp-ddim10", "cm-1step", "sdp-cm"} <= ids  # the files were found
     old = {i: canonical_method(i) for i in ids if OLD_FORM.search(i)}
     assert old, "no old ids found: the committed results should still hold them"
     left = {i: new for i, new in old.items() if OLD_FORM.search(new)}
