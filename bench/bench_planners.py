@@ -22,6 +22,10 @@ DDIM-4, the Trajectory Diffuser and its draft alone.
     OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task hopper-medium --train-seeds 0 1 2
     python bench/bench_planners.py --quick --work /tmp/p --results-dir /tmp/p --plot-dir /tmp/p  # ~1 min
     python bench/bench_planners.py --task maze2d-umaze --plot-only   # redraw a PNG from its JSON
+
+On a machine with n cores, ``--train-only <family>`` runs and ``--shard i/n`` runs (one process per core)
+share the training and the evaluations; the final unsharded run, alone on the machine, only times the
+plans and writes the rows.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class Args:
     """train (or resume) just this family (bc, diffuser, decision-diffuser, trajectory-diffuser,
     trajectory-diffuser-one-pass) for every training seed and exit: run several side by side to use more
     cores, then the protocol reuses them"""
+    shard: str | None = None
+    """``i/n``: evaluate only every n-th validation / test unit (from i) and stop before timing, reading the
+    other shards' units from the cache; run n shards side by side (one per core), then once unsharded,
+    alone on the machine, to time the plans and write the rows"""
     quick: bool = False
     """toy sizes (tiny data, nets, steps, episodes; 2 entries per grid): the protocol's mechanics in about
     a minute, not its numbers"""
@@ -144,6 +152,8 @@ def main(args: Args) -> None:
         cached_record,
         check_disjoint,
         ensure_run,
+        owns_unit,
+        parse_shard,
         protocol_methods,
         score_record,
         select_settings,
@@ -161,6 +171,7 @@ def main(args: Args) -> None:
         return
     if args.quick:
         args = dataclasses.replace(args, **{k: v for k, v in QUICK.items()})
+    shard = parse_shard(args.shard) if args.shard is not None else None
     check_disjoint(args.validation_seeds, args.test_seeds, max(args.validation_episodes, args.test_episodes))
     torch.set_num_threads(args.threads)
     spec = get_task(args.task)
@@ -196,7 +207,7 @@ def main(args: Args) -> None:
         return
     cache = work / "evals"
 
-    def record(method, setting, seed, split, seeds, episodes):
+    def record(index, method, setting, seed, split, seeds, episodes):
         policy = apply_setting(trained[method.family, seed][0], setting)
         key = setting_key(setting)
 
@@ -204,20 +215,37 @@ def main(args: Args) -> None:
             return score_record(policy, spec, method.name, key, seed, split, seeds, episodes)
 
         return cached_record(cache, method.name, key, seed, split, seeds, episodes, policy.checkpoint_step,
-                             compute)
+                             compute if owns_unit(index, shard) else None)
+
+    def missing(records, split) -> bool:
+        """A shard stops where another shard's units are not cached yet (rerun it once they are)."""
+        if all(r is not None for r in records):
+            return False
+        n = sum(r is None for r in records)
+        print(f"[protocol] shard {args.shard}: own {split} units done, {n} of other shards' still missing; "
+              "rerun once they finish", flush=True)
+        return True
 
     # --- 3. validation: every grid entry, every training seed ------------------------------------------
     units = [(m, s, seed) for m in methods for s in m.settings() for seed in args.train_seeds]
-    validation = [record(m, s, seed, "validation", args.validation_seeds, args.validation_episodes)
-                  for m, s, seed in tqdm(units, desc="validation", disable=args.quick)]
+    validation = [record(i, m, s, seed, "validation", args.validation_seeds, args.validation_episodes)
+                  for i, (m, s, seed) in enumerate(tqdm(units, desc="validation", disable=args.quick))]
+    if missing(validation, "validation"):
+        return
     chosen = select_settings(validation)
     settings = {m.name: next(s for s in m.settings() if setting_key(s) == chosen[m.name][0]) for m in methods}
     print("[protocol] chosen on validation:", {k: v[0] for k, v in chosen.items()}, flush=True)
 
     # --- 4. test: the chosen setting on the same episodes for every method ----------------------------
     units = [(m, seed) for m in methods for seed in args.train_seeds]
-    test = [record(m, settings[m.name], seed, "test", args.test_seeds, args.test_episodes)
-            for m, seed in tqdm(units, desc="test", disable=args.quick)]
+    test = [record(i, m, settings[m.name], seed, "test", args.test_seeds, args.test_episodes)
+            for i, (m, seed) in enumerate(tqdm(units, desc="test", disable=args.quick))]
+    if missing(test, "test"):
+        return
+    if shard is not None:
+        print(f"[protocol] shard {args.shard}: every evaluation is cached; run once without --shard, "
+              "alone on the machine, to time the plans and write the rows", flush=True)
+        return
 
     # --- 5. plan latency of the chosen settings (training seed 0's weights) ---------------------------
     from fastpolicy.bench.planners_protocol import time_plans

@@ -4,6 +4,7 @@ training seeds aggregated, finished evaluations reused; and the whole protocol a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -17,7 +18,9 @@ from fastpolicy.bench.planners_protocol import (
     cached_record,
     check_disjoint,
     env_seeds,
+    owns_unit,
     paired_difference,
+    parse_shard,
     protocol_methods,
     select_settings,
     setting_key,
@@ -97,6 +100,24 @@ def test_finished_evaluations_are_reused(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_shard_reads_other_shards_units_from_the_cache_only(tmp_path):
+    def compute():
+        return _rec("m", "k=1", 0, "validation", {100_000: 3.0})
+
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, None, None) is None
+    cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, None, compute)
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, None, None).scores == {100_000: 3.0}
+
+
+def test_shards_partition_the_units():
+    shards = [parse_shard(f"{i}/3") for i in range(3)]
+    owners = [[i for i, s in enumerate(shards) if owns_unit(u, s)] for u in range(10)]
+    assert all(len(o) == 1 for o in owners) and all(owns_unit(u, None) for u in range(10))
+    for bad in ["2", "2/2", "-1/2", "a/b", "1/0"]:
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
 def test_guidance_at_weight_one_or_zero_runs_one_half_only():
     """ε_u + w(ε_c − ε_u) at w = 1 is ε_c: the denoiser sees N rows, not 2N, and the result is unchanged."""
     import torch
@@ -168,8 +189,17 @@ def test_quick_protocol_end_to_end(tmp_path):
     from fastpolicy.evaluation.results import read_results
 
     driver = _load_driver()
-    driver.main(driver.Args(quick=True, work=str(tmp_path / "work"), results_dir=str(tmp_path),
-                            plot_dir=str(tmp_path), td_draft_modes=["one-pass"]))
+    args = driver.Args(quick=True, work=str(tmp_path / "work"), results_dir=str(tmp_path),
+                       plot_dir=str(tmp_path), td_draft_modes=["one-pass"])
+    # two shards share the evaluations through the cache and write no rows; the plain run finishes
+    evals = tmp_path / "work" / "maze2d-umaze" / "evals"
+    driver.main(dataclasses.replace(args, shard="1/2"))
+    n_validation = len(list((evals / "validation").rglob("*.json")))
+    assert n_validation > 0 and not (evals / "test").exists()
+    driver.main(dataclasses.replace(args, shard="0/2"))
+    assert len(list((evals / "validation").rglob("*.json"))) > n_validation
+    assert (evals / "test").exists() and not (tmp_path / "planners_protocol_maze2d-umaze.json").exists()
+    driver.main(args)
     rows = read_results(tmp_path / "planners_protocol_maze2d-umaze.json")
     val = [r for r in rows if r["split"] == "validation"]
     test = {r["method"]: r for r in rows if r["split"] == "test"}

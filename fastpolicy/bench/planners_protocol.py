@@ -201,9 +201,10 @@ def score_record(policy: Any, task: Any, method: str, setting: str, train_seed: 
 
 def cached_record(cache_dir: Path, method: str, setting: str, train_seed: int, split: str,
                   eval_seeds: Sequence[int], episodes: int, checkpoint_step: int | None,
-                  compute: Callable[[], EvalRecord]) -> EvalRecord:
+                  compute: Callable[[], EvalRecord] | None) -> EvalRecord | None:
     """The record from ``cache_dir`` when it scored the same checkpoint on the same episodes, else
-    ``compute()`` (then cached): finished evaluations are never run twice."""
+    ``compute()`` (then cached): finished evaluations are never run twice. With ``compute=None`` (a unit
+    another shard owns) a missing record is ``None``."""
     from fastpolicy.utils.atomic import atomic_file
 
     path = cache_dir / split / method / setting.replace("/", "_") / f"train_seed{train_seed}.json"
@@ -212,6 +213,8 @@ def cached_record(cache_dir: Path, method: str, setting: str, train_seed: int, s
         if (record.checkpoint_step == checkpoint_step
                 and sorted(record.scores) == sorted(env_seeds(eval_seeds, episodes))):
             return record
+    if compute is None:
+        return None
     record = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w") as f:
@@ -220,6 +223,23 @@ def cached_record(cache_dir: Path, method: str, setting: str, train_seed: int, s
 
 
 # --- selection, aggregation, pairing --------------------------------------------------------------
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)``: evaluate every n-th unit starting at i, so n processes (one per core)
+    share one protocol's evaluations through the cache."""
+    try:
+        index, count = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 'i/n' (e.g. 0/2), got {shard!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard {shard!r}: need n >= 1 and 0 <= i < n")
+    return index, count
+
+
+def owns_unit(unit_index: int, shard: tuple[int, int] | None) -> bool:
+    """Whether this process evaluates unit ``unit_index`` (always, unsharded)."""
+    return shard is None or unit_index % shard[1] == shard[0]
+
 
 def select_settings(records: Iterable[EvalRecord]) -> dict[str, tuple[str, float]]:
     """Per method, the setting with the best validation mean (over training seeds and episodes) and that
