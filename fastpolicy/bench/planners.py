@@ -1,16 +1,17 @@
 """The diffusion planners as benchmark methods: train (or reuse) them on a store and wrap them as Methods.
 
-Used by the ``planners`` suite of ``fastpolicy bench`` (``fastpolicy.bench.runner``) and by
-``bench/bench_planner_timing.py``. The fair comparison — every method trained separately, settings chosen
-on validation seeds, paired test episodes — is ``fastpolicy.bench.planners_protocol`` (run by
-``bench/bench_planners.py``); this suite keeps its shared-network Decision Diffuser for the quick table.
+Used by the ``planners`` suite of ``fastpolicy bench`` (``fastpolicy.bench.runner``): a quick look at one
+training seed, each planner at its default inference settings. The fair comparison — 3 training seeds,
+every method's settings chosen on validation seeds, paired test episodes — is
+``fastpolicy.bench.planners_protocol`` (run by ``bench/bench_planners.py``); its rows are the ones the docs
+report.
 
-Three runs per task: the Trajectory Diffuser (state denoiser + inverse dynamics + critic + causal
-transformer, trained jointly), the Diffuser (joint state-action denoiser + critic), and the Decision
-Diffuser *derived* from the Trajectory Diffuser's networks (``decision_diffuser_from``: same denoiser,
-inverse dynamics and critic), so the two state planners differ only in how they plan. The Decision
-Diffuser's reference setting samples the full DDPM chain of its 200 training levels (``ddpm200``, as Ajay
-et al.); ``decision-diffuser-ddpm50`` (every 4th level) is a cheaper variant for context.
+Three training runs per task, as in the protocol, each planner its own: the value-guided Diffuser (joint
+state-action denoiser + value function), the Decision Diffuser (state denoiser with classifier-free return
+guidance + inverse dynamics) and the Trajectory Diffuser (draft transformer + state denoiser + inverse
+dynamics + critic). The Decision Diffuser is scored at its reference full DDPM chain (``ddpm200``, as Ajay
+et al.) and at DDIM-10, its fast sampler, since the TD's speed only counts against DD's fastest sampler
+that keeps the score.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from pathlib import Path
 from typing import Any
 
 PLANNER_METHODS: tuple[str, ...] = ("diffuser-ddpm20", "decision-diffuser-ddpm200",
-                                    "decision-diffuser-ddpm50", "trajectory-diffuser-refine1")
-"""method names of the ``planners`` suite (Diffuser, Decision Diffuser at two samplers, TD with its default
-refinement, k = 1)"""
+                                    "decision-diffuser-ddim10", "trajectory-diffuser-refine1")
+"""method names of the ``planners`` suite (value-guided Diffuser, Decision Diffuser at its full chain and at
+DDIM-10, TD with its default refinement, k = 1)"""
+
+DD_SAMPLERS: dict[str, str | None] = {"decision-diffuser-ddpm200": None,
+                                      "decision-diffuser-ddim10": "ddim:10"}
+"""the suite's Decision Diffuser methods → sampler (None: the run's own, its full DDPM chain)"""
+
+SPEEDUP_TARGET = 10.0
+"""the TD must plan this many times faster than DD's full chain at ≥ its score (the planners issue)"""
 
 DEFAULT_PLANNER_OPTIONS: dict[str, Any] = {"pred_horizon": 16, "action_horizon": 1}
 """options every planner of the suite shares (H = 16 planned steps, replan every control step)"""
@@ -81,16 +89,14 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
                           log: Callable[[str], None] = print,
                           options_by_type: dict[str, dict[str, Any]] | None = None
                           ) -> tuple[list[Any], dict[str, Any]]:
-    """Train / reuse the planners under ``work`` and return (Methods, the trained planners by type).
+    """Train / reuse the planners under ``work`` (one run each) and return (Methods, the planners by type).
 
-    ``options`` go to both trained planners (on top of :data:`DEFAULT_PLANNER_OPTIONS`),
-    ``options_by_type["diffuser" | "trajectory-diffuser"]`` to one of them (the Decision Diffuser reuses
-    the Trajectory Diffuser's). ``methods`` restricts to some of :data:`PLANNER_METHODS` (None: all). The
-    Decision Diffusers are saved as checkpoints under ``work/decision-diffuser-<sampler>`` so they are
-    servable like any policy.
+    ``options`` go to every trained planner (on top of :data:`DEFAULT_PLANNER_OPTIONS`),
+    ``options_by_type["diffuser" | "decision-diffuser" | "trajectory-diffuser"]`` to one of them. The
+    Diffuser trains ``diffuser_steps``, the state planners ``td_steps`` each (the same steps for DD and TD).
+    ``methods`` restricts to some of :data:`PLANNER_METHODS` (None: all).
     """
     from fastpolicy.bench.methods import Method
-    from fastpolicy.policies.planners import decision_diffuser_from, save_planner
 
     wanted = set(PLANNER_METHODS if methods is None else methods)
     unknown = sorted(wanted - set(PLANNER_METHODS))
@@ -101,46 +107,47 @@ def build_planner_methods(store: str | Path, work: str | Path, task: str, td_ste
     by_type = options_by_type or {}
     out: list[Any] = []
     planners: dict[str, Any] = {}
-    if wanted & {"diffuser-ddpm20"}:
-        log(f"[planners] Diffuser ({diffuser_steps} steps)")
+    if "diffuser-ddpm20" in wanted:
+        log(f"[planners] Diffuser with its value function ({diffuser_steps} steps)")
         diffuser, seconds = ensure_planner(store, work / "diffuser", "diffuser",
-                                           {**common, **by_type.get("diffuser", {})},
+                                           {**common, "value_guidance": True, **by_type.get("diffuser", {})},
                                            make_train_config(diffuser_steps), task)
         planners["diffuser"] = diffuser
         out.append(Method(diffuser.method, diffuser, extra=planner_extra(diffuser, seconds)))
-    if any(m.startswith(("decision-diffuser", "trajectory-diffuser")) for m in wanted):
-        log(f"[planners] Trajectory Diffuser ({td_steps} steps; the Decision Diffuser reuses its networks)")
+    if wanted & set(DD_SAMPLERS):
+        log(f"[planners] Decision Diffuser ({td_steps} steps, its own run)")
+        dd, dd_seconds = ensure_planner(store, work / "decision-diffuser", "decision-diffuser",
+                                        {**common, **by_type.get("decision-diffuser", {})},
+                                        make_train_config(td_steps), task)
+        planners["decision-diffuser"] = dd
+        for name, sampler in DD_SAMPLERS.items():
+            if name in wanted:
+                view = dd.with_settings(sampler=sampler) if sampler else dd
+                out.append(Method(view.method, view, extra=planner_extra(view, dd_seconds)))
+    if "trajectory-diffuser-refine1" in wanted:
+        log(f"[planners] Trajectory Diffuser ({td_steps} steps)")
         td_options = {**common, "num_candidates": candidates, **by_type.get("trajectory-diffuser", {})}
         td, td_seconds = ensure_planner(store, work / "trajectory-diffuser", "trajectory-diffuser",
                                         td_options, make_train_config(td_steps), task)
         td = with_default_refinement(td, td_options)
         planners["trajectory-diffuser"] = td
-        for name, sampler in (("decision-diffuser-ddpm200", None), ("decision-diffuser-ddpm50", "ddpm:50")):
-            if name not in wanted:
-                continue
-            dd = decision_diffuser_from(td, **({"sampler": sampler} if sampler else {}))
-            save_planner(dd, work / dd.method, step=td.checkpoint_step)
-            planners[dd.method] = dd
-            out.append(Method(dd.method, dd, extra={**planner_extra(dd, td_seconds),
-                                                    "shares_networks_with": td.method}))
-        if any(m.startswith("trajectory-diffuser") for m in wanted):
-            out.append(Method(td.method, td, extra=planner_extra(td, td_seconds)))
+        out.append(Method(td.method, td, extra=planner_extra(td, td_seconds)))
     return out, planners
-
-
 
 
 def summarize_planner_targets(rows: Sequence[dict[str, Any]],
                               latency_key: str = "step_latency_ms_p50") -> dict[str, Any]:
-    """The planners' targets from the rows: TD ≥ 5× faster than the Decision Diffuser (reference DDPM-200) at
-    ≥ its score, and ≥ the Diffuser's score. Misses are reported as such; ablation rows are ignored."""
+    """The planners' targets from one seed's rows: the TD ≥ 10× faster than DD's full chain (DDPM-200) while
+    scoring at least as well (difference ≥ −1 standard error, unpaired here), and how it compares with
+    DD-DDIM-10 and the Diffuser. Misses are reported as such; ablation rows are ignored. The protocol's
+    paired, tuned verdict is in ``bench/bench_planners.py``'s rows."""
     main = [r for r in rows if not r.get("ablation")]
     by = {r["method"]: r for r in main}
     td = next((r for r in main if r["method"].startswith("trajectory-diffuser")), None)
     if td is None or td.get(latency_key) is None:
         return {}
     out: dict[str, Any] = {}
-    for name, key in (("decision-diffuser-ddpm200", "dd200"), ("decision-diffuser-ddpm50", "dd50"),
+    for name, key in (("decision-diffuser-ddpm200", "dd200"), ("decision-diffuser-ddim10", "dd_ddim10"),
                       ("diffuser-ddpm20", "diffuser")):
         ref = by.get(name)
         if ref is None or ref.get(latency_key) is None:
@@ -148,13 +155,27 @@ def summarize_planner_targets(rows: Sequence[dict[str, Any]],
         out[f"td_speedup_vs_{key}"] = ref[latency_key] / td[latency_key]
         if ref.get("score_mean") is not None and td.get("score_mean") is not None:
             out[f"td_score_minus_{key}"] = td["score_mean"] - ref["score_mean"]
+            out[f"td_score_minus_{key}_se"] = _difference_se(td, ref)
     if "td_speedup_vs_dd200" in out and "td_score_minus_dd200" in out:
-        out["target_5x_vs_dd_at_its_score"] = bool(out["td_speedup_vs_dd200"] >= 5
-                                                   and out["td_score_minus_dd200"] >= 0)
+        out["target_10x_vs_dd200_at_its_score"] = bool(
+            out["td_speedup_vs_dd200"] >= SPEEDUP_TARGET
+            and out["td_score_minus_dd200"] >= -out["td_score_minus_dd200_se"])
     if "td_score_minus_diffuser" in out:
         out["target_score_ge_diffuser"] = bool(out["td_score_minus_diffuser"] >= 0)
     return out
 
 
-__all__ = ["DEFAULT_PLANNER_OPTIONS", "PLANNER_METHODS", "build_planner_methods", "ensure_planner",
-           "planner_extra", "planner_train_config", "summarize_planner_targets", "with_default_refinement"]
+def _difference_se(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Standard error of the difference of two rows' mean scores (independent episodes; 0 when a row lacks
+    its spread)."""
+    var = 0.0
+    for row in (a, b):
+        n = row.get("episodes") or 0
+        if n and row.get("score_std") is not None:
+            var += row["score_std"] ** 2 / n
+    return var ** 0.5
+
+
+__all__ = ["DD_SAMPLERS", "DEFAULT_PLANNER_OPTIONS", "PLANNER_METHODS", "SPEEDUP_TARGET",
+           "build_planner_methods", "ensure_planner", "planner_extra", "planner_train_config",
+           "summarize_planner_targets", "with_default_refinement"]
