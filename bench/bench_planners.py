@@ -207,7 +207,7 @@ def main(args: Args) -> None:
         return
     cache = work / "evals"
 
-    def record(index, method, setting, seed, split, seeds, episodes):
+    def record(index, method, setting, seed, split, seeds, episodes, may_compute=True):
         policy = apply_setting(trained[method.family, seed][0], setting)
         key = setting_key(setting)
 
@@ -215,10 +215,15 @@ def main(args: Args) -> None:
             return score_record(policy, spec, method.name, key, seed, split, seeds, episodes)
 
         return cached_record(cache, method.name, key, seed, split, seeds, episodes, policy.checkpoint_step,
-                             compute if owns_unit(index, shard) else None)
+                             compute if may_compute and owns_unit(index, shard) else None)
 
-    def missing(records, split) -> bool:
-        """A shard stops where another shard's units are not cached yet (rerun it once they are)."""
+    def missing(records, units, split, seeds, episodes) -> bool:
+        """A shard stops where another shard's units are not cached yet (rerun it once they are); units the
+        other shards finished while this one ran are read again first."""
+        for i, r in enumerate(records):
+            if r is None:
+                m, s, seed = units[i]
+                records[i] = record(i, m, s, seed, split, seeds, episodes, may_compute=False)
         if all(r is not None for r in records):
             return False
         n = sum(r is None for r in records)
@@ -230,17 +235,17 @@ def main(args: Args) -> None:
     units = [(m, s, seed) for m in methods for s in m.settings() for seed in args.train_seeds]
     validation = [record(i, m, s, seed, "validation", args.validation_seeds, args.validation_episodes)
                   for i, (m, s, seed) in enumerate(tqdm(units, desc="validation", disable=args.quick))]
-    if missing(validation, "validation"):
+    if missing(validation, units, "validation", args.validation_seeds, args.validation_episodes):
         return
     chosen = select_settings(validation)
     settings = {m.name: next(s for s in m.settings() if setting_key(s) == chosen[m.name][0]) for m in methods}
     print("[protocol] chosen on validation:", {k: v[0] for k, v in chosen.items()}, flush=True)
 
     # --- 4. test: the chosen setting on the same episodes for every method ----------------------------
-    units = [(m, seed) for m in methods for seed in args.train_seeds]
-    test = [record(i, m, settings[m.name], seed, "test", args.test_seeds, args.test_episodes)
-            for i, (m, seed) in enumerate(tqdm(units, desc="test", disable=args.quick))]
-    if missing(test, "test"):
+    units = [(m, settings[m.name], seed) for m in methods for seed in args.train_seeds]
+    test = [record(i, m, s, seed, "test", args.test_seeds, args.test_episodes)
+            for i, (m, s, seed) in enumerate(tqdm(units, desc="test", disable=args.quick))]
+    if missing(test, units, "test", args.test_seeds, args.test_episodes):
         return
     if shard is not None:
         print(f"[protocol] shard {args.shard}: every evaluation is cached; run once without --shard, "
