@@ -150,6 +150,9 @@ def test_declared_grids_and_settings_as_views():
     assert methods["decision-diffuser-ddpm200"].settings()[0] == {
         "sampler": "ddpm:200", "guidance_weight": 1.2, "target_return_multiple": 1.1}
     assert methods["diffuser-value-guided"].settings()[0] == {"guide_scale": 0.1, "num_candidates": 64}
+    # every planner that ranks candidates can also be validated without ranking (one plan as sampled)
+    for name in ("diffuser-value-guided", "trajectory-diffuser"):
+        assert any(s["num_candidates"] == 1 for s in methods[name].settings()), name
     assert all(s["refine_steps"] == 0 for s in methods["trajectory-diffuser-draft"].settings())
     # every return-conditioned method is tuned over the same return targets (a grid entry without one
     # plans with the config's default rule)
