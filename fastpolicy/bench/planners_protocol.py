@@ -89,7 +89,8 @@ def protocol_methods(dd_train_steps: int = 200, quick: bool = False,
     # TD's 1-candidate entry — one plan taken as sampled, guided or not, so validation can also say
     # that ranking does not help. Added after walker2d-medium's test, where the ranked settings' training
     # seeds scored 74 / 30 / 54 while one unranked plan per step, on other episodes, scored 84 / 66 / 71
-    # (runs/logs in the issue-16 note; the seeds' offline denoising and value errors were identical).
+    # (env seeds 777000-777005, neither validation nor test; bench/diag_diffuser_seeds.py found the seeds'
+    # offline denoising and value errors identical).
     diffuser_grid = ({"guide_scale": 0.1, "num_candidates": 64}, {"guide_scale": 0.0, "num_candidates": 64},
                      {"guide_scale": 0.3, "num_candidates": 64}, {"guide_scale": 0.1, "num_candidates": 16},
                      {"guide_scale": 0.0, "num_candidates": 1}, {"guide_scale": 0.1, "num_candidates": 1})
