@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_driver():
-    spec = importlib.util.spec_from_file_location("bench_d4rl", ROOT / "bench" / "bench_d4rl.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-d4rl = _load_driver()
+d4rl = load_bench_script("bench_d4rl")
 
 
 def _bench_command(monkeypatch, **args) -> list[str]:

@@ -1,21 +1,12 @@
 """The training-seed D4RL study's reading: the sampler is chosen on validation rows only, test scores pool
 every episode of every training seed, and the difference to BC is paired episode by episode."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("bench_d4rl_seeds", ROOT / "bench" / "bench_d4rl_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod   # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _row(method, seed, split, scores):
@@ -26,7 +17,7 @@ def _row(method, seed, split, scores):
 def test_pick_reads_validation_only_and_test_pools_seeds_with_paired_difference():
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
 
-    study = _study()
+    study = load_bench_script("bench_d4rl_seeds")
     a, b = list(TEACHER_SAMPLERS)[:2]
     rows = []
     for s in (0, 1, 2):
@@ -49,7 +40,7 @@ def test_pick_reads_validation_only_and_test_pools_seeds_with_paired_difference(
 def test_a_training_seed_missing_a_row_is_left_out():
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
 
-    study = _study()
+    study = load_bench_script("bench_d4rl_seeds")
     a = next(iter(TEACHER_SAMPLERS))
     splits = ("validation", "test")
     rows = [_row(m, s, sp, [float(s)]) for m in (study.BC, a) for s in (0, 1) for sp in splits]
@@ -64,7 +55,7 @@ def test_summarize_only_pools_the_rows_on_disk_without_training(tmp_path):
 
     from fastpolicy.bench.teacher_methods import TEACHER_SAMPLERS
 
-    study = _study()
+    study = load_bench_script("bench_d4rl_seeds")
     a = next(iter(TEACHER_SAMPLERS))
     rows = [{**_row(m, s, sp, [float(s), 10.0]), "score_mean": (s + 10.0) / 2, "score_std": 1.0,
              "episodes": 2, "latency_ms_p50": None, "latency_ms_p99": None, "commit": "test"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,24 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    """A module of bench/ (not a package: its scripts import each other from their own folder)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module          # dataclasses look their module up while being defined
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-
-manifest = _load("manifest")
+manifest = load_bench_script("manifest")
 STUDIES = manifest.load()
 #: studies smoke-tested here (the others name the test file that runs their script: ``smoke_test``)
 QUICK = [s for s in STUDIES if s.quick is not None and s.smoke_test is None]
@@ -47,7 +34,7 @@ def test_every_benchmark_script_is_a_study_and_every_study_is_runnable():
 
 
 def test_every_docs_table_comes_from_a_study_with_a_layout():
-    update_docs = _load("update_docs")
+    update_docs = load_bench_script("update_docs")
     tables = manifest.tables()
     markers = set(re.findall(r"<!-- table:(\S+) -->", (ROOT / "docs" / "benchmarks.md").read_text()))
     assert markers - set(tables) == set(), "docs tables that no study feeds"

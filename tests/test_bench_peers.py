@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench_script
 
 from fastpolicy.envs.registry import TaskSpec
 from fastpolicy.evaluation.results import REQUIRED_FIELDS, validate_row
@@ -16,15 +15,7 @@ from fastpolicy.evaluation.results import REQUIRED_FIELDS, validate_row
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_driver():
-    spec = importlib.util.spec_from_file_location("bench_d4rl_peers", ROOT / "bench" / "bench_d4rl_peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _load_driver()
+peers = load_bench_script("bench_d4rl_peers")
 
 TASK = TaskSpec(name="hopper-test", env_id="Hopper-v5", max_episode_steps=1000,
                 score={"kind": "d4rl", "ref_min": -20.0, "ref_max": 3180.0})

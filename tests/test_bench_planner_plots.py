@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 
 import fastpolicy.bench.report as report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def figures(monkeypatch):
 @pytest.mark.skipif(not (RESULTS / "planners_protocol_maze2d-umaze.json").exists(),
                     reason="no committed protocol results")
 def test_planners_plot_only_names_points_in_a_legend(tmp_path, figures):
-    planners = _load("bench_planners")
+    planners = load_bench_script("bench_planners")
     planners.main(planners.Args(task="maze2d-umaze", plot_only=True, results_dir=str(RESULTS),
                                 plot_dir=str(tmp_path), work=str(tmp_path / "never")))
     png = tmp_path / "planners_protocol_maze2d-umaze.png"

@@ -3,33 +3,24 @@ chosen on validation, with speed-ups over DD at its full chain."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench_script
 
 from fastpolicy.evaluation.results import read_results, validate_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-timing = _load("bench_planner_timing")
+timing = load_bench_script("bench_planner_timing")
 
 
 @pytest.fixture(scope="module")
 def protocol_run(tmp_path_factory):
     """The protocol at toy size (bench_planners.py --quick, one-pass TD only): runs and results (~20 s)."""
     root = tmp_path_factory.mktemp("protocol")
-    planners = _load("bench_planners")
+    planners = load_bench_script("bench_planners")
     planners.main(planners.Args(quick=True, work=str(root / "work"), results_dir=str(root),
                                 plot_dir=str(root), td_draft_modes=["one-pass"]))
     return root

@@ -5,13 +5,12 @@ training seeds aggregated, finished evaluations reused; and the whole protocol a
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench_script
 
 from fastpolicy.bench.planners_protocol import (
     EvalRecord,
@@ -177,21 +176,13 @@ def test_declared_grids_and_settings_as_views():
         td.with_settings(guide_scale=0.1)                             # a Diffuser's setting, not a TD's
 
 
-def _load_driver():
-    spec = importlib.util.spec_from_file_location("bench_planners", ROOT / "bench" / "bench_planners.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_quick_protocol_end_to_end(tmp_path):
     """bench/bench_planners.py --quick: every method trained per training seed, tuned on validation,
     scored on the shared test episodes, paired and timed (~1 min on a busy 2-core machine)."""
     from fastpolicy.evaluation.results import read_results
 
-    driver = _load_driver()
+    driver = load_bench_script("bench_planners")
     args = driver.Args(quick=True, work=str(tmp_path / "work"), results_dir=str(tmp_path),
                        plot_dir=str(tmp_path), td_draft_modes=["one-pass"])
     # two shards share the evaluations through the cache and write no rows; the plain run finishes

@@ -3,13 +3,12 @@ outcomes, on toy Diffusers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_scripts import load_bench_script
 
 from fastpolicy.policies.planners import RTG_KEY
 from fastpolicy.policies.registry import build_policy
@@ -18,15 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OBS, ACT, H = 4, 2, 8
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-diag = _load("diag_diffuser_seeds")
+diag = load_bench_script("diag_diffuser_seeds")
 
 
 def _diffuser(seed: int):
