@@ -54,21 +54,18 @@ def offline_errors(policy: Any, batch: Mapping[str, torch.Tensor], noise_seed: i
     Every call with the same ``batch`` and ``noise_seed`` noises the same windows the same way, so two
     training seeds are compared on paired inputs (the spread between seeds is then theirs alone).
     """
-    from fastpolicy.diffusion import add_noise, training_target
-
     cfg = policy.config
     with torch.inference_mode():
         _, _, obs_n, act_n, returns = policy._batch_tensors(batch)
         x0 = torch.cat([act_n, obs_n], -1)
         state = obs_n[:, 0]
+        cond = state if cfg.obs_cond else None
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
         mask = policy._inpaint_mask(x0)
         per_level, first_action = [], []
         for t in range(cfg.num_train_timesteps):
-            tt = torch.full((x0.shape[0],), t, dtype=torch.long)
-            pred = policy.denoiser(policy.inpaint(add_noise(policy.schedule, x0, noise, tt), state), tt,
-                                   state if cfg.obs_cond else None)
-            err = (pred - training_target(policy.schedule, x0, noise, tt, cfg.prediction_type)).square()
+            level = torch.full((x0.shape[0],), t, dtype=torch.long)
+            err = policy.denoising_error(x0, state, cond, noise, level)
             per_level.append(float((err * mask).sum() / mask.sum()))
             first_action.append(err[:, 0, : cfg.action_dim].mean(1))
         mid = first_action[cfg.num_train_timesteps // 2].numpy()
@@ -77,7 +74,7 @@ def offline_errors(policy: Any, batch: Mapping[str, torch.Tensor], noise_seed: i
                                "first_action_err_mid_level": float(mid.mean()),
                                "first_action_err_mid_level_p99": float(np.quantile(mid, 0.99))}
         if policy.value is not None:
-            v = policy.value(x0, torch.zeros(x0.shape[0], dtype=torch.long)).flatten().numpy()
+            v = policy.plan_values(x0).flatten().numpy()
             out["value_corr_with_rtg"] = float(np.corrcoef(v, returns[:, 0].flatten().numpy())[0, 1])
     return out
 
@@ -122,6 +119,8 @@ def ranking_probe(policy: Any, states: np.ndarray, candidates: int,
 
 def closed_loop_outcomes(cache: Path, method: str, seeds: Sequence[int], low_score: float) -> list[dict]:
     """Per (split, setting, training seed) in the protocol's evaluation cache: mean score, failed episodes."""
+    from fastpolicy.bench.planners_protocol import EvalRecord
+
     rows = []
     for split in ("validation", "test"):
         for setting_dir in sorted((cache / split / method).glob("*")):
@@ -129,9 +128,10 @@ def closed_loop_outcomes(cache: Path, method: str, seeds: Sequence[int], low_sco
                 path = setting_dir / f"train_seed{seed}.json"
                 if not path.exists():
                     continue
-                scores = np.asarray(list(json.loads(path.read_text())["scores"].values()), dtype=float)
+                record = EvalRecord.from_json(json.loads(path.read_text()))
+                scores = np.asarray(list(record.scores.values()), dtype=float)
                 rows.append({"split": split, "setting": setting_dir.name, "train_seed": seed,
-                             "score_mean": float(scores.mean()), "episodes": int(scores.size),
+                             "score_mean": record.mean, "episodes": int(scores.size),
                              "episodes_under_low_score": int((scores < low_score).sum())})
     return rows
 

@@ -1,12 +1,9 @@
 """The training-seed D4RL study's reading: the sampler is chosen on validation rows only, test scores pool
 every episode of every training seed, and the difference to BC is paired episode by episode."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 from bench_scripts import load_bench_script
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(method, seed, split, scores):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,6 @@ from bench_scripts import load_bench_script
 
 from fastpolicy.envs.registry import TaskSpec
 from fastpolicy.evaluation.results import REQUIRED_FIELDS, validate_row
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 peers = load_bench_script("bench_d4rl_peers")
 

@@ -3,15 +3,10 @@ chosen on validation, with speed-ups over DD at its full chain."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from bench_scripts import load_bench_script
 
 from fastpolicy.evaluation.results import read_results, validate_row
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 timing = load_bench_script("bench_planner_timing")
 

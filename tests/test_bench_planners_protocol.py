@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,6 @@ from fastpolicy.bench.planners_protocol import (
     setting_key,
     summarize_method,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rec(method: str, setting: str, seed: int, split: str, scores: dict[int, float]) -> EvalRecord:

@@ -4,16 +4,15 @@ outcomes, on toy Diffusers."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 from bench_scripts import load_bench_script
 
+from fastpolicy.bench.planners_protocol import EvalRecord
 from fastpolicy.policies.planners import RTG_KEY
 from fastpolicy.policies.registry import build_policy
 
-ROOT = Path(__file__).resolve().parents[1]
 OBS, ACT, H = 4, 2, 8
 
 
@@ -63,7 +62,8 @@ def test_closed_loop_outcomes_count_failed_episodes_per_setting_and_seed(tmp_pat
     for split, setting, seed, scores in [("validation", "a=1", 0, [80, 10, 85]), ("test", "a=1", 1, [5, 6])]:
         path = tmp_path / split / "diffuser-value-guided" / setting / f"train_seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scores": {str(i): s for i, s in enumerate(scores)}}))
+        record = EvalRecord("diffuser-value-guided", setting, seed, split, [0], dict(enumerate(scores)), [])
+        path.write_text(json.dumps(record.to_json()))
     rows = diag.closed_loop_outcomes(tmp_path, "diffuser-value-guided", (0, 1, 2), low_score=40)
     assert [(r["split"], r["train_seed"], r["episodes"], r["episodes_under_low_score"]) for r in rows] == [
         ("validation", 0, 3, 1), ("test", 1, 2, 2)]

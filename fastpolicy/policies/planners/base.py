@@ -158,12 +158,17 @@ class BasePlanner(TorchPolicy):
         never scored)."""
         noise = self._noise(tuple(x0.shape), generator)
         t = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-        t = t.to(self.device)
-        xt = self.inpaint(add_noise(self.schedule, x0, noise, t), state)
-        pred = self.denoiser(xt, t, cond)
-        target = training_target(self.schedule, x0, noise, t, self.config.prediction_type)
         mask = self._inpaint_mask(x0)
-        return ((pred - target).square() * mask).sum() / mask.sum()
+        return (self.denoising_error(x0, state, cond, noise, t.to(self.device)) * mask).sum() / mask.sum()
+
+    def denoising_error(self, x0: torch.Tensor, state: torch.Tensor, cond: torch.Tensor | None,
+                        noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Squared error (same shape as ``x0``) of the denoiser's target at levels ``t`` for the given
+        ``noise``, the current state inpainted; the training loss averages it off the inpainted entries,
+        diagnostics read it per level and per entry on fixed (paired) noise."""
+        xt = self.inpaint(add_noise(self.schedule, x0, noise, t), state)
+        target = training_target(self.schedule, x0, noise, t, self.config.prediction_type)
+        return (self.denoiser(xt, t, cond) - target).square()
 
     def _critic_loss(self, obs_n: torch.Tensor, act_n: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
         return self.critic.loss(obs_n, act_n, returns)
