@@ -275,6 +275,8 @@ def test_fastpolicy_train_trains_a_planner_from_store_rewards(linear_store, tmp_
     assert policy.config.return_scale == 1.0 and policy.config.pred_horizon == 6
     # the return target's anchor is the data's largest return, and the rule conditions above it
     assert policy.config.return_max < 0 and policy.config.conditioning_return > policy.config.return_max
+    # the draft's offsets are scaled by the data's k-step spread, measured on the store
+    assert np.asarray(policy.config.draft_offset_std).shape == (5, 2)
     obs = np.zeros((3, 1, 2), np.float32)
     result = policy.predict_chunk(obs, None, _gen())
     assert result.actions.shape == (3, 1, 1) and np.isfinite(result.actions).all()
@@ -529,3 +531,45 @@ def test_trimmed_draft_plans_only_the_states_the_action_needs_once():
 def test_guidance_options_are_validated():
     with pytest.raises(ValueError, match="guide_scale"):
         build_policy("diffuser", {**SMALL, "guide_scale": -0.1})
+
+
+def test_offset_std_measures_k_step_spread_within_episodes_only():
+    from fastpolicy.policies.planners import offset_std
+
+    # episode 1 moves dim 0 by +1 per step, episode 2 by +3; dim 1 never moves. A pair across the episode
+    # boundary (jump 100) would inflate the spread if it were counted.
+    ep1 = np.stack([np.arange(4.0), np.zeros(4)], 1)
+    ep2 = np.stack([100.0 + 3 * np.arange(4.0), np.zeros(4)], 1)
+    std = offset_std(np.concatenate([ep1, ep2]), np.array([4, 8]), max_offset=2)
+    np.testing.assert_allclose(std[:, 0], [np.std([1, 1, 1, 3, 3, 3]), np.std([2, 2, 6, 6])])
+    np.testing.assert_allclose(std[:, 1], [1.0, 1.0])          # never moves: left unscaled
+    with pytest.raises(ValueError, match="longer than 4"):
+        offset_std(ep1, np.array([4]), max_offset=4)
+
+
+@pytest.mark.parametrize("mode", ["autoregressive", "one-pass"])
+def test_draft_offsets_are_predicted_in_units_of_the_datas_spread(mode):
+    """With draft_offset_std the transformer's outputs are offsets in units of the data's k-step spread: a
+    head that outputs ones drafts s_0 + k·std_1 (autoregressive) or s_0 + std_k (one-pass) — equal here,
+    the spread growing linearly in k — and the loss, in those units, is zero on a window moving that way."""
+    base = np.linspace(0.01, 2.0, OBS)
+    std = np.arange(1, H)[:, None] * base
+    td = _policy("trajectory-diffuser", draft_mode=mode, draft_offset_std=std.tolist())
+    out_dim = OBS + 1 if mode == "autoregressive" else (H - 1) * OBS
+
+    class Ones(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.ones(*tokens.shape[:-1], out_dim)
+
+    td.transformer = Ones()
+    s0 = torch.randn(2, 1, OBS)
+    with torch.no_grad():
+        draft, _ = td.draft(s0, use_cache=False)
+    expected = torch.tensor(std, dtype=torch.float32).expand(2, -1, -1)
+    torch.testing.assert_close(draft[:, 1:] - s0, expected, atol=1e-5, rtol=0)
+    assert td._transformer_loss(draft, torch.ones(2, H)).item() < 1e-10
+    assert td._transformer_loss(draft + 0.01 * torch.randn_like(draft), torch.ones(2, H)).item() > 0
+    with pytest.raises(ValueError, match="draft_offset_std"):
+        build_policy("trajectory-diffuser", {**TD_SMALL, "draft_offset_std": std[:-1].tolist()})
+    with pytest.raises(ValueError, match="positive"):
+        build_policy("trajectory-diffuser", {**TD_SMALL, "draft_offset_std": (0 * std).tolist()})

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastpolicy.policies.planners.data import discounted_returns, planner_dataset
+from fastpolicy.policies.planners.data import discounted_returns, offset_std, planner_dataset
+
+
+def _has_field(policy_type: str, name: str) -> bool:
+    import dataclasses
+
+    from fastpolicy.policies.registry import policy_class
+
+    return name in {f.name for f in dataclasses.fields(policy_class(policy_type).config_cls)}
 
 
 def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
@@ -23,7 +31,9 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
     Normalisers are fitted on the store (``limits`` for obs and action, as ``fastpolicy train`` does);
     ``return_scale`` defaults to 1 / the largest discounted return-to-go of the data, so returns lie in
     [0, 1], and ``return_max`` records that largest return in those units (the return-target rule's
-    anchor). Resuming rebuilds the policy from the run's own checkpoint.
+    anchor). A Trajectory Diffuser gets ``draft_offset_std``, the data's k-step spread of the normalised
+    states its transformer predicts in (pass ``draft_offset_std=None`` to train unscaled). Resuming
+    rebuilds the policy from the run's own checkpoint.
     """
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
@@ -56,6 +66,12 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
             options.setdefault("return_scale", 1.0 / top if top > 0 else 1.0)
             options.setdefault("return_max", top * float(options["return_scale"]))
         normalizer = NormalizerSet.fit_from_store(store, modes={"obs": "limits", "action": "limits"})
+        if "draft_offset_std" not in options and _has_field(policy_type, "draft_offset_std"):
+            from fastpolicy.policies.registry import policy_class
+
+            horizon = options.get("pred_horizon", policy_class(policy_type).config_cls.pred_horizon)
+            obs_n = normalizer["obs"].normalize(store.array("obs"))
+            options["draft_offset_std"] = offset_std(obs_n, store.episode_ends, horizon - 1).tolist()
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
     dataset = planner_dataset(store, policy.config.pred_horizon, policy.config.discount)
     extra = {"store": str(store_path), "task": task}

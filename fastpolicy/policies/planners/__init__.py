@@ -35,7 +35,7 @@ from fastpolicy.policies.planner_configs import (
     TrajectoryDiffuserConfig,
 )
 from fastpolicy.policies.planners.base import BasePlanner, PlanOutput
-from fastpolicy.policies.planners.data import RTG_KEY, discounted_returns, planner_dataset
+from fastpolicy.policies.planners.data import RTG_KEY, discounted_returns, offset_std, planner_dataset
 from fastpolicy.policies.planners.diffuser import DiffuserPlanner
 from fastpolicy.policies.planners.state import DecisionDiffuserPlanner, StatePlanner
 from fastpolicy.policies.planners.tools import (
@@ -49,4 +49,4 @@ from fastpolicy.policies.planners.trajectory import TrajectoryDiffuser
 __all__ = ["BasePlanner", "DecisionDiffuserPlanner", "DiffuserConfig", "DiffuserPlanner", "PlanOutput",
            "PlannerConfig", "RTG_KEY", "StatePlanner", "StatePlannerConfig", "TrajectoryDiffuser",
            "TrajectoryDiffuserConfig", "decision_diffuser_from", "discounted_returns", "is_planner_type",
-           "plan_cost", "planner_dataset", "save_planner"]
+           "offset_std", "plan_cost", "planner_dataset", "save_planner"]

@@ -30,6 +30,23 @@ def discounted_returns(reward: np.ndarray, episode_ends: np.ndarray, discount: f
     return out.astype(np.float32)
 
 
+def offset_std(obs: np.ndarray, episode_ends: np.ndarray, max_offset: int, floor: float = 1e-6) -> np.ndarray:
+    """(max_offset, obs_dim): per k = 1..max_offset and dimension, the standard deviation of the k-step
+    offsets ``obs[t + k] − obs[t]`` within episodes; a dimension that never moves gets 1 (nothing to
+    scale)."""
+    obs = np.asarray(obs, dtype=np.float64)
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    starts = np.concatenate([[0], ends[:-1]])
+    out = np.ones((max_offset, obs.shape[1]))
+    for k in range(1, max_offset + 1):
+        parts = [obs[a + k:b] - obs[a:b - k] for a, b in zip(starts, ends) if b - a > k]
+        if not parts:
+            raise ValueError(f"no episode is longer than {k} steps: cannot measure {k}-step offsets")
+        std = np.concatenate(parts).std(0)
+        out[k - 1] = np.where(std > floor, std, 1.0)
+    return out
+
+
 def planner_dataset(store: Any, horizon: int, discount: float):
     """Windows of ``horizon`` steps inside episodes with ``obs``, ``action`` and ``rtg`` (no padding)."""
     from fastpolicy.data.sampler import SequenceDataset
@@ -43,4 +60,4 @@ def planner_dataset(store: Any, horizon: int, discount: float):
 
 
 
-__all__ = ["RTG_KEY", "discounted_returns", "planner_dataset"]
+__all__ = ["RTG_KEY", "discounted_returns", "offset_std", "planner_dataset"]

@@ -50,6 +50,10 @@ class TrajectoryDiffuser(StatePlanner):
         self.transformer = CausalTransformer(o + 1, out_dim, d_model=config.d_model, n_layers=config.n_layers,
                                              n_heads=config.n_heads, d_ff=config.d_ff,
                                              max_len=config.obs_horizon + config.pred_horizon)
+        std = config.draft_offset_std
+        # the transformer's offsets are in units of the data's k-step spread (1 where unscaled)
+        self.register_buffer("_offset_std", torch.ones(config.pred_horizon - 1, o) if std is None
+                             else torch.as_tensor(std, dtype=torch.float32), persistent=False)
 
     def _set_method(self) -> None:
         cfg = self.config
@@ -78,9 +82,10 @@ class TrajectoryDiffuser(StatePlanner):
 
     # --- transformer -----------------------------------------------------------------------------------
     def _decode(self, out: torch.Tensor, prev_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head output → (next state, next return); the state head predicts the increment."""
+        """Head output → (next state, next return); the state head predicts the increment, in units of
+        the data's one-step spread."""
         o = self.config.obs_dim
-        return prev_state + out[..., :o], out[..., o]
+        return prev_state + out[..., :o] * self._offset_std[0], out[..., o]
 
     def draft_length(self) -> int:
         """States the plan needs drafted: all H, or with ``trim_draft`` and no refinement only the
@@ -107,7 +112,8 @@ class TrajectoryDiffuser(StatePlanner):
             returns = torch.full((n, obs_n.shape[1]), cfg.conditioning_return, device=obs_n.device)
         tokens = torch.cat([obs_n, returns.unsqueeze(-1)], dim=-1)
         if cfg.draft_mode == "one-pass":
-            offsets = self.transformer(tokens)[:, -1].view(n, cfg.pred_horizon - 1, cfg.obs_dim)
+            scaled = self.transformer(tokens)[:, -1].view(n, cfg.pred_horizon - 1, cfg.obs_dim)
+            offsets = scaled * self._offset_std
             now = obs_n[:, -1:]
             return torch.cat([now, now + offsets[:, : length - 1]], dim=1), 1
         if use_cache:
@@ -139,17 +145,19 @@ class TrajectoryDiffuser(StatePlanner):
             return self._one_pass_loss(obs_n, tokens)
         out = self.transformer(tokens[:, :-1])
         pred_s, pred_r = self._decode(out, obs_n[:, :-1])
-        return (pred_s - obs_n[:, 1:]).square().mean() + (pred_r - returns[:, 1:]).square().mean()
+        state_err = ((pred_s - obs_n[:, 1:]) / self._offset_std[0]).square().mean()
+        return state_err + (pred_r - returns[:, 1:]).square().mean()
 
     def _one_pass_loss(self, obs_n: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Every prefix of the window predicts all the window's later states at once (offsets from the
-        prefix's last state); targets past the window's end are masked out."""
+        prefix's last state, in units of the data's k-step spread); targets past the window's end are
+        masked out."""
         m, h, o = obs_n.shape
-        pred = obs_n.unsqueeze(2) + self.transformer(tokens).view(m, h, h - 1, o)   # (B, p, k−1, O)
+        scaled = self.transformer(tokens).view(m, h, h - 1, o)                      # (B, p, k−1, O)
         later = torch.arange(h, device=obs_n.device)[:, None] + torch.arange(1, h, device=obs_n.device)
         valid = (later < h).to(obs_n.dtype)[None, :, :, None]
-        target = obs_n[:, later.clamp(max=h - 1)]
-        return ((pred - target).square() * valid).sum() / (valid.sum() * m * o)
+        target = (obs_n[:, later.clamp(max=h - 1)] - obs_n.unsqueeze(2)) / self._offset_std
+        return ((scaled - target).square() * valid).sum() / (valid.sum() * m * o)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
         losses, (_, _, obs_n, _, returns) = self._state_losses(batch, generator)
