@@ -10,12 +10,15 @@ return-to-go):
 - the one-step R² per state dimension: 1 − E[(ŝ₁ − s₁)²] / Var(s₁ − s₀), the share of the one-step change
   the draft predicts (0: no better than "nothing changes on average");
 - the action error through the draft: RMSE of IDM(s₀, ŝ₁) against the data's action, beside the IDM on the
-  true next state (its floor) and BC's action regression on the same states (what a regression reaches).
+  true next state (its floor) and BC's action regression on the same states (what a regression reaches);
+- the same two after the planner's refinement (its default k and starting level, fixed noise): what the
+  denoiser keeps of the draft's one-step change.
 
 Measured on maze2d-medium (docs/benchmarks.md): unscaled drafts explained under 20 % of the velocity
 change (action RMSE 0.68–0.70, BC 0.51); drafts whose offsets are scaled by the data's k-step spread
-(``draft_offset_std``) explain about 25–30 %. Compare two sets of runs with ``--work`` (e.g. the runs kept
-from before a recipe change). Output: a printed table and ``--out`` JSON.
+(``draft_offset_std``) explain 22–31 %, and one refinement step throws it away again. Compare two sets
+of runs with ``--work`` (e.g. the runs kept from before a recipe change). Output: a printed table and
+``--out`` JSON.
 Usage: ``python bench/diag_td_draft.py --task maze2d-medium --store datasets/store/maze2d-medium-dwell``
 """
 
@@ -52,17 +55,25 @@ def draft_errors(policy: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, An
     state, of one Trajectory Diffuser on ``batch`` (its windows conditioned on their own return-to-go)."""
     with torch.inference_mode():
         obs_raw, act_raw, obs_n, _, returns = policy._batch_tensors(batch)
-        draft, _ = policy.draft(obs_n[:, :1], returns[:, :1], length=2)
-        nxt = policy.unnormalize_obs(draft[:, 1])
+        draft, _ = policy.draft(obs_n[:, :1], returns[:, :1])
         change = (obs_raw[:, 1] - obs_raw[:, 0]).double()
-        err = (nxt - obs_raw[:, 1]).double()
-        r2 = 1.0 - err.square().mean(0) / change.var(0, unbiased=False).clamp_min(1e-12)
-        a_draft = policy.idm.action(obs_raw[:, :1], nxt[:, None])[:, 0].clamp(-1, 1)
-        a_true = policy.idm.action(obs_raw[:, :1], obs_raw[:, 1:2])[:, 0].clamp(-1, 1)
         target = act_raw[:, 0]
-    return {"one_step_r2": [float(v) for v in r2],
-            "action_rmse_via_draft": float((a_draft - target).square().mean().sqrt()),
-            "action_rmse_via_true_next_state": float((a_true - target).square().mean().sqrt())}
+
+        def read(plan: torch.Tensor) -> tuple[list[float], float]:
+            nxt = policy.unnormalize_obs(plan[:, 1])
+            err = (nxt - obs_raw[:, 1]).double()
+            r2 = 1.0 - err.square().mean(0) / change.var(0, unbiased=False).clamp_min(1e-12)
+            action = policy.idm.action(obs_raw[:, :1], nxt[:, None])[:, 0].clamp(-1, 1)
+            return [float(v) for v in r2], float((action - target).square().mean().sqrt())
+
+        r2, rmse = read(draft)
+        out = {"one_step_r2": r2, "action_rmse_via_draft": rmse}
+        if policy.config.refine_steps > 0:        # what the refinement, at the planner's default, keeps of it
+            refined, _ = policy.refine(draft, torch.Generator().manual_seed(0))
+            out["one_step_r2_refined"], out["action_rmse_refined"] = read(refined)
+        a_true = policy.idm.action(obs_raw[:, :1], obs_raw[:, 1:2])[:, 0].clamp(-1, 1)
+        out["action_rmse_via_true_next_state"] = float((a_true - target).square().mean().sqrt())
+    return out
 
 
 def regression_action_rmse(policy: Any, batch: Mapping[str, torch.Tensor]) -> float:
@@ -87,11 +98,11 @@ def main(args: Args) -> dict[str, Any]:
     data = planner_dataset(store, horizon, load_policy(runs[0][2]).config.discount)
     batch = data.sample_batch(np.random.default_rng(123).integers(0, len(data), args.windows))
     report: dict[str, Any] = {"task": args.task, "windows": args.windows, "runs": [], "bc": {}}
-    first_work = Path(args.work[0]) / args.task
-    for seed in args.seeds:
-        if (first_work / "bc" / f"seed{seed}").exists():
-            bc = load_policy(first_work / "bc" / f"seed{seed}").eval()
-            report["bc"][seed] = regression_action_rmse(bc, batch)
+    for seed in args.seeds:   # BC's runs: from the first work folder that has them
+        bc_runs = [Path(w) / args.task / "bc" / f"seed{seed}" for w in args.work]
+        bc_run = next((r for r in bc_runs if r.exists()), None)
+        if bc_run is not None:
+            report["bc"][seed] = regression_action_rmse(load_policy(bc_run).eval(), batch)
             print(f"bc seed {seed}: action RMSE {report['bc'][seed]:.3f}")
     for work, family, run in runs:
         policy = load_policy(run).eval()
@@ -102,7 +113,9 @@ def main(args: Args) -> dict[str, Any]:
               f"one-step R² "
               f"{np.round(row['one_step_r2'], 3).tolist()} | action RMSE via draft "
               f"{row['action_rmse_via_draft']:.3f} (via true next state "
-              f"{row['action_rmse_via_true_next_state']:.3f})", flush=True)
+              f"{row['action_rmse_via_true_next_state']:.3f})"
+              + (f" | refined: R² {np.round(row['one_step_r2_refined'], 3).tolist()}, action RMSE "
+                 f"{row['action_rmse_refined']:.3f}" if "action_rmse_refined" in row else ""), flush=True)
     out = Path(args.out or f"docs/diag_td_draft_{args.task}.json")
     with atomic_file(out, "w") as f:
         f.write(json.dumps(report, indent=1))
