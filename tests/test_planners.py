@@ -573,3 +573,20 @@ def test_draft_offsets_are_predicted_in_units_of_the_datas_spread(mode):
         build_policy("trajectory-diffuser", {**TD_SMALL, "draft_offset_std": std[:-1].tolist()})
     with pytest.raises(ValueError, match="positive"):
         build_policy("trajectory-diffuser", {**TD_SMALL, "draft_offset_std": (0 * std).tolist()})
+
+
+def test_v_refinement_from_low_noise_keeps_the_draft_where_a_clean_plan_estimate_does_not():
+    """The TD's denoiser predicts v: refining from the lowest level returns ≈ the draft (α·x_t − σ·v̂ with
+    σ ≈ 0.016) whatever the network says, while an x0 network returns its own estimate (random here)."""
+    opts = {"num_train_timesteps": 200, "refine_steps": 1, "refine_start": 0.005, "noise_scale": 0.5}
+    assert build_policy("trajectory-diffuser", {**TD_SMALL}).config.prediction_type == "v_prediction"
+    draft = torch.randn(4, H, OBS).clamp(-1, 1)
+    moved = {}
+    for kind in ("v_prediction", "sample"):
+        td = _policy("trajectory-diffuser", prediction_type=kind, **opts)
+        assert td.refine_levels() == [0, -1]
+        with torch.no_grad():
+            refined, calls = td.refine(draft.clone(), _gen())
+        assert calls == 1 and torch.equal(refined[:, 0], draft[:, 0])      # the current state inpainted
+        moved[kind] = (refined - draft).abs().max().item()
+    assert moved["v_prediction"] < 0.1 < moved["sample"]
