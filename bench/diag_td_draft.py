@@ -94,8 +94,8 @@ def main(args: Args) -> dict[str, Any]:
     runs = _td_runs([Path(w) / args.task for w in args.work], args.seeds)
     if not runs:
         raise SystemExit(f"no Trajectory Diffuser runs of {args.task} under {args.work}")
-    horizon = load_policy(runs[0][2]).config.pred_horizon
-    data = planner_dataset(store, horizon, load_policy(runs[0][2]).config.discount)
+    first = load_policy(runs[0][2]).config
+    data = planner_dataset(store, first.pred_horizon, first.discount)
     batch = data.sample_batch(np.random.default_rng(123).integers(0, len(data), args.windows))
     report: dict[str, Any] = {"task": args.task, "windows": args.windows, "runs": [], "bc": {}}
     for seed in args.seeds:   # BC's runs: from the first work folder that has them

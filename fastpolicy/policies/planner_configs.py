@@ -196,11 +196,11 @@ class TrajectoryDiffuserConfig(StatePlannerConfig):
         if self.transformer_batch < 1:
             raise ValueError(f"transformer_batch must be >= 1, got {self.transformer_batch}")
         if self.draft_offset_std is not None:
-            shape = np.asarray(self.draft_offset_std, dtype=np.float64).shape
-            if shape != (self.pred_horizon - 1, self.obs_dim):
+            std = np.asarray(self.draft_offset_std, dtype=np.float64)
+            if std.shape != (self.pred_horizon - 1, self.obs_dim):
                 raise ValueError(f"draft_offset_std must be (pred_horizon − 1, obs_dim) = "
-                                 f"({self.pred_horizon - 1}, {self.obs_dim}), got {shape}")
-            if not np.all(np.asarray(self.draft_offset_std) > 0):
+                                 f"({self.pred_horizon - 1}, {self.obs_dim}), got {std.shape}")
+            if not np.all(std > 0):
                 raise ValueError("draft_offset_std must be positive everywhere")
 
 

@@ -15,14 +15,6 @@ from typing import Any
 from fastpolicy.policies.planners.data import discounted_returns, offset_std, planner_dataset
 
 
-def _has_field(policy_type: str, name: str) -> bool:
-    import dataclasses
-
-    from fastpolicy.policies.registry import policy_class
-
-    return name in {f.name for f in dataclasses.fields(policy_class(policy_type).config_cls)}
-
-
 def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
                   policy_type: str = "trajectory-diffuser", policy_options: dict[str, Any] | None = None,
                   train_config: Any = None, resume: bool = False, task: str | None = None):
@@ -37,7 +29,7 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
     """
     from fastpolicy.data.normalize import NormalizerSet
     from fastpolicy.data.store import EpisodeStore
-    from fastpolicy.policies.registry import build_policy
+    from fastpolicy.policies.registry import build_policy, policy_class
     from fastpolicy.train.trainer import TrainConfig, Trainer
     from fastpolicy.utils.checkpoint import load_tensors, read_config, resolve_checkpoint
     from fastpolicy.utils.misc import seed_everything
@@ -58,18 +50,15 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
         options = dict(policy_options or {})
         first = store.episode(0)
         options.update(obs_dim=int(first["obs"].shape[-1]), action_dim=int(first["action"].shape[-1]))
+        config_cls = policy_class(policy_type).config_cls
         if "return_scale" not in options or "return_max" not in options:
-            from fastpolicy.policies.registry import policy_class
-
-            discount = options.get("discount", policy_class(policy_type).config_cls.discount)
+            discount = options.get("discount", config_cls.discount)
             top = float(discounted_returns(store.array("reward"), store.episode_ends, discount).max())
             options.setdefault("return_scale", 1.0 / top if top > 0 else 1.0)
             options.setdefault("return_max", top * float(options["return_scale"]))
         normalizer = NormalizerSet.fit_from_store(store, modes={"obs": "limits", "action": "limits"})
-        if "draft_offset_std" not in options and _has_field(policy_type, "draft_offset_std"):
-            from fastpolicy.policies.registry import policy_class
-
-            horizon = options.get("pred_horizon", policy_class(policy_type).config_cls.pred_horizon)
+        if "draft_offset_std" not in options and hasattr(config_cls, "draft_offset_std"):
+            horizon = options.get("pred_horizon", config_cls.pred_horizon)
             obs_n = normalizer["obs"].normalize(store.array("obs"))
             options["draft_offset_std"] = offset_std(obs_n, store.episode_ends, horizon - 1).tolist()
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
