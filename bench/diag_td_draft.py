@@ -16,9 +16,10 @@ return-to-go):
 
 Measured on maze2d-medium (docs/benchmarks.md): unscaled drafts explained under 20 % of the velocity
 change (action RMSE 0.68–0.70, BC 0.51); drafts whose offsets are scaled by the data's k-step spread
-(``draft_offset_std``) explain 22–31 %, and one refinement step throws it away again. Compare two sets
-of runs with ``--work`` (e.g. the runs kept from before a recipe change). Output: a printed table and
-``--out`` JSON.
+(``draft_offset_std``) explain 22–31 %; one refinement step of an x0 denoiser threw that away again
+(refined action RMSE 0.70–0.76), a v denoiser's keeps most of it (0.61–0.65, draft 0.59–0.62). Compare
+recipes with several ``--work`` folders (e.g. the runs kept from before a recipe change). Output: a
+printed table and ``--out`` JSON.
 Usage: ``python bench/diag_td_draft.py --task maze2d-medium --store datasets/store/maze2d-medium-dwell``
 """
 
