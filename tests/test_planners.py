@@ -481,8 +481,8 @@ def test_one_pass_draft_shapes_calls_and_loss_targets():
     result = td.predict_chunk(np.zeros((2, 2, OBS), np.float32), None, _gen())
     assert result.actions.shape == (2, 1, ACT) and td.last_plan_stats["transformer_calls"] == 1
     assert plan_cost(td)["transformer_calls"] == 1
-    # the loss's targets: every prefix p predicts states p+1.. of the window as offsets from state p;
-    # outputs past the window's end are masked (a "transformer" exact inside, garbage outside, scores 0)
+    # the loss's targets: prefix p predicts states p+1.. of the window as offsets from state p; outputs
+    # past the window's end are masked (a "transformer" exact inside, garbage outside, scores 0)
     window = torch.randn(3, H, OBS)
     later = torch.arange(H)[:, None] + torch.arange(1, H)
     exact = torch.where((later < H)[None, :, :, None], window[:, later.clamp(max=H - 1)] - window[:, :, None],
@@ -490,10 +490,21 @@ def test_one_pass_draft_shapes_calls_and_loss_targets():
 
     class Exact(torch.nn.Module):
         def forward(self, tokens):
-            return exact.flatten(2)
+            return exact[:, : tokens.shape[1]].flatten(2)
 
     td.transformer = Exact()
-    assert td._one_pass_loss(window, torch.zeros(3, H, OBS + 1)).item() < 1e-10
+    tokens = torch.zeros(3, H, OBS + 1)
+    assert td.config.one_pass_prefixes == "context"
+    assert td._one_pass_loss(window, tokens).item() < 1e-10
+    # by default only the obs_horizon = 2 prefixes a plan drafts from are trained: garbage at longer
+    # prefixes costs nothing, unless every prefix is trained
+    exact[:, 2:] = 7.0
+    assert td._one_pass_loss(window, tokens).item() < 1e-10
+    every = _policy("trajectory-diffuser", obs_horizon=2, draft_mode="one-pass", one_pass_prefixes="every")
+    every.transformer = Exact()
+    assert every._one_pass_loss(window, tokens).item() > 1.0
+    with pytest.raises(ValueError, match="one_pass_prefixes"):
+        build_policy("trajectory-diffuser", {**TD_SMALL, "one_pass_prefixes": "all"})
     with pytest.raises(ValueError, match="draft_mode"):
         build_policy("trajectory-diffuser", {**TD_SMALL, "draft_mode": "parallel"})
 
@@ -504,6 +515,18 @@ def test_one_pass_transformer_trains():
     losses = td(batch, _gen())
     losses["transformer_loss"].backward()
     assert torch.isfinite(losses["loss"]) and td.transformer.head.weight.grad.abs().sum() > 0
+
+
+def test_transformer_trains_on_every_row_only_where_a_row_is_one_token():
+    """A context-only one-pass head reads obs_horizon tokens per row: it trains on the whole batch; where
+    the transformer reads the whole window (H tokens per row) it keeps 32 rows, and a set value wins."""
+    rows = {(mode, prefixes): _policy("trajectory-diffuser", draft_mode=mode,
+                                      one_pass_prefixes=prefixes).config.transformer_rows(128)
+            for mode in ("one-pass", "autoregressive") for prefixes in ("context", "every")}
+    assert rows == {("one-pass", "context"): 128, ("one-pass", "every"): 32,
+                    ("autoregressive", "context"): 32, ("autoregressive", "every"): 32}
+    assert _policy("trajectory-diffuser", transformer_batch=16).config.transformer_rows(128) == 16
+    assert _policy("trajectory-diffuser", transformer_batch=256).config.transformer_rows(128) == 128
 
 
 def test_trimmed_draft_plans_only_the_states_the_action_needs_once():

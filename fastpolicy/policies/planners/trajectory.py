@@ -138,7 +138,7 @@ class TrajectoryDiffuser(StatePlanner):
         return torch.stack(states, dim=1), calls
 
     def _transformer_loss(self, obs_n: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-        m = min(self.config.transformer_batch, obs_n.shape[0])
+        m = self.config.transformer_rows(obs_n.shape[0])
         obs_n, returns = obs_n[:m], returns[:m]
         tokens = torch.cat([obs_n, returns.unsqueeze(-1)], dim=-1)
         if self.config.draft_mode == "one-pass":
@@ -149,14 +149,18 @@ class TrajectoryDiffuser(StatePlanner):
         return state_err + (pred_r - returns[:, 1:]).square().mean()
 
     def _one_pass_loss(self, obs_n: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Every prefix of the window predicts all the window's later states at once (offsets from the
-        prefix's last state, in units of the data's k-step spread); targets past the window's end are
-        masked out."""
+        """Prefixes of the window predict all the window's later states at once (offsets from the prefix's
+        last state, in units of the data's k-step spread); targets past the window's end are masked out.
+
+        Which prefixes (``one_pass_prefixes``): ``context``, the first ``obs_horizon`` — a plan drafts
+        from that many tokens, so these are the predictions inference reads; ``every``, all H, the
+        longer ones standing for histories a plan never has."""
         m, h, o = obs_n.shape
-        scaled = self.transformer(tokens).view(m, h, h - 1, o)                      # (B, p, k−1, O)
-        later = torch.arange(h, device=obs_n.device)[:, None] + torch.arange(1, h, device=obs_n.device)
+        p = min(self.config.obs_horizon, h) if self.config.one_pass_prefixes == "context" else h
+        scaled = self.transformer(tokens[:, :p]).view(m, p, h - 1, o)               # (B, p, H−1, O)
+        later = torch.arange(p, device=obs_n.device)[:, None] + torch.arange(1, h, device=obs_n.device)
         valid = (later < h).to(obs_n.dtype)[None, :, :, None]
-        target = (obs_n[:, later.clamp(max=h - 1)] - obs_n.unsqueeze(2)) / self._offset_std
+        target = (obs_n[:, later.clamp(max=h - 1)] - obs_n[:, :p].unsqueeze(2)) / self._offset_std
         return ((scaled - target).square() * valid).sum() / (valid.sum() * m * o)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
