@@ -108,9 +108,12 @@ def main(args: Args) -> dict[str, Any]:
     for work, family, run in runs:
         policy = load_policy(run).eval()
         row = {"work": str(work), "family": family, "train_seed": int(run.name.removeprefix("seed")),
-               "offset_scaled": policy.config.draft_offset_std is not None, **draft_errors(policy, batch)}
+               "offset_scaled": policy.config.draft_offset_std is not None,
+               "one_pass_prefixes": policy.config.one_pass_prefixes if family.endswith("one-pass") else None,
+               **draft_errors(policy, batch)}
         report["runs"].append(row)
-        print(f"{row['work']} {family} seed {row['train_seed']} (scaled: {row['offset_scaled']}): "
+        print(f"{row['work']} {family} seed {row['train_seed']} (scaled: {row['offset_scaled']}, "
+              f"prefixes: {row['one_pass_prefixes']}): "
               f"one-step R² "
               f"{np.round(row['one_step_r2'], 3).tolist()} | action RMSE via draft "
               f"{row['action_rmse_via_draft']:.3f} (via true next state "

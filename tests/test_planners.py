@@ -529,6 +529,20 @@ def test_transformer_trains_on_every_row_only_where_a_row_is_one_token():
     assert _policy("trajectory-diffuser", transformer_batch=256).config.transformer_rows(128) == 128
 
 
+def test_stored_td_config_from_before_one_pass_prefixes_reads_as_every_prefix():
+    """A run's stored config holds every field; one without ``one_pass_prefixes`` was trained on every
+    prefix and must say so when loaded. Options a user passes (a few fields) get the default."""
+    import dataclasses
+
+    from fastpolicy.policies.planners import TrajectoryDiffuserConfig
+
+    stored = dataclasses.asdict(_policy("trajectory-diffuser", draft_mode="one-pass").config)
+    del stored["one_pass_prefixes"]
+    assert TrajectoryDiffuserConfig.from_dict(stored).one_pass_prefixes == "every"
+    partial = {k: stored[k] for k in ("obs_dim", "action_dim", "draft_mode")}
+    assert TrajectoryDiffuserConfig.from_dict(partial).one_pass_prefixes == "context"
+
+
 def test_trimmed_draft_plans_only_the_states_the_action_needs_once():
     """Without refinement the candidates are one draft: planned once (no critic), and with trim_draft only
     the Ta + 1 states the inverse dynamics reads are drafted — same actions, fewer transformer calls."""
