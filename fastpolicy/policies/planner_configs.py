@@ -176,7 +176,7 @@ class TrajectoryDiffuserConfig(StatePlannerConfig):
     draft_mode: str = "autoregressive"
     """``autoregressive``: H−1 transformer calls, one state each (KV-cached with ``kv_cache``), as the
     reference drafts; ``one-pass``: a single call over the context whose last output holds every future
-    state (a non-autoregressive head trained on every prefix of the window)"""
+    state (a non-autoregressive head, trained on the prefixes ``one_pass_prefixes`` names)"""
     one_pass_prefixes: str = "context"
     """which prefixes of the window the one-pass head learns from: ``context``, the first ``obs_horizon``
     (a plan drafts from that many tokens: the only outputs inference reads), or ``every`` prefix (runs
