@@ -109,7 +109,8 @@ def main(args: Args) -> dict[str, Any]:
         policy = load_policy(run).eval()
         row = {"work": str(work), "family": family, "train_seed": int(run.name.removeprefix("seed")),
                "offset_scaled": policy.config.draft_offset_std is not None,
-               "one_pass_prefixes": policy.config.one_pass_prefixes if family.endswith("one-pass") else None,
+               "one_pass_prefixes": (policy.config.one_pass_prefixes if policy.config.draft_mode == "one-pass"
+                                     else None),
                **draft_errors(policy, batch)}
         report["runs"].append(row)
         print(f"{row['work']} {family} seed {row['train_seed']} (scaled: {row['offset_scaled']}, "
