@@ -39,3 +39,64 @@ def test_train_or_reuse_trains_once_then_reuses(linear_store, tmp_path, monkeypa
 
     monkeypatch.setattr(offline, "train_offline", must_not_train)
     assert train_or_reuse(linear_store, run, "bc", {}, cfg) == seconds
+
+
+def _cfg(steps):
+    from fastpolicy.train.config import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=8, warmup_steps=1, checkpoint_every=steps, progress=False,
+                       tensorboard=False, device="cpu")
+
+
+TINY_TD = {"d_model": 32, "n_layers": 1, "d_ff": 32, "idm_hidden": 16, "critic_hidden": 16,
+           "backbone_kwargs": {"hidden": 32}, "num_train_timesteps": 10, "sampler": "ddpm:10",
+           "pred_horizon": 6, "draft_mode": "one-pass"}
+
+
+def test_a_run_of_another_recipe_is_refused_not_reused(linear_store, tmp_path, monkeypatch):
+    """A finished run is reused only when it is what the call asks for: an explicit option, a changed
+    default or another policy type name the field and leave the run untouched."""
+    from fastpolicy.policies.planner_configs import TrajectoryDiffuserConfig
+    from fastpolicy.train import offline
+    from fastpolicy.train.run_record import RecipeMismatchError, read_cost, train_or_reuse
+
+    run = tmp_path / "td"
+    seconds = train_or_reuse(linear_store, run, "trajectory-diffuser", TINY_TD, _cfg(2))
+    stored = (run / "latest").read_text()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(offline, "train_offline", must_not_train)
+    # the same recipe (the data-set fields left to the store, as when it was trained): reused
+    assert train_or_reuse(linear_store, run, "trajectory-diffuser", dict(TINY_TD), _cfg(2)) == seconds
+    with pytest.raises(RecipeMismatchError, match=r"one_pass_prefixes: trained 'context', asked 'every'"):
+        train_or_reuse(linear_store, run, "trajectory-diffuser", {**TINY_TD, "one_pass_prefixes": "every"},
+                       _cfg(2))
+    with pytest.raises(RecipeMismatchError, match="holds a 'trajectory-diffuser' run, asked for 'bc'"):
+        train_or_reuse(linear_store, run, "bc", {}, _cfg(2))
+    # a run trained when a default was different (its stored config says so) is caught although no
+    # option names the field
+    config_file = run / "checkpoints" / stored.strip() / "config.json"
+    original = config_file.read_text()
+    old = json.loads(original)
+    assert old["policy_config"]["prediction_type"] == TrajectoryDiffuserConfig.prediction_type
+    old["policy_config"]["prediction_type"] = "sample"
+    config_file.write_text(json.dumps(old))
+    with pytest.raises(RecipeMismatchError, match=r"prediction_type: trained 'sample', asked 'v_prediction'"):
+        train_or_reuse(linear_store, run, "trajectory-diffuser", dict(TINY_TD), _cfg(2))
+    config_file.write_text(original)
+    # an unfinished run is checked before it is resumed, and nothing stored is touched
+    with pytest.raises(RecipeMismatchError, match="d_model"):
+        train_or_reuse(linear_store, run, "trajectory-diffuser", {**TINY_TD, "d_model": 64}, _cfg(4))
+    assert (run / "latest").read_text() == stored and read_cost(run)["steps"] == 2
+
+
+def test_bc_runs_are_checked_on_their_explicit_options(linear_store, tmp_path):
+    from fastpolicy.train.run_record import RecipeMismatchError, train_or_reuse
+
+    run = tmp_path / "bc"
+    opts = {"obs_horizon": 1, "pred_horizon": 2, "action_horizon": 1}
+    train_or_reuse(linear_store, run, "bc", opts, _cfg(2))
+    with pytest.raises(RecipeMismatchError, match=r"pred_horizon: trained 2, asked 4"):
+        train_or_reuse(linear_store, run, "bc", {**opts, "pred_horizon": 4}, _cfg(2))

@@ -14,6 +14,9 @@ from typing import Any
 
 from fastpolicy.policies.planners.data import discounted_returns, offset_std, planner_dataset
 
+FROM_DATA = ("obs_dim", "action_dim", "return_scale", "return_max", "draft_offset_std")
+"""config fields :func:`train_planner` sets from the store when the options leave them out"""
+
 
 def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
                   policy_type: str = "trajectory-diffuser", policy_options: dict[str, Any] | None = None,
@@ -70,4 +73,4 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
 
 
 
-__all__ = ["train_planner"]
+__all__ = ["FROM_DATA", "train_planner"]

@@ -15,6 +15,7 @@ students and the planners are reused and costed the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +23,54 @@ from pathlib import Path
 from typing import Any
 
 COST_FILE = "cost.json"
+
+
+class RecipeMismatchError(ValueError):
+    """A run folder holds a policy trained with another recipe than the one asked for."""
+
+
+def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict[str, Any]) -> None:
+    """Refuse ``run_dir`` when its stored policy is not the one ``policy_type`` + ``options`` would train.
+
+    Reusing finished runs is what lets an interrupted benchmark resume — and it once served a stale
+    recipe without a word (Trajectory Diffuser runs trained before a default changed). Checked: the
+    policy type; every explicit option that is a config field; and, for the diffusion planners, whose
+    config is the class defaults + options + what the data sets (:data:`fastpolicy.train.planners.FROM_DATA`),
+    every other field against its current default — so a changed default is caught too.
+    """
+    from fastpolicy.policies.registry import policy_class
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
+
+    stored = read_config(resolve_checkpoint(Path(run_dir)))
+    if stored["policy_type"] != policy_type:
+        raise RecipeMismatchError(f"{run_dir} holds a {stored['policy_type']!r} run, asked for "
+                                  f"{policy_type!r}; move it aside or choose another folder")
+    config_cls = policy_class(policy_type).config_cls
+    have = _plain(dataclasses.asdict(config_cls.from_dict(stored["policy_config"])))
+    names = set(have)
+    want = {k: v for k, v in _plain(dict(options)).items() if k in names}
+    if _is_planner_type(policy_type):
+        from fastpolicy.train.planners import FROM_DATA
+
+        given = {**{k: have[k] for k in FROM_DATA if k in names and k not in options}, **want}
+        want = _plain(dataclasses.asdict(config_cls.from_dict(given)))
+    diff = sorted(k for k in want if want[k] != have[k])
+    if diff:
+        shown = "; ".join(f"{k}: trained {have[k]!r}, asked {want[k]!r}" for k in diff)
+        raise RecipeMismatchError(
+            f"{run_dir} was trained with another recipe ({shown}). Move the run aside to train the asked "
+            "recipe, or ask for the stored values to reuse it.")
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-normal form (tuples → lists), as a stored config reads back."""
+    return json.loads(json.dumps(d))
+
+
+def _is_planner_type(policy_type: str) -> bool:
+    from fastpolicy.policies.planners import is_planner_type
+
+    return is_planner_type(policy_type)
 
 
 def run_is_complete(run_dir: str | os.PathLike, steps: int) -> bool:
@@ -65,6 +114,8 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
     seconds (None for a finished run that predates the record)."""
     from fastpolicy.train.offline import train_offline
 
+    if (Path(run_dir) / "latest").exists():
+        check_run_recipe(run_dir, policy_type, options)
     if not run_is_complete(run_dir, train_config.steps):
         t0 = time.perf_counter()
         _, stats = train_offline(store, run_dir, policy_type, options, train_config, resume=True, task=task)
