@@ -38,6 +38,7 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
     config is the class defaults + options + what the data sets (:data:`fastpolicy.train.planners.FROM_DATA`),
     every other field against its current default — so a changed default is caught too.
     """
+    from fastpolicy.policies.planners import is_planner_type
     from fastpolicy.policies.registry import policy_class
     from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
 
@@ -49,7 +50,7 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
     have = _plain(dataclasses.asdict(config_cls.from_dict(stored["policy_config"])))
     names = set(have)
     want = {k: v for k, v in _plain(dict(options)).items() if k in names}
-    if _is_planner_type(policy_type):
+    if is_planner_type(policy_type):
         from fastpolicy.train.planners import FROM_DATA
 
         given = {**{k: have[k] for k in FROM_DATA if k in names and k not in options}, **want}
@@ -65,12 +66,6 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """JSON-normal form (tuples → lists), as a stored config reads back."""
     return json.loads(json.dumps(d))
-
-
-def _is_planner_type(policy_type: str) -> bool:
-    from fastpolicy.policies.planners import is_planner_type
-
-    return is_planner_type(policy_type)
 
 
 def run_is_complete(run_dir: str | os.PathLike, steps: int) -> bool:
