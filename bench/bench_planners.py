@@ -16,8 +16,9 @@ Top to bottom (CleanRL style), with the protocol's pieces in ``fastpolicy.bench.
    setting, one test row per method) and ``<plot-dir>/planners_protocol_<task>.png``.
 
 Finished training runs and evaluations are reused (``<work>/<task>/...``), so an interrupted protocol
-resumes. The compared methods: BC, Diffuser (value-guided), DD at DDPM-N (the reference), DDIM-10 and
-DDIM-4, the Trajectory Diffuser and its draft alone.
+resumes; a run folder trained with another recipe stops the run with the differing fields named (move it
+aside to retrain). The compared methods: BC, Diffuser (value-guided), DD at DDPM-N (the reference),
+DDIM-10 and DDIM-4, the Trajectory Diffuser and its draft alone.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/bench_planners.py --task hopper-medium --train-seeds 0 1 2
     python bench/bench_planners.py --quick --work /tmp/p --results-dir /tmp/p --plot-dir /tmp/p  # ~1 min
