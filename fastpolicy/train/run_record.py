@@ -38,6 +38,7 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
     config is the class defaults + options + what the data sets (:data:`fastpolicy.train.planners.FROM_DATA`),
     every other field against its current default — so a changed default is caught too.
     """
+    from fastpolicy.data.store import jsonable_attrs  # JSON-normal form, as a stored config reads back
     from fastpolicy.policies.planners import is_planner_type
     from fastpolicy.policies.registry import policy_class
     from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
@@ -47,25 +48,20 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
         raise RecipeMismatchError(f"{run_dir} holds a {stored['policy_type']!r} run, asked for "
                                   f"{policy_type!r}; move it aside or choose another folder")
     config_cls = policy_class(policy_type).config_cls
-    have = _plain(dataclasses.asdict(config_cls.from_dict(stored["policy_config"])))
+    have = jsonable_attrs(dataclasses.asdict(config_cls.from_dict(stored["policy_config"])))
     names = set(have)
-    want = {k: v for k, v in _plain(dict(options)).items() if k in names}
+    want = {k: v for k, v in jsonable_attrs(dict(options)).items() if k in names}
     if is_planner_type(policy_type):
         from fastpolicy.train.planners import FROM_DATA
 
         given = {**{k: have[k] for k in FROM_DATA if k in names and k not in options}, **want}
-        want = _plain(dataclasses.asdict(config_cls.from_dict(given)))
+        want = jsonable_attrs(dataclasses.asdict(config_cls.from_dict(given)))
     diff = sorted(k for k in want if want[k] != have[k])
     if diff:
         shown = "; ".join(f"{k}: trained {have[k]!r}, asked {want[k]!r}" for k in diff)
         raise RecipeMismatchError(
             f"{run_dir} was trained with another recipe ({shown}). Move the run aside to train the asked "
             "recipe, or ask for the stored values to reuse it.")
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON-normal form (tuples → lists), as a stored config reads back."""
-    return json.loads(json.dumps(d))
 
 
 def run_is_complete(run_dir: str | os.PathLike, steps: int) -> bool:
