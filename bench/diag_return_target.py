@@ -2,8 +2,9 @@
 
 A diagnostic, not a benchmark. On MuJoCo locomotion the return is almost all forward velocity, so a plan
 that follows its return target should plan a faster gait for a higher target. For the planners protocol's
-return-conditioned methods (``bench/bench_planners.py``: DD at its chosen samplers, the one-pass Trajectory
-Diffuser refined and its draft alone), each in its setting chosen on validation, this plans from the same
+return-conditioned methods (``bench/bench_planners.py``: those whose runs are state planners — DD at its
+samplers, the Trajectory Diffuser refined and its draft alone), each in its setting chosen on validation
+(the protocol's test rows name it and the run's family), this plans from the same
 data states and noise at every return target multiple of the protocol's grid and measures
 
 - the planned forward velocity: at the plan's next state and averaged over the plan's states 1..H−1
@@ -25,13 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-METHOD_FAMILIES = {"decision-diffuser-ddpm200": "decision-diffuser",
-                   "decision-diffuser-ddim10": "decision-diffuser",
-                   "decision-diffuser-ddim4": "decision-diffuser",
-                   "trajectory-diffuser-one-pass": "trajectory-diffuser-one-pass",
-                   "trajectory-diffuser-one-pass-draft": "trajectory-diffuser-one-pass"}
-"""the protocol's return-conditioned methods → their training family (run folder)"""
 
 
 @dataclasses.dataclass
@@ -95,6 +89,7 @@ def main(args: Args) -> dict[str, Any]:
     from fastpolicy.evaluation.results import read_results
     from fastpolicy.policies.checkpoint import load_policy
     from fastpolicy.policies.planners.data import planner_dataset
+    from fastpolicy.policies.planners.state import StatePlanner
     from fastpolicy.utils.atomic import atomic_file
 
     torch.set_num_threads(1)
@@ -102,11 +97,14 @@ def main(args: Args) -> dict[str, Any]:
     work = Path(args.work) / args.task
     store = EpisodeStore.open(Path(args.store or f"datasets/store/{args.task}"))
     rows = read_results(Path(args.results or f"bench/results/planners_protocol_{args.task}.json"))
-    chosen = {r["method"]: dict(r["setting_values"]) for r in rows
-              if r["split"] == "test" and r["method"] in METHOD_FAMILIES}
+    families = {r["family"] for r in rows if r["split"] == "test"}
+    planners = {family: load_policy(work / family / f"seed{args.seeds[0]}").eval() for family in families}
+    conditioned = {family for family, policy in planners.items() if isinstance(policy, StatePlanner)}
+    chosen = {r["method"]: (r["family"], dict(r["setting_values"])) for r in rows
+              if r["split"] == "test" and r["family"] in conditioned}
     if not chosen:
         raise SystemExit(f"no return-conditioned test rows of {args.task} in the protocol's results")
-    first = load_policy(work / METHOD_FAMILIES[next(iter(chosen))] / f"seed{args.seeds[0]}").eval()
+    first = planners[next(iter(chosen.values()))[0]]
     obs_dim = first.config.obs_dim
     _, velocity_index = locomotion_step(get_task(args.task).env_id, obs_dim)
     if velocity_index is None:
@@ -126,9 +124,9 @@ def main(args: Args) -> dict[str, Any]:
     print(f"data: velocity next {report['data']['next_state_velocity']:.2f}, over the window "
           f"{report['data']['plan_velocity']:.2f}; the windows' own return-to-go is "
           f"{report['data']['own_return_multiple_mean']:.2f} × the largest", flush=True)
-    for method, setting in chosen.items():
+    for method, (family, setting) in chosen.items():
         for seed in args.seeds:
-            policy = load_policy(work / METHOD_FAMILIES[method] / f"seed{seed}").eval()
+            policy = load_policy(work / family / f"seed{seed}").eval()
             for m in args.multiples:
                 probe = {**setting, "target_return_multiple": m}
                 if probe.get("trim_draft"):
