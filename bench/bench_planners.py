@@ -216,7 +216,8 @@ def main(args: Args) -> None:
             return score_record(policy, spec, method.name, key, seed, split, seeds, episodes)
 
         return cached_record(cache, method.name, key, seed, split, seeds, episodes, policy.checkpoint_step,
-                             compute if may_compute and owns_unit(index, shard) else None)
+                             compute if may_compute and owns_unit(index, shard) else None,
+                             checkpoint_hash=getattr(policy, "checkpoint_hash", None))
 
     def missing(records, units, split, seeds, episodes) -> bool:
         """A shard stops where another shard's units are not cached yet (rerun it once they are); units the

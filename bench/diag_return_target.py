@@ -70,7 +70,8 @@ def validation_score(cache: Path, method: str, setting: dict[str, Any], train_se
         keys.append(setting_key({k: v for k, v in setting.items() if k != "target_return_multiple"}))
     for key in keys:
         record = cached_record(cache, method, key, train_seed, "validation", seeds, episodes,
-                               policy.checkpoint_step, None)
+                               policy.checkpoint_step, None,
+                               checkpoint_hash=getattr(policy, "checkpoint_hash", None))
         if record is not None:
             return float(statistics.mean(record.scores.values()))
     return None

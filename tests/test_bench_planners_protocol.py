@@ -96,6 +96,36 @@ def test_finished_evaluations_are_reused(tmp_path):
     assert len(calls) == 2
 
 
+def test_a_retrained_run_never_reuses_its_predecessors_scores(tmp_path):
+    """Same step, other weights (retrained on another store, or with another recipe): evaluate again."""
+    calls = []
+
+    def compute(digest):
+        def run():
+            calls.append(digest)
+            return dataclasses.replace(_rec("m", "k=1", 0, "validation", {100_000: float(len(calls))}),
+                                       checkpoint_step=8000, checkpoint_hash=digest)
+        return run
+
+    first = cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, compute("aa"),
+                          checkpoint_hash="aa")
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, None,
+                         checkpoint_hash="aa").scores == first.scores
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, None,
+                         checkpoint_hash="bb") is None
+    second = cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, compute("bb"),
+                           checkpoint_hash="bb")
+    assert calls == ["aa", "bb"] and second.scores == {100_000: 2.0}
+
+
+def test_a_record_without_a_weight_hash_is_not_trusted_for_hashed_weights(tmp_path):
+    legacy = dataclasses.replace(_rec("m", "k=1", 0, "validation", {100_000: 3.0}), checkpoint_step=8000)
+    cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, lambda: legacy)
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, None) is not None
+    assert cached_record(tmp_path, "m", "k=1", 0, "validation", [100], 1, 8000, None,
+                         checkpoint_hash="aa") is None
+
+
 def test_a_shard_reads_other_shards_units_from_the_cache_only(tmp_path):
     def compute():
         return _rec("m", "k=1", 0, "validation", {100_000: 3.0})

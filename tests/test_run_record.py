@@ -100,3 +100,64 @@ def test_bc_runs_are_checked_on_their_explicit_options(linear_store, tmp_path):
     train_or_reuse(linear_store, run, "bc", opts, _cfg(2))
     with pytest.raises(RecipeMismatchError, match=r"pred_horizon: trained 2, asked 4"):
         train_or_reuse(linear_store, run, "bc", {**opts, "pred_horizon": 4}, _cfg(2))
+
+
+def _linear_copy(path, seed, recipe="linear"):
+    """A store shaped like ``linear_store`` with other episodes (``seed``) or another recipe name."""
+    import numpy as np
+
+    from fastpolicy.data.store import EpisodeStore
+
+    rng = np.random.default_rng(seed)
+    with EpisodeStore.create(path, attrs={"source": "test", "env_id": "none", "recipe": recipe,
+                                          "seed": 0}) as w:
+        for _ in range(12):
+            n = int(rng.integers(20, 40))
+            x = rng.uniform(-1, 1, size=(n, 1))
+            goal = np.full((n, 1), rng.uniform(-1, 1))
+            w.add_episode({"obs": np.concatenate([x, goal], 1).astype(np.float32),
+                           "action": np.clip(goal - x, -1, 1).astype(np.float32),
+                           "reward": -np.abs(goal - x)[:, 0].astype(np.float32),
+                           "terminal": np.zeros(n, bool), "timeout": np.eye(1, n, n - 1, dtype=bool)[0]})
+    return path
+
+
+def test_a_run_trained_on_another_dataset_is_refused_not_reused(linear_store, tmp_path, monkeypatch):
+    """Same recipe name, other content (a rebuilt store), or another recipe: the run is refused with the
+    difference named; the same store, by path or opened, is reused."""
+    from fastpolicy.data.store import EpisodeStore, store_fingerprint
+    from fastpolicy.train import offline
+    from fastpolicy.train.run_record import RecipeMismatchError, train_or_reuse
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
+
+    run = tmp_path / "bc"
+    opts = {"obs_horizon": 1, "pred_horizon": 2, "action_horizon": 1}
+    seconds = train_or_reuse(linear_store, run, "bc", opts, _cfg(4))
+    trained = read_config(resolve_checkpoint(run))["train"]
+    assert trained["store_fingerprint"] == store_fingerprint(linear_store) is not None
+    assert trained["store_attrs"]["recipe"] == "linear"
+
+    rebuilt = _linear_copy(tmp_path / "rebuilt", seed=1)
+    renamed = _linear_copy(tmp_path / "renamed", seed=0, recipe="other")
+    assert store_fingerprint(rebuilt) != store_fingerprint(linear_store)
+    monkeypatch.setattr(offline, "train_offline", lambda *a, **k: pytest.fail("trained again"))
+    with pytest.raises(RecipeMismatchError, match="content fingerprint"):
+        train_or_reuse(rebuilt, run, "bc", opts, _cfg(4))
+    with pytest.raises(RecipeMismatchError, match="recipe: trained 'linear', asked 'other'"):
+        train_or_reuse(renamed, run, "bc", opts, _cfg(4))
+    assert train_or_reuse(EpisodeStore.open(linear_store), run, "bc", opts, _cfg(4)) == seconds
+    assert (run / "latest").exists()
+
+
+def test_planner_runs_record_their_dataset_too(linear_store, tmp_path):
+    from fastpolicy.data.store import store_fingerprint
+    from fastpolicy.train.run_record import RecipeMismatchError, train_or_reuse
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
+
+    run = tmp_path / "td"
+    train_or_reuse(linear_store, run, "trajectory-diffuser", TINY_TD, _cfg(2))
+    trained = read_config(resolve_checkpoint(run))["train"]
+    assert trained["store_fingerprint"] == store_fingerprint(linear_store)
+    rebuilt = _linear_copy(tmp_path / "rebuilt", seed=1)
+    with pytest.raises(RecipeMismatchError, match="another dataset"):
+        train_or_reuse(rebuilt, run, "trajectory-diffuser", TINY_TD, _cfg(2))

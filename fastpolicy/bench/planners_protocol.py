@@ -161,6 +161,9 @@ class EvalRecord:
     """denoiser calls of every control step"""
     checkpoint_step: int | None = None
     seconds: float = 0.0
+    checkpoint_hash: str | None = None
+    """sha256 of the scored weights: a run retrained to the same step (another store, another recipe)
+    must not reuse this record"""
 
     @property
     def mean(self) -> float:
@@ -203,21 +206,25 @@ def score_record(policy: Any, task: Any, method: str, setting: str, train_seed: 
         scores.update({s * 1000 + i: float(v) for i, v in enumerate(normalised)})
         nfe.extend(int(n) for n in result.stats.nfe)
     return EvalRecord(method, setting, int(train_seed), split, [int(s) for s in eval_seeds], scores, nfe,
-                      getattr(policy, "checkpoint_step", None), time.perf_counter() - t0)
+                      getattr(policy, "checkpoint_step", None), time.perf_counter() - t0,
+                      getattr(policy, "checkpoint_hash", None))
 
 
 def cached_record(cache_dir: Path, method: str, setting: str, train_seed: int, split: str,
                   eval_seeds: Sequence[int], episodes: int, checkpoint_step: int | None,
-                  compute: Callable[[], EvalRecord] | None) -> EvalRecord | None:
-    """The record from ``cache_dir`` when it scored the same checkpoint on the same episodes, else
-    ``compute()`` (then cached): finished evaluations are never run twice. With ``compute=None`` (a unit
+                  compute: Callable[[], EvalRecord] | None, *,
+                  checkpoint_hash: str | None = None) -> EvalRecord | None:
+    """The record from ``cache_dir`` when it scored the same checkpoint (step and weight hash) on the same
+    episodes, else ``compute()`` (then cached): finished evaluations are never run twice, and a run
+    retrained to the same step never reuses its predecessor's scores. A record without a hash (written
+    before records carried one) counts as missing when a hash is asked for. With ``compute=None`` (a unit
     another shard owns) a missing record is ``None``."""
     from fastpolicy.utils.atomic import atomic_file
 
     path = cache_dir / split / method / setting.replace("/", "_") / f"train_seed{train_seed}.json"
     if path.exists():
         record = EvalRecord.from_json(json.loads(path.read_text()))
-        if (record.checkpoint_step == checkpoint_step
+        if (record.checkpoint_step == checkpoint_step and record.checkpoint_hash == checkpoint_hash
                 and sorted(record.scores) == sorted(env_seeds(eval_seeds, episodes))):
             return record
     if compute is None:

@@ -595,6 +595,18 @@ def _write_manifest(root: Path, arrays: list[str]) -> None:
         f.write("\n")
 
 
+def store_fingerprint(path: str | os.PathLike) -> str | None:
+    """sha256 naming the store's content: its manifest lists every chunk's sha256, so two stores share a
+    fingerprint only when every chunk is the same. None for a store written before manifests existed.
+    A run records it, so a finished run is never reused for another dataset (``check_run_store``)."""
+    import hashlib
+
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    return hashlib.sha256(json.dumps(manifest["arrays"], sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(path: str | os.PathLike, expected: bool = False) -> dict[str, Any] | None:
     """The store's chunk manifest, or None for a store written before manifests existed.
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastpolicy.train.run_record import store_record
 from fastpolicy.train.trainer import TrainConfig, Trainer
 from fastpolicy.utils.misc import seed_everything
 
@@ -119,7 +120,7 @@ def train_offline(
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
     c = policy.config
     dataset = build_dataset(store, c.obs_horizon, c.pred_horizon, c.action_horizon)
-    extra = {"store": str(store_path), "store_attrs": _jsonable_attrs(store.attrs), "task": task}
+    extra = {**store_record(store_path, store.attrs), "task": task}
     trainer = Trainer(policy, dataset, train_config, run_dir, resume=resume, extra_config=extra)
     stats = trainer.fit()
     return policy, stats
@@ -135,7 +136,3 @@ def _is_planner(run_dir: str | os.PathLike, policy_type: str, resume: bool) -> b
         policy_type = read_config(resolve_checkpoint(run_dir))["policy_type"]
     return is_planner_type(policy_type)
 
-
-def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    keep = ("source", "env_id", "recipe", "seed", "task")
-    return {k: attrs[k] for k in keep if k in attrs}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpolicy.policies.planners.data import discounted_returns, offset_std, planner_dataset
+from fastpolicy.train.run_record import store_record
 
 FROM_DATA = ("obs_dim", "action_dim", "return_scale", "return_max", "draft_offset_std")
 """config fields :func:`train_planner` sets from the store when the options leave them out"""
@@ -66,7 +67,7 @@ def train_planner(store_path: str | os.PathLike, run_dir: str | os.PathLike,
             options["draft_offset_std"] = offset_std(obs_n, store.episode_ends, horizon - 1).tolist()
         policy = build_policy(policy_type, options, normalizer_state=normalizer.state_dict())
     dataset = planner_dataset(store, policy.config.pred_horizon, policy.config.discount)
-    extra = {"store": str(store_path), "task": task}
+    extra = {**store_record(store_path, store.attrs), "task": task}
     trainer = Trainer(policy, dataset, train_config, run_dir, resume=resume, extra_config=extra)
     stats = trainer.fit()
     return policy.eval(), stats

@@ -19,10 +19,13 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 COST_FILE = "cost.json"
+STORE_IDENTITY = ("source", "env_id", "recipe", "seed", "task")
+"""store attributes that say what the data is (a run records them, and a reuse must match them)"""
 
 
 class RecipeMismatchError(ValueError):
@@ -62,6 +65,38 @@ def check_run_recipe(run_dir: str | os.PathLike, policy_type: str, options: dict
         raise RecipeMismatchError(
             f"{run_dir} was trained with another recipe ({shown}). Move the run aside to train the asked "
             "recipe, or ask for the stored values to reuse it.")
+
+
+def store_record(store_path: str | os.PathLike, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run stores about the data it trains on (beside its checkpoints' config): the path, the
+    attributes that say what the data is, and the content fingerprint :func:`check_run_store` compares."""
+    from fastpolicy.data.store import store_fingerprint
+
+    return {"store": str(store_path), "store_attrs": {k: attrs[k] for k in STORE_IDENTITY if k in attrs},
+            "store_fingerprint": store_fingerprint(store_path)}
+
+
+def check_run_store(run_dir: str | os.PathLike, store_path: str | os.PathLike,
+                    attrs: Mapping[str, Any]) -> None:
+    """Refuse ``run_dir`` when it was trained on another dataset than ``store_path``: another content
+    fingerprint (a store rebuilt or changed in place), or other identifying attributes (recipe, task,
+    seed...). A run written before runs recorded one of them is checked on what it has."""
+    from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
+
+    trained = read_config(resolve_checkpoint(Path(run_dir))).get("train", {})
+    asked = store_record(store_path, attrs)
+    diffs = []
+    if trained.get("store_fingerprint") and trained["store_fingerprint"] != asked["store_fingerprint"]:
+        diffs.append(f"content fingerprint: trained {trained['store_fingerprint'][:12]}…, asked "
+                     f"{(asked['store_fingerprint'] or 'none')[:12]}…")
+    have = trained.get("store_attrs") or {}
+    diffs += [f"{k}: trained {have[k]!r}, asked {asked['store_attrs'].get(k)!r}"
+              for k in sorted(have) if have[k] != asked["store_attrs"].get(k)]
+    if diffs:
+        raise RecipeMismatchError(
+            f"{run_dir} was trained on another dataset ({trained.get('store')!r}; {'; '.join(diffs)}) than "
+            f"{str(store_path)!r}. Move the run aside to train on this store, or point at the store it "
+            "was trained on.")
 
 
 def run_is_complete(run_dir: str | os.PathLike, steps: int) -> bool:
@@ -107,8 +142,18 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
 
     if (Path(run_dir) / "latest").exists():
         check_run_recipe(run_dir, policy_type, options)
+        check_run_store(run_dir, *_path_and_attrs(store))
     if not run_is_complete(run_dir, train_config.steps):
         t0 = time.perf_counter()
         _, stats = train_offline(store, run_dir, policy_type, options, train_config, resume=True, task=task)
         record_cost(run_dir, time.perf_counter() - t0, int(stats["step"]), batch_size=train_config.batch_size)
     return (read_cost(run_dir) or {}).get("seconds")
+
+
+def _path_and_attrs(store: Any) -> tuple[Path, Mapping[str, Any]]:
+    """A store's path and attributes, from its path or an opened store."""
+    from fastpolicy.data.store import EpisodeStore
+
+    if isinstance(store, EpisodeStore):
+        return Path(store.path), dict(store.attrs)
+    return Path(store), dict(EpisodeStore.open(Path(store)).attrs)
