@@ -1,9 +1,10 @@
 """The one record a training run keeps beside its checkpoints: is it finished, and what did it cost.
 
 The :class:`~fastpolicy.train.trainer.Trainer` writes the checkpoints; what a benchmark or a staged
-driver needs on top — "is this run already at its step budget" (then reuse it) and "how many wall
-seconds did it take" (then report it) — lives here, so the teacher, BC, the streaming fine-tune, the
-students and the planners are reused and costed the same way.
+driver needs on top — "is this run already at its step budget" (then reuse it), "was it trained with
+this recipe, on this dataset" (else refuse it) and "how many wall seconds did it take" (then report it)
+— lives here, so the teacher, BC, the streaming fine-tune, the students and the planners are reused and
+costed the same way.
 
 ``cost.json`` (written atomically)::
 
