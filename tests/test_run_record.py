@@ -146,6 +146,8 @@ def test_a_run_trained_on_another_dataset_is_refused_not_reused(linear_store, tm
     with pytest.raises(RecipeMismatchError, match="recipe: trained 'linear', asked 'other'"):
         train_or_reuse(renamed, run, "bc", opts, _cfg(4))
     assert train_or_reuse(EpisodeStore.open(linear_store), run, "bc", opts, _cfg(4)) == seconds
+    # a worker that received the finished runs but not the data reuses them (nothing to compare against)
+    assert train_or_reuse(tmp_path / "not-shipped", run, "bc", opts, _cfg(4)) == seconds
     assert (run / "latest").exists()
 
 

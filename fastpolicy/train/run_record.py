@@ -143,7 +143,9 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
 
     if (Path(run_dir) / "latest").exists():
         check_run_recipe(run_dir, policy_type, options)
-        check_run_store(run_dir, *_path_and_attrs(store))
+        asked = _path_and_attrs(store)
+        if asked is not None:   # no store there (a worker got the finished runs only): nothing to compare
+            check_run_store(run_dir, *asked)
     if not run_is_complete(run_dir, train_config.steps):
         t0 = time.perf_counter()
         _, stats = train_offline(store, run_dir, policy_type, options, train_config, resume=True, task=task)
@@ -151,10 +153,12 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
     return (read_cost(run_dir) or {}).get("seconds")
 
 
-def _path_and_attrs(store: Any) -> tuple[Path, Mapping[str, Any]]:
-    """A store's path and attributes, from its path or an opened store."""
+def _path_and_attrs(store: Any) -> tuple[Path, Mapping[str, Any]] | None:
+    """A store's path and attributes, from its path or an opened store; None when no store is there."""
     from fastpolicy.data.store import EpisodeStore
 
     if isinstance(store, EpisodeStore):
         return Path(store.path), dict(store.attrs)
+    if not Path(store).exists():
+        return None
     return Path(store), dict(EpisodeStore.open(Path(store)).attrs)
