@@ -140,12 +140,15 @@ def test_a_run_trained_on_another_dataset_is_refused_not_reused(linear_store, tm
     rebuilt = _linear_copy(tmp_path / "rebuilt", seed=1)
     renamed = _linear_copy(tmp_path / "renamed", seed=0, recipe="other")
     assert store_fingerprint(rebuilt) != store_fingerprint(linear_store)
+    train_offline = offline.train_offline
     monkeypatch.setattr(offline, "train_offline", lambda *a, **k: pytest.fail("trained again"))
     with pytest.raises(RecipeMismatchError, match="content fingerprint"):
         train_or_reuse(rebuilt, run, "bc", opts, _cfg(4))
     with pytest.raises(RecipeMismatchError, match="recipe: trained 'linear', asked 'other'"):
         train_or_reuse(renamed, run, "bc", opts, _cfg(4))
     assert train_or_reuse(EpisodeStore.open(linear_store), run, "bc", opts, _cfg(4)) == seconds
+    with pytest.raises(RecipeMismatchError, match="content fingerprint"):   # nor resumed on it
+        train_offline(rebuilt, run, "bc", opts, _cfg(8), resume=True)
     # a worker that received the finished runs but not the data reuses them (nothing to compare against)
     assert train_or_reuse(tmp_path / "not-shipped", run, "bc", opts, _cfg(4)) == seconds
     assert (run / "latest").exists()

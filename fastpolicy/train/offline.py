@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastpolicy.train.run_record import store_record
+from fastpolicy.train.run_record import check_run_store, store_record
 from fastpolicy.train.trainer import TrainConfig, Trainer
 from fastpolicy.utils.misc import seed_everything
 
@@ -65,6 +65,8 @@ def train_offline(
     """
     from fastpolicy.data.store import EpisodeStore
 
+    if resume and (Path(run_dir) / "latest").exists():
+        check_run_store(run_dir, store_path)    # a resumed run goes on with the data it started on
     if isinstance(store_path, EpisodeStore):
         # the object is a read-only view of a store on disk: its path is what the run records
         store, store_path = store_path, store_path.path

@@ -77,13 +77,18 @@ def store_record(store_path: str | os.PathLike, attrs: Mapping[str, Any]) -> dic
             "store_fingerprint": store_fingerprint(store_path)}
 
 
-def check_run_store(run_dir: str | os.PathLike, store_path: str | os.PathLike,
-                    attrs: Mapping[str, Any]) -> None:
-    """Refuse ``run_dir`` when it was trained on another dataset than ``store_path``: another content
-    fingerprint (a store rebuilt or changed in place), or other identifying attributes (recipe, task,
-    seed...). A run written before runs recorded one of them is checked on what it has."""
+def check_run_store(run_dir: str | os.PathLike, store: Any) -> None:
+    """Refuse ``run_dir`` when it was trained on another dataset than ``store`` (a path or an opened
+    store): another content fingerprint (a store rebuilt or changed in place), or other identifying
+    attributes (recipe, task, seed...). A run written before runs recorded one of them is checked on what
+    it has; where no store is at the path (a worker that got the finished runs only) there is nothing to
+    compare."""
     from fastpolicy.utils.checkpoint import read_config, resolve_checkpoint
 
+    found = _path_and_attrs(store)
+    if found is None:
+        return
+    store_path, attrs = found
     trained = read_config(resolve_checkpoint(Path(run_dir))).get("train", {})
     asked = store_record(store_path, attrs)
     diffs = []
@@ -143,9 +148,7 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
 
     if (Path(run_dir) / "latest").exists():
         check_run_recipe(run_dir, policy_type, options)
-        asked = _path_and_attrs(store)
-        if asked is not None:   # no store there (a worker got the finished runs only): nothing to compare
-            check_run_store(run_dir, *asked)
+        check_run_store(run_dir, store)
     if not run_is_complete(run_dir, train_config.steps):
         t0 = time.perf_counter()
         _, stats = train_offline(store, run_dir, policy_type, options, train_config, resume=True, task=task)
