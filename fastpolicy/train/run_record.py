@@ -148,11 +148,12 @@ def train_or_reuse(store: Any, run_dir: str | os.PathLike, policy_type: str, opt
 
     if (Path(run_dir) / "latest").exists():
         check_run_recipe(run_dir, policy_type, options)
-        check_run_store(run_dir, store)
-    if not run_is_complete(run_dir, train_config.steps):
+    if not run_is_complete(run_dir, train_config.steps):    # a resume checks the store itself
         t0 = time.perf_counter()
         _, stats = train_offline(store, run_dir, policy_type, options, train_config, resume=True, task=task)
         record_cost(run_dir, time.perf_counter() - t0, int(stats["step"]), batch_size=train_config.batch_size)
+    else:
+        check_run_store(run_dir, store)
     return (read_cost(run_dir) or {}).get("seconds")
 
 
